@@ -1,0 +1,40 @@
+"""The one error type for expected failures, and how entry points report it."""
+import sys
+
+
+class UserError(Exception):
+    """An expected failure caused by the user's input.
+
+    Entry points print it as ``error: <what> (<where>): <what to do>`` and exit with code 2.
+    """
+
+    def __init__(self, what: str, where: str = "", todo: str = ""):
+        self.what, self.where, self.todo = what, where, todo
+        super().__init__(self.line())
+
+    def line(self) -> str:
+        text = f"error: {self.what}"
+        if self.where:
+            text += f" ({self.where})"
+        if self.todo:
+            text += f": {self.todo}"
+        return text
+
+
+def run_main(main, argv=None) -> int:
+    """Run an entry point's ``main(argv)``; turn a UserError into one line and exit code 2.
+
+    ``--debug`` anywhere in argv re-raises instead, so the traceback is shown.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    if debug:
+        argv = [a for a in argv if a != "--debug"]
+    try:
+        main(argv)
+    except UserError as err:
+        if debug:
+            raise
+        print(err.line(), file=sys.stderr, flush=True)
+        return 2
+    return 0

@@ -1,0 +1,74 @@
+"""Parameter and multiply-add counts of the networks; ``python -m src.models.complexity`` prints the table."""
+import argparse
+
+import mindspore as ms
+import numpy as np
+from mindspore import nn
+
+
+def count_params(net: nn.Cell) -> int:
+    """Trainable parameters (BN gamma/beta included, moving statistics not)."""
+    return int(sum(np.prod(p.shape) for p in net.trainable_params()))
+
+
+def count_macs(net: nn.Cell, image_size: int = 224) -> int:
+    """Multiply-adds of one ``image_size`` RGB image through convolutions and dense layers.
+
+    Runs one forward pass in PyNative mode with hooks that read each layer's output shape;
+    a conv costs out_elements * (in_channels / groups) * kh * kw, a dense in * out.
+    """
+    macs = []
+
+    def conv_hook(cell, _inputs, output):
+        kh, kw = cell.kernel_size
+        macs.append(int(np.prod(output.shape[1:])) * (cell.in_channels // cell.group) * kh * kw)
+
+    def dense_hook(cell, _inputs, output):
+        macs.append(cell.in_channels * cell.out_channels)
+
+    handles = []
+    for _, cell in net.cells_and_names():
+        if isinstance(cell, nn.Conv2d):
+            handles.append(cell.register_forward_hook(conv_hook))
+        elif isinstance(cell, nn.Dense):
+            handles.append(cell.register_forward_hook(dense_hook))
+    mode = ms.get_context("mode")
+    was_training = net.training
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    try:
+        net.set_train(False)
+        net(ms.Tensor(np.zeros((1, 3, image_size, image_size), np.float32)))
+    finally:
+        for handle in handles:
+            handle.remove()
+        net.set_train(was_training)
+        ms.set_context(mode=mode)
+    return sum(macs)
+
+
+def complexity_table(names, num_classes=1000, image_size=224) -> list:
+    """[(name, params, macs)] for each network name."""
+    from .registry import create_network
+    rows = []
+    for name in names:
+        net = create_network(name, num_classes=num_classes)
+        rows.append((name, count_params(net), count_macs(net, image_size)))
+    return rows
+
+
+def main(argv=None) -> None:
+    from .registry import list_networks
+    parser = argparse.ArgumentParser(description="Print params and MMACs of every network.")
+    parser.add_argument("--num_classes", type=int, default=1000)
+    parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("names", nargs="*", help="networks (default: all)")
+    args = parser.parse_args(argv)
+    ms.set_device("CPU")
+    print("| network | params | MMACs |\n| --- | ---: | ---: |")
+    for name, params, macs in complexity_table(args.names or list_networks(), args.num_classes,
+                                               args.image_size):
+        print(f"| {name} | {params:,} | {macs / 1e6:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

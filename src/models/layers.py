@@ -1,0 +1,127 @@
+"""Layers shared by the three families: grouped 1x1 conv, depthwise conv, channel shuffle, pooling.
+
+Every family builds its convolutions here, so a faster way to compute one kind of layer
+changes all networks at once and never changes a parameter's name or shape.
+"""
+import mindspore as ms
+from mindspore import nn, ops
+
+GROUP_IMPLS = ("auto", "native", "split")
+SHUFFLE_ORDERS = ("paper", "megvii")
+POOL_PADS = ("pad", "same")
+
+
+def default_group_impl() -> str:
+    """How a grouped 1x1 conv is computed on the current backend.
+
+    MindSpore's CPU grouped conv is ~100x slower than one plain conv per group
+    (ANCHORS §4) and Ascend runs grouped convs natively only when depthwise, so both
+    compute group by group from slices of the one weight; GPU keeps the native kernel.
+    """
+    return "native" if ms.get_context("device_target") == "GPU" else "split"
+
+
+class GroupedConv1x1(nn.Conv2d):
+    """1x1 convolution with ``group`` groups, holding one ``(out, in/g, 1, 1)`` weight.
+
+    The weight is the one ``nn.Conv2d(group=g)`` holds (same name, same shape), so a
+    checkpoint is the same on every backend. ``impl="split"`` computes each group with a
+    plain convolution over a slice of that weight; ``"native"`` uses the grouped kernel.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, group: int = 1, impl: str = "auto"):
+        super().__init__(in_channels, out_channels, 1, stride=1, pad_mode="valid",
+                         group=group, has_bias=False)
+        if impl not in GROUP_IMPLS:
+            raise ValueError(f"group impl {impl!r} is not one of {GROUP_IMPLS}")
+        if impl == "auto":
+            impl = default_group_impl()
+        self.impl = impl if group > 1 else "native"
+        self.split_input = ops.Split(axis=1, output_num=group)
+        self.split_weight = ops.Split(axis=0, output_num=group)
+        self.group_conv = ops.Conv2D(out_channel=out_channels // group, kernel_size=1)
+
+    def construct(self, x):
+        if self.impl == "native":
+            return self.conv2d(x, self.weight)
+        xs = self.split_input(x)
+        ws = self.split_weight(self.weight)
+        outs = ()
+        for i in range(self.group):
+            outs = outs + (self.group_conv(xs[i], ws[i]),)
+        return ops.concat(outs, axis=1)
+
+
+def depthwise_conv(channels: int, kernel_size: int = 3, stride: int = 1) -> nn.Conv2d:
+    """k x k depthwise convolution with symmetric padding k // 2 and no bias."""
+    return nn.Conv2d(channels, channels, kernel_size, stride=stride, pad_mode="pad",
+                     padding=kernel_size // 2, group=channels, has_bias=False)
+
+
+def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
+    """Dense 3x3 convolution with symmetric padding 1 and no bias (the stems)."""
+    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, pad_mode="pad", padding=1,
+                     has_bias=False)
+
+
+def conv1x1(in_channels: int, out_channels: int) -> nn.Conv2d:
+    """Dense 1x1 convolution without bias."""
+    return nn.Conv2d(in_channels, out_channels, 1, stride=1, pad_mode="valid", has_bias=False)
+
+
+def batch_norm(channels: int) -> nn.BatchNorm2d:
+    """BatchNorm with MindSpore's convention: momentum 0.9 (PyTorch's 0.1), eps 1e-5."""
+    return nn.BatchNorm2d(channels, momentum=0.9, eps=1e-5)
+
+
+class ChannelShuffle(nn.Cell):
+    """Channel shuffle with ``groups`` groups.
+
+    ``order="paper"``: view (N, g, C/g) -> transpose -> flatten, so channel ``i*(C/g) + j``
+    moves to ``j*g + i`` (ShuffleNet paper, Fig. 1). ``order="megvii"``: view (N, C/g, g),
+    the inverse permutation, which megvii's and MindCV's code use; weights trained with it
+    need it to reproduce their logits.
+    """
+
+    def __init__(self, groups: int, order: str = "paper"):
+        super().__init__()
+        if order not in SHUFFLE_ORDERS:
+            raise ValueError(f"shuffle order {order!r} is not one of {SHUFFLE_ORDERS}")
+        self.groups = groups
+        self.paper_order = order == "paper"
+
+    def construct(self, x):
+        if self.groups == 1:
+            return x
+        n, c, h, w = x.shape
+        if self.paper_order:
+            x = ops.reshape(x, (n, self.groups, c // self.groups, h, w))
+        else:
+            x = ops.reshape(x, (n, c // self.groups, self.groups, h, w))
+        x = ops.transpose(x, (0, 2, 1, 3, 4))
+        return ops.reshape(x, (n, c, h, w))
+
+
+def max_pool_3x3_s2(pad_mode: str = "pad") -> nn.MaxPool2d:
+    """The stems' 3x3 stride-2 max pool: symmetric padding 1, or MindCV's TF-style ``same``."""
+    if pad_mode not in POOL_PADS:
+        raise ValueError(f"pool padding {pad_mode!r} is not one of {POOL_PADS}")
+    if pad_mode == "same":
+        return nn.MaxPool2d(3, 2, pad_mode="same")
+    return nn.MaxPool2d(3, 2, pad_mode="pad", padding=1)
+
+
+def avg_pool_3x3_s2(pad_mode: str = "pad") -> nn.AvgPool2d:
+    """ShuffleNetV1's stride-2 shortcut: symmetric padding 1 counting the zeros (as PyTorch)."""
+    if pad_mode not in POOL_PADS:
+        raise ValueError(f"pool padding {pad_mode!r} is not one of {POOL_PADS}")
+    if pad_mode == "same":
+        return nn.AvgPool2d(3, 2, pad_mode="same")
+    return nn.AvgPool2d(3, 2, pad_mode="pad", padding=1, count_include_pad=True)
+
+
+class GlobalAvgPool(nn.Cell):
+    """Mean over H and W, (N, C, H, W) -> (N, C). Exports to ONNX, unlike AdaptiveAvgPool2d."""
+
+    def construct(self, x):
+        return ops.mean(x, (2, 3), False)

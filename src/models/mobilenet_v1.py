@@ -1,0 +1,57 @@
+"""MobileNetV1 (arXiv 1704.04861) in MindCV's layout: width 0.25, 0.5, 0.75, 1.0."""
+from mindspore import nn
+from mindspore.common import initializer as init
+
+from .layers import GlobalAvgPool, batch_norm, conv1x1, conv3x3, depthwise_conv
+
+# (output channels at 1.0x, stride of the depthwise conv) of the 13 separable blocks.
+# The last depthwise conv has stride 1; the paper's Table 1 has a typo there.
+BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
+          (512, 1), (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1))
+VARIANTS = {f"mobilenet_v1_{tag}": {"alpha": alpha}
+            for tag, alpha in (("025", 0.25), ("050", 0.5), ("075", 0.75), ("100", 1.0))}
+ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6}
+
+
+def separable_block(in_channels, out_channels, stride, act) -> nn.SequentialCell:
+    """3x3 depthwise + BN + act, then 1x1 pointwise + BN + act."""
+    return nn.SequentialCell([
+        depthwise_conv(in_channels, 3, stride), batch_norm(in_channels), act(),
+        conv1x1(in_channels, out_channels), batch_norm(out_channels), act(),
+    ])
+
+
+class MobileNetV1(nn.Cell):
+    """MobileNetV1 at width ``alpha``; channels are ``int(c * alpha)``; dense with bias.
+
+    ``activation`` "relu" (paper, MindCV; default) or "relu6" (timm's and the zoo's weights).
+    """
+
+    def __init__(self, alpha=1.0, num_classes=1000, in_channels=3, activation="relu"):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation {activation!r} is not one of {tuple(ACTIVATIONS)}")
+        act = ACTIVATIONS[activation]
+        c = int(32 * alpha)
+        layers = [conv3x3(in_channels, c, 2), batch_norm(c), act()]
+        for out, stride in BLOCKS:
+            layers.append(separable_block(c, int(out * alpha), stride, act))
+            c = int(out * alpha)
+        self.features = nn.SequentialCell(layers)
+        self.pool = GlobalAvgPool()
+        self.classifier = nn.Dense(c, num_classes, has_bias=True)
+        for _, cell in self.cells_and_names():
+            if isinstance(cell, nn.Conv2d):
+                cell.weight.set_data(init.initializer(init.XavierUniform(), cell.weight.shape,
+                                                      cell.weight.dtype))
+            elif isinstance(cell, nn.Dense):
+                cell.weight.set_data(init.initializer(init.TruncatedNormal(0.01), cell.weight.shape,
+                                                      cell.weight.dtype))
+                cell.bias.set_data(init.initializer("zeros", cell.bias.shape, cell.bias.dtype))
+
+    def construct(self, x):
+        return self.classifier(self.pool(self.features(x)))
+
+
+def build(num_classes=1000, **kwargs) -> MobileNetV1:
+    return MobileNetV1(num_classes=num_classes, **kwargs)

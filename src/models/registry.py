@@ -1,0 +1,41 @@
+"""The one registry of networks: every variant by name, built by ``create_network``."""
+import difflib
+
+from . import mobilenet_v1, shufflenet_v1, shufflenet_v2
+
+# name -> (family module, constructor arguments); the families hold the variant tables.
+_REGISTRY = {
+    name: (family, args)
+    for family in (shufflenet_v1, shufflenet_v2, mobilenet_v1)
+    for name, args in family.VARIANTS.items()
+}
+
+
+def list_networks() -> list:
+    """Every registered network name, sorted."""
+    return sorted(_REGISTRY)
+
+
+def family_of(name: str) -> str:
+    """The family module's short name (shufflenet_v1, shufflenet_v2, mobilenet_v1)."""
+    _check_name(name)
+    return _REGISTRY[name][0].__name__.rsplit(".", 1)[-1]
+
+
+def create_network(name: str, num_classes: int = 1000, **kwargs):
+    """Build the network ``name`` with ``num_classes`` outputs.
+
+    ``kwargs`` are the family's options (``pool_pad``, ``shuffle_order``, ``group_impl``,
+    ``activation``, ``in_channels``). An unknown name raises ValueError with close matches.
+    """
+    _check_name(name)
+    family, args = _REGISTRY[name]
+    return family.build(num_classes=num_classes, **args, **kwargs)
+
+
+def _check_name(name: str) -> None:
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=5, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown network {name!r}{hint} (list_networks() has all "
+                         f"{len(_REGISTRY)})")

@@ -1,0 +1,128 @@
+"""ShuffleNetV1 (arXiv 1707.01083) in MindCV's layout: 20 variants, g in {1,2,3,4,8} x 4 widths."""
+import math
+from fractions import Fraction
+
+from mindspore import nn, ops
+from mindspore.common import initializer as init
+
+from .layers import (ChannelShuffle, GlobalAvgPool, GroupedConv1x1, avg_pool_3x3_s2, batch_norm,
+                     conv3x3, depthwise_conv, max_pool_3x3_s2)
+
+STAGE_REPEATS = (4, 8, 4)
+# Paper Table 1, stage-2 output channels at 1.0x for each group count.
+PAPER_STAGE2_1X = {1: 144, 2: 200, 3: 240, 4: 272, 8: 384}
+WIDTHS = {"05": Fraction(1, 2), "10": Fraction(1), "15": Fraction(3, 2), "20": Fraction(2)}
+
+VARIANTS = {
+    f"shufflenet_v1_g{g}_{w}": {"group": g, "width": float(WIDTHS[w])}
+    for g in PAPER_STAGE2_1X for w in WIDTHS
+}
+
+
+def stage_channels(group: int, width: float) -> tuple:
+    """(c1, stage2, stage3, stage4) for a group count and width multiplier.
+
+    Stage widths are the paper's 1.0x widths times ``width``, rounded to the nearest
+    multiple of 4g (ties up), since mid = c/4 must split into g groups. c1 is
+    24 * 2**floor(log2(width)) (12/24/24/48), rounded up to a multiple of g, since stage-2
+    unit 0 emits stage2 - c1 channels through a grouped conv. This reproduces every table
+    megvii and MindCV publish (g3, g8) and the paper's 1.0x column; g1/g2/g4 at 0.5x, 1.5x
+    and 2.0x have no reference and are derived by it.
+    """
+    width = Fraction(width).limit_denominator(100)
+    unit = 4 * group
+    stages = []
+    for s in range(3):
+        exact = PAPER_STAGE2_1X[group] * 2 ** s * width / unit
+        stages.append(math.floor(exact + Fraction(1, 2)) * unit)
+    c1 = int(24 * Fraction(2) ** math.floor(math.log2(width)))
+    c1 = math.ceil(c1 / group) * group
+    return (c1, *stages)
+
+
+class ShuffleV1Block(nn.Cell):
+    """1x1 group conv + BN + ReLU -> shuffle -> 3x3 dw + BN -> 1x1 group conv + BN.
+
+    Stride 1: relu(x + main(x)). Stride 2: relu(concat(avgpool(x), main(x))).
+    """
+
+    def __init__(self, in_channels, out_channels, stride, group, first_group,
+                 pool_pad="pad", shuffle_order="paper", group_impl="auto"):
+        super().__init__()
+        self.stride = stride
+        mid = out_channels // 4
+        main_out = out_channels - in_channels if stride == 2 else out_channels
+        self.branch_main_1 = nn.SequentialCell([
+            GroupedConv1x1(in_channels, mid, 1 if first_group else group, impl=group_impl),
+            batch_norm(mid),
+            nn.ReLU(),
+        ])
+        self.shuffle = ChannelShuffle(group, shuffle_order)
+        self.branch_main_2 = nn.SequentialCell([
+            depthwise_conv(mid, 3, stride),
+            batch_norm(mid),
+            GroupedConv1x1(mid, main_out, group, impl=group_impl),
+            batch_norm(main_out),
+        ])
+        if stride == 2:
+            self.branch_proj = avg_pool_3x3_s2(pool_pad)
+        self.relu = nn.ReLU()
+
+    def construct(self, x):
+        y = self.branch_main_2(self.shuffle(self.branch_main_1(x)))
+        if self.stride == 1:
+            return self.relu(x + y)
+        return self.relu(ops.concat((self.branch_proj(x), y), axis=1))
+
+
+class ShuffleNetV1(nn.Cell):
+    """ShuffleNetV1 with ``group`` groups at ``width`` (0.5, 1.0, 1.5, 2.0).
+
+    Options: ``pool_pad`` "pad" (symmetric, default) or "same" (MindCV's pools);
+    ``shuffle_order`` "paper" (default) or "megvii" (megvii's and MindCV's permutation);
+    ``group_impl`` how grouped 1x1 convs are computed (layers.GroupedConv1x1).
+    """
+
+    def __init__(self, group=3, width=1.0, num_classes=1000, in_channels=3,
+                 pool_pad="pad", shuffle_order="paper", group_impl="auto"):
+        super().__init__()
+        c1, *stages = stage_channels(group, width)
+        self.first_conv = nn.SequentialCell([conv3x3(in_channels, c1, 2), batch_norm(c1), nn.ReLU()])
+        self.max_pool = max_pool_3x3_s2(pool_pad)
+        blocks, c_in = [], c1
+        for stage, (repeats, c_out) in enumerate(zip(STAGE_REPEATS, stages)):
+            for i in range(repeats):
+                blocks.append(ShuffleV1Block(
+                    c_in, c_out, stride=2 if i == 0 else 1, group=group,
+                    first_group=stage == 0 and i == 0, pool_pad=pool_pad,
+                    shuffle_order=shuffle_order, group_impl=group_impl))
+                c_in = c_out
+        self.features = nn.SequentialCell(blocks)
+        self.global_pool = GlobalAvgPool()
+        self.classifier = nn.Dense(c_in, num_classes, has_bias=False)
+        init_shufflenet_weights(self)
+
+    def construct(self, x):
+        x = self.features(self.max_pool(self.first_conv(x)))
+        return self.classifier(self.global_pool(x))
+
+
+def init_shufflenet_weights(net: nn.Cell) -> None:
+    """megvii/MindCV init: N(0, 0.01) for the stem conv and the dense layer, N(0, 1/w.shape[1])
+    for every other conv (so depthwise weights get std 1); biases zero."""
+    for name, cell in net.cells_and_names():
+        if isinstance(cell, nn.Conv2d):
+            sigma = 0.01 if "first" in name else 1.0 / cell.weight.shape[1]
+            cell.weight.set_data(init.initializer(init.Normal(sigma, 0.0), cell.weight.shape,
+                                                  cell.weight.dtype))
+        elif isinstance(cell, nn.Dense):
+            cell.weight.set_data(init.initializer(init.Normal(0.01, 0.0), cell.weight.shape,
+                                                  cell.weight.dtype))
+        else:
+            continue
+        if cell.bias is not None:
+            cell.bias.set_data(init.initializer("zeros", cell.bias.shape, cell.bias.dtype))
+
+
+def build(num_classes=1000, **kwargs) -> ShuffleNetV1:
+    return ShuffleNetV1(num_classes=num_classes, **kwargs)
