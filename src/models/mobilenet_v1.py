@@ -8,6 +8,8 @@ from .layers import GlobalAvgPool, batch_norm, conv1x1, conv3x3, depthwise_conv
 # The last depthwise conv has stride 1; the paper's Table 1 has a typo there.
 BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
           (512, 1), (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1))
+# Layout options a checkpoint records so that the same network is built again.
+OPTIONS = ("activation",)
 VARIANTS = {f"mobilenet_v1_{tag}": {"alpha": alpha}
             for tag, alpha in (("025", 0.25), ("050", 0.5), ("075", 0.75), ("100", 1.0))}
 ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6}

@@ -22,6 +22,12 @@ def family_of(name: str) -> str:
     return _REGISTRY[name][0].__name__.rsplit(".", 1)[-1]
 
 
+def options_of(name: str) -> tuple:
+    """The layout options the family of ``name`` takes (pool_pad, shuffle_order, activation...)."""
+    _check_name(name)
+    return _REGISTRY[name][0].OPTIONS
+
+
 def create_network(name: str, num_classes: int = 1000, **kwargs):
     """Build the network ``name`` with ``num_classes`` outputs.
 

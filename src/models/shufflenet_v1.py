@@ -13,6 +13,8 @@ STAGE_REPEATS = (4, 8, 4)
 PAPER_STAGE2_1X = {1: 144, 2: 200, 3: 240, 4: 272, 8: 384}
 WIDTHS = {"05": Fraction(1, 2), "10": Fraction(1), "15": Fraction(3, 2), "20": Fraction(2)}
 
+# Layout options a checkpoint records so that the same network is built again.
+OPTIONS = ("pool_pad", "shuffle_order")
 VARIANTS = {
     f"shufflenet_v1_g{g}_{w}": {"group": g, "width": float(WIDTHS[w])}
     for g in PAPER_STAGE2_1X for w in WIDTHS

@@ -13,6 +13,8 @@ CHANNELS = {
     "1_5": (24, 176, 352, 704, 1024),
     "2_0": (24, 244, 488, 976, 2048),
 }
+# Layout options a checkpoint records so that the same network is built again.
+OPTIONS = ("pool_pad",)
 VARIANTS = {f"shufflenet_v2_x{w}": {"width": w} for w in CHANNELS}
 
 

@@ -1,0 +1,148 @@
+"""Data pipelines: CIFAR-10 binary batches, ImageNet-style class folders, synthetic images.
+
+CIFAR-10 files are read by our own reader of the binary layout (one label byte + 3,072 pixel
+bytes per record), because ``mindspore.dataset.Cifar10Dataset`` accepts only files of exactly
+10,000 records. Transforms are the official ports' (ANCHORS 1.4).
+"""
+import glob
+import os
+
+import mindspore.dataset as ds
+import mindspore.dataset.transforms as T
+import mindspore.dataset.vision as V
+import numpy as np
+from mindspore.common import dtype as mstype
+
+from src.errors import UserError
+
+CIFAR_RECORD = 1 + 32 * 32 * 3
+CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]
+IMAGENET_MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
+IMAGENET_STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
+EVAL_FOLDERS = ("val", "validation_preprocess")
+
+
+def cpu_count() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def worker_count(requested: int = 0) -> int:
+    """Data workers: ``requested`` (0 = all cores), never above the core count (an error on 2.10)."""
+    cores = cpu_count()
+    return max(1, min(requested or cores, cores))
+
+
+def cifar10_files(path: str, training: bool) -> list:
+    """The CIFAR-10 binary files of one split under ``path`` (or its cifar-10-batches-bin/)."""
+    if not os.path.isdir(path):
+        raise UserError("data path not found", path, "give --dataset_path the folder of the "
+                        "CIFAR-10 binary files (data_batch_*.bin, test_batch.bin)")
+    pattern = "data_batch_*.bin" if training else "test_batch.bin"
+    for folder in (path, os.path.join(path, "cifar-10-batches-bin")):
+        files = sorted(glob.glob(os.path.join(folder, pattern)))
+        if files:
+            return files
+    raise UserError(f"no {pattern} in the data folder", path,
+                    "give --dataset_path the folder of the CIFAR-10 binary version")
+
+
+def read_cifar10(files) -> tuple:
+    """(images uint8 (N, 32, 32, 3), labels int32 (N,)) from CIFAR-10 binary files."""
+    images, labels = [], []
+    for name in files:
+        raw = np.fromfile(name, dtype=np.uint8)
+        if raw.size == 0 or raw.size % CIFAR_RECORD:
+            raise UserError(f"CIFAR-10 file of {raw.size} bytes is not a whole number of "
+                            f"{CIFAR_RECORD}-byte records", name,
+                            "replace the truncated or foreign file with the real binary batch")
+        records = raw.reshape(-1, CIFAR_RECORD)
+        labels.append(records[:, 0].astype(np.int32))
+        images.append(records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def write_cifar10(name: str, images: np.ndarray, labels) -> None:
+    """Write uint8 HWC 32x32 RGB images and their labels in the CIFAR-10 binary layout."""
+    chw = np.asarray(images, np.uint8).transpose(0, 3, 1, 2).reshape(len(images), -1)
+    records = np.concatenate([np.asarray(labels, np.uint8)[:, None], chw], axis=1)
+    records.tofile(name)
+
+
+def imagenet_folder(path: str, training: bool) -> str:
+    """``path``/train, or ``path``/val or validation_preprocess, checked to hold class folders."""
+    if not os.path.isdir(path):
+        raise UserError("data path not found", path,
+                        "give --dataset_path the folder that holds train/ and val/")
+    names = ("train",) if training else EVAL_FOLDERS
+    for name in names:
+        folder = os.path.join(path, name)
+        if os.path.isdir(folder):
+            break
+    else:
+        raise UserError(f"no {' or '.join(n + '/' for n in names)} folder in the data path", path,
+                        "lay the images out as <path>/train/<class>/*.jpg and <path>/val/<class>/")
+    classes = [d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d))]
+    if not classes:
+        raise UserError("no class folders", folder, "put each class's images in a folder of its own")
+    return folder
+
+
+def _shard_args(rank_id: int, rank_size: int) -> dict:
+    return {"num_shards": rank_size, "shard_id": rank_id} if rank_size > 1 else {}
+
+
+def create_dataset(config, training: bool, rank_id: int = 0, rank_size: int = 1,
+                   batch_size: int = None):
+    """The batched dataset of ``config.dataset`` for training or evaluation.
+
+    Training shuffles, augments and (with ``drop_remainder``) drops the last partial batch;
+    evaluation scores every image. Each of ``rank_size`` ranks reads its own shard.
+    """
+    batch_size = batch_size or (config.batch_size if training else config.eval_batch_size)
+    workers = worker_count(config.num_parallel_workers)
+    shard = _shard_args(rank_id, rank_size)
+    size = config.image_size
+    if config.dataset == "cifar10":
+        images, labels = read_cifar10(cifar10_files(config.dataset_path, training))
+        data = ds.NumpySlicesDataset({"image": images, "label": labels}, shuffle=training,
+                                     num_parallel_workers=workers, **shard)
+        ops = []
+        if training:
+            ops += [V.RandomCrop(32, padding=4), V.RandomHorizontalFlip(0.5)]
+        if size != 32:
+            ops.append(V.Resize((size, size)))
+        ops += [V.Rescale(1.0 / 255.0, 0.0), V.Normalize(CIFAR_MEAN, CIFAR_STD), V.HWC2CHW()]
+    elif config.dataset == "imagenet":
+        folder = imagenet_folder(config.dataset_path, training)
+        data = ds.ImageFolderDataset(folder, shuffle=training, num_parallel_workers=workers,
+                                     decode=False, **shard)
+        if training:
+            ops = [V.RandomCropDecodeResize(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)),
+                   V.RandomHorizontalFlip(0.5)]
+            if config.network.startswith("shufflenet"):
+                ops.append(V.RandomColorAdjust(0.4, 0.4, 0.4))
+        else:
+            ops = [V.Decode(), V.Resize(int(size * 256 / 224)), V.CenterCrop(size)]
+        ops += [V.Normalize(IMAGENET_MEAN, IMAGENET_STD), V.HWC2CHW()]
+    else:
+        rng = np.random.RandomState(config.seed + (0 if training else 1))
+        count = config.synthetic_size
+        images = rng.rand(count, 3, size, size).astype(np.float32)
+        labels = rng.randint(0, config.num_classes, count).astype(np.int32)
+        data = ds.NumpySlicesDataset({"image": images, "label": labels}, shuffle=training,
+                                     **shard)
+        ops = []
+    if ops:
+        data = data.map(operations=ops, input_columns="image", num_parallel_workers=workers)
+    data = data.map(operations=T.TypeCast(mstype.int32), input_columns="label",
+                    num_parallel_workers=workers)
+    drop = training and config.drop_remainder
+    if drop and data.get_dataset_size() < batch_size:
+        raise UserError(f"batch size {batch_size} is larger than the {data.get_dataset_size()} "
+                        "images this device reads, and drop_remainder drops them all",
+                        "--batch_size", "give a smaller --batch_size or --drop_remainder False")
+    return data.batch(batch_size, drop_remainder=drop)

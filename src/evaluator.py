@@ -1,0 +1,45 @@
+"""Evaluation: Loss, Top_1_Acc and Top_5_Acc of a checkpoint over the whole validation set."""
+import time
+
+import mindspore as ms
+from mindspore import nn
+from mindspore.train import Model
+
+from src.checkpoint import build_network, load_weights, meta_for_eval, read_checkpoint
+from src.CrossEntropySmooth import CrossEntropySmooth
+from src.dataset import create_dataset
+from src.errors import UserError
+
+EVAL_LOG = "eval_log.txt"
+
+
+def evaluate(config) -> dict:
+    """Evaluate ``config.checkpoint_path``; print the zoo's result line and append it to eval_log.txt."""
+    if not config.checkpoint_path:
+        raise UserError("no checkpoint given", "--checkpoint_path",
+                        "give --checkpoint_path CKPT (evaluating random weights is never useful)")
+    try:
+        ms.set_device(config.device_target)
+    except (RuntimeError, ValueError) as err:
+        raise UserError(f"device {config.device_target} is not usable in this MindSpore build",
+                        "--device_target", "give a target this install supports, e.g. CPU") from err
+    ms.set_context(mode=ms.GRAPH_MODE)
+    params, meta = read_checkpoint(config.checkpoint_path)
+    meta = meta_for_eval(config, meta, config.checkpoint_path)
+    net = build_network(meta)
+    load_weights(net, params, config.checkpoint_path)
+    net.set_train(False)
+    dataset = create_dataset(config, training=False)
+    loss = CrossEntropySmooth(sparse=True, reduction="mean", smooth_factor=0.0,
+                              num_classes=int(meta["num_classes"]))
+    model = Model(net, loss_fn=loss, metrics={"Loss": nn.Loss(),
+                                              "Top_1_Acc": nn.Top1CategoricalAccuracy(),
+                                              "Top_5_Acc": nn.Top5CategoricalAccuracy()})
+    started = time.time()
+    result = model.eval(dataset, dataset_sink_mode=False)
+    line = (f"result: {result}, ckpt: '{config.checkpoint_path}', "
+            f"time: {time.time() - started:.1f} s")
+    print(line, flush=True)
+    with open(EVAL_LOG, "a", encoding="utf-8") as log:
+        log.write(line + "\n")
+    return result
