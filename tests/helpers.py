@@ -1,0 +1,60 @@
+"""Helpers the tests share: running entry points, writing small real-format data sets."""
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+from src.dataset import write_cifar10
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULT = re.compile(r"result: \{'Loss': ([\d.e+-]+), 'Top_1_Acc': ([\d.e+-]+), "
+                    r"'Top_5_Acc': ([\d.e+-]+)\}, ckpt: '([^']+)', time: ")
+LOSS = re.compile(r"^epoch: (\d+) step: (\d+), loss is ([\d.e+-]+)", re.M)
+LR = re.compile(r"^epoch: (\d+) step: (\d+), lr: ([\d.e+-]+)", re.M)
+
+
+def run_entry(script, *args, cwd=None, timeout=600):
+    """Run a top-level entry point in a subprocess; returns CompletedProcess with text output."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "GLOG_v": "3"}
+    return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)],
+                          cwd=cwd or ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def learnable_images(count, classes, size, seed):
+    """uint8 HWC RGB noise images whose class sets the colour (red, green, blue, white, ...):
+    easy to learn, and crops and flips keep the signal."""
+    rng = np.random.RandomState(seed)
+    labels = np.arange(count) % classes
+    rng.shuffle(labels)
+    images = rng.randint(0, 60, (count, size, size, 3)).astype(np.uint8)
+    for i, label in enumerate(labels):
+        channels = [label % 3] if label < 3 else [c for c in range(3) if c != label % 3]
+        images[i, :, :, channels] += 180
+    return images, labels
+
+
+def write_cifar_folder(folder, train_count=128, test_count=40, classes=4, seed=0):
+    """CIFAR-10 binary files (data_batch_1..2.bin, test_batch.bin) of learnable images."""
+    os.makedirs(folder, exist_ok=True)
+    images, labels = learnable_images(train_count, classes, 32, seed)
+    half = train_count // 2
+    write_cifar10(os.path.join(folder, "data_batch_1.bin"), images[:half], labels[:half])
+    write_cifar10(os.path.join(folder, "data_batch_2.bin"), images[half:], labels[half:])
+    images, labels = learnable_images(test_count, classes, 32, seed + 1)
+    write_cifar10(os.path.join(folder, "test_batch.bin"), images, labels)
+    return folder
+
+
+def write_image_folder(root, per_class=16, classes=3, size=48, val_name="val", seed=0):
+    """root/train/<class>/*.jpg and root/<val_name>/<class>/*.jpg of learnable JPEGs."""
+    for split, count in (("train", per_class * classes), (val_name, 4 * classes)):
+        images, labels = learnable_images(count, classes, size, seed + len(split))
+        for i, (image, label) in enumerate(zip(images, labels)):
+            folder = os.path.join(root, split, f"class_{label}")
+            os.makedirs(folder, exist_ok=True)
+            Image.fromarray(image).save(os.path.join(folder, f"{i}.jpg"), quality=95)
+    return root

@@ -1,0 +1,73 @@
+"""The config loader: types, flags, refusals; and the command line's one-line errors."""
+import pytest
+
+from src.errors import UserError
+from src.model_utils.config import get_config
+from tests.helpers import run_entry
+
+
+def test_import_parses_no_argv_and_defaults_load():
+    config = get_config([])
+    assert config.dataset == "cifar10" and config.num_classes == 10
+    assert isinstance(config.lr_init, float) and isinstance(config.is_distributed, bool)
+
+
+def test_flags_override_with_the_keys_type():
+    config = get_config(["--lr_init", "0", "--epoch_size", "3", "--is_distributed", "true",
+                         "--network", "shufflenet_v1_g8_15"])
+    assert config.lr_init == 0.0 and isinstance(config.lr_init, float)
+    assert config.epoch_size == 3 and config.is_distributed is True
+    assert config.network == "shufflenet_v1_g8_15"
+    assert config.explicit == {"lr_init", "epoch_size", "is_distributed", "network"}
+
+
+def test_other_yaml_overrides_the_defaults():
+    config = get_config(["--config_path", "default_config_imagenet.yaml"])
+    assert (config.dataset, config.network, config.num_classes) == ("imagenet",
+                                                                     "shufflenet_v1_g3_20", 1000)
+    assert config.weight_decay == pytest.approx(4e-5) and config.label_smooth_factor == 0.1
+    assert config.log_interval == 10  # from default_config.yaml
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--epoch_sizee", "3"], "unknown key 'epoch_sizee'"),
+    (["--epoch_size", "three"], "epoch_size must be an integer"),
+    (["--is_distributed", "maybe"], "is_distributed must be True or False"),
+    (["--epoch_size", "-1"], "epoch_size = -1 is out of range"),
+    (["--batch_size", "0"], "batch_size = 0 is out of range"),
+    (["--lr_max", "-0.1"], "lr_max = -0.1 is out of range"),
+    (["--label_smooth_factor", "1.0"], "label_smooth_factor = 1.0 is out of range"),
+    (["--amp_level", "O4"], "amp_level 'O4' is not allowed"),
+    (["--network", "shufflenet_v2_x3_0"], "network 'shufflenet_v2_x3_0' is not allowed"),
+])
+def test_bad_values_are_refused_naming_the_key(argv, message):
+    with pytest.raises(UserError, match=message) as err:
+        get_config(argv)
+    assert err.value.line().startswith("error: ")
+
+
+def test_unknown_key_in_a_yaml_is_refused(tmp_path):
+    path = tmp_path / "my.yaml"
+    path.write_text("epoch_size: 3\nlearning_rate: 0.1\n")
+    with pytest.raises(UserError, match="unknown key 'learning_rate'"):
+        get_config(["--config_path", str(path)])
+    path.write_text("epoch_size: [3\n")
+    with pytest.raises(UserError, match="not valid yaml"):
+        get_config(["--config_path", str(path)])
+
+
+@pytest.mark.parametrize("args, key", [
+    (["--epoch_size", "-1"], "epoch_size"),
+    (["--batch_size", "0"], "batch_size"),
+    (["--bogus_key", "1"], "bogus_key"),
+    (["--lr_init", "fast"], "lr_init"),
+    (["--network", "resnet50"], "network"),
+    (["--config_path", "missing.yaml"], "missing.yaml"),
+])
+def test_command_line_gives_one_line_and_exit_2(args, key):
+    for script in ("train.py", "eval.py"):
+        proc = run_entry(script, *args)
+        assert proc.returncode == 2, proc.stderr
+        lines = [l for l in proc.stderr.splitlines() if l.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: ") and key in lines[0], proc.stderr
+        assert "Traceback" not in proc.stderr + proc.stdout

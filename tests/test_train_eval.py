@@ -1,0 +1,101 @@
+"""End to end through the real command lines: train, checkpoint names, eval, resume, pretrained."""
+import os
+import numpy as np
+import pytest
+
+from tests.helpers import LOSS, LR, RESULT, run_entry, write_cifar_folder, write_image_folder
+
+pytestmark = pytest.mark.slow
+NET = "shufflenet_v2_x0_5"
+COMMON = ["--network", NET, "--image_size", "32", "--batch_size", "16", "--warmup_epochs", "0",
+          "--lr_decay_mode", "cosine", "--lr_max", "0.05", "--weight_decay", "0", "--log_interval",
+          "1", "--seed", "3"]
+
+
+def mean_loss_per_epoch(stdout):
+    losses = {}
+    for epoch, _, loss in LOSS.findall(stdout):
+        losses.setdefault(int(epoch), []).append(float(loss))
+    return {epoch: np.mean(values) for epoch, values in losses.items()}
+
+
+def check_trained(proc, ckpt_dir, epochs, steps):
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    losses = mean_loss_per_epoch(proc.stdout)
+    assert sorted(losses) == list(range(1, epochs + 1))
+    assert losses[epochs] < losses[1], losses
+    names = sorted(f for f in os.listdir(ckpt_dir) if f.endswith(".ckpt"))
+    assert names == sorted(f"{NET}-{e}_{steps}.ckpt" for e in range(1, epochs + 1))
+
+
+def check_eval(tmp_path, ckpt, *args):
+    proc = run_entry("eval.py", "--checkpoint_path", ckpt, *args, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    match = RESULT.search(proc.stdout)
+    assert match, proc.stdout
+    loss, top1, top5, path = match.groups()
+    assert path == ckpt and 0.0 <= float(top1) <= float(top5) <= 1.0
+    assert np.isfinite(float(loss))
+    assert RESULT.search((tmp_path / "eval_log.txt").read_text())
+    return float(top1)
+
+
+def test_cifar10_train_eval_resume_pretrained(tmp_path):
+    data = write_cifar_folder(str(tmp_path / "cifar"), train_count=128, test_count=40)
+    out = tmp_path / "run"
+    args = COMMON + ["--dataset_path", data, "--epoch_size", "6", "--num_classes", "4"]
+    proc = run_entry("train.py", *args, "--output_path", out)
+    ckpt_dir = out / "ckpt_0"
+    check_trained(proc, ckpt_dir, epochs=6, steps=8)
+    full_lrs = {(int(e), int(s)): float(lr) for e, s, lr in LR.findall(proc.stdout)}
+    top1 = check_eval(tmp_path, str(ckpt_dir / f"{NET}-6_8.ckpt"), "--dataset_path", data)
+    assert top1 > 0.5  # 4 balanced classes: chance is 0.25
+
+    # A second run into the same folder would overwrite the first: refused.
+    proc = run_entry("train.py", *args, "--output_path", out)
+    assert proc.returncode == 2 and "already holds checkpoints" in proc.stderr
+
+    # Resume from epoch 4 into another folder: epochs 5..6, and the lr of the first resumed
+    # step is the uninterrupted schedule's.
+    resumed = tmp_path / "resumed"
+    proc = run_entry("train.py", *args, "--output_path", resumed,
+                     "--resume", ckpt_dir / f"{NET}-4_8.ckpt")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    epochs = sorted({int(e) for e, _, _ in LOSS.findall(proc.stdout)})
+    assert epochs == [5, 6]
+    resumed_lrs = {(int(e), int(s)): float(lr) for e, s, lr in LR.findall(proc.stdout)}
+    assert min(resumed_lrs) == (5, 1)
+    assert resumed_lrs[(5, 1)] == pytest.approx(full_lrs[(5, 1)], rel=1e-6)
+    assert resumed_lrs == pytest.approx({k: v for k, v in full_lrs.items() if k[0] >= 5})
+    assert sorted(f for f in os.listdir(resumed / "ckpt_0") if f.endswith(".ckpt")) == [
+        f"{NET}-5_8.ckpt", f"{NET}-6_8.ckpt"]
+
+    # Fine-tune the 4-class checkpoint with a 10-class head.
+    proc = run_entry("train.py", *COMMON, "--dataset_path", data, "--epoch_size", "1",
+                     "--num_classes", "10", "--output_path", tmp_path / "tuned",
+                     "--pretrained", ckpt_dir / f"{NET}-6_8.ckpt")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "loaded all but the classifier" in proc.stdout
+
+
+def test_image_folder_train_and_eval(tmp_path):
+    root = write_image_folder(str(tmp_path / "imgs"), per_class=22, classes=3, size=48)
+    out = tmp_path / "run"
+    proc = run_entry("train.py", *COMMON, "--dataset", "imagenet", "--dataset_path", root,
+                     "--num_classes", "3", "--epoch_size", "3", "--output_path", out)
+    check_trained(proc, out / "ckpt_0", epochs=3, steps=4)
+    check_eval(tmp_path, str(out / "ckpt_0" / f"{NET}-3_4.ckpt"), "--dataset", "imagenet",
+               "--dataset_path", root)
+
+
+def test_eval_refuses_what_would_give_wrong_numbers(tmp_path):
+    data = write_cifar_folder(str(tmp_path / "cifar"), train_count=32, test_count=8)
+    proc = run_entry("eval.py", "--dataset_path", data)
+    assert proc.returncode == 2 and "no checkpoint given" in proc.stderr
+    proc = run_entry("eval.py", "--dataset_path", data, "--checkpoint_path", tmp_path / "x.ckpt")
+    assert proc.returncode == 2 and "checkpoint not found" in proc.stderr
+    (tmp_path / "garbage.ckpt").write_bytes(b"not a checkpoint" * 100)
+    proc = run_entry("eval.py", "--dataset_path", data, "--checkpoint_path",
+                     tmp_path / "garbage.ckpt")
+    assert proc.returncode == 2 and "not a MindSpore checkpoint" in proc.stderr
+    assert "Traceback" not in proc.stderr
