@@ -12,6 +12,8 @@ from src.errors import UserError
 from src.models import create_network, options_of
 
 META_KEYS = ("network", "num_classes", "pool_pad", "shuffle_order", "activation")
+# What eval transforms the network was trained with (see dataset.eval_image_ops).
+PREPROCESS_KEYS = ("dataset", "image_size")
 TRAIN_STATE_KEYS = ("epoch_num", "step_num")
 
 
@@ -20,6 +22,7 @@ def network_meta(config) -> dict:
     meta = {"network": config.network, "num_classes": int(config.num_classes)}
     for option in options_of(config.network):
         meta[option] = getattr(config, option)
+    meta.update({"dataset": config.dataset, "image_size": int(config.image_size)})
     return meta
 
 
@@ -45,7 +48,7 @@ def read_checkpoint(path: str) -> tuple:
                         "give a complete .ckpt file (an earlier one of the run, if this one "
                         "was cut off)") from err
     meta = {}
-    for key in META_KEYS + TRAIN_STATE_KEYS:
+    for key in META_KEYS + PREPROCESS_KEYS + TRAIN_STATE_KEYS:
         if key in params:
             value = params.pop(key)
             meta[key] = value if isinstance(value, str) else int(value.asnumpy())
@@ -85,4 +88,6 @@ def meta_for_eval(config, meta: dict, path: str) -> dict:
         if key in config.explicit and str(chosen[key]) != str(meta[key]):
             raise UserError(f"--{key} {chosen[key]} contradicts the checkpoint's {meta[key]}", path,
                             f"drop --{key}: the checkpoint says which network it holds")
-    return {**chosen, **{k: v for k, v in meta.items() if k in META_KEYS}}
+    merged = {**chosen, **meta}
+    keep = ("network", "num_classes") + options_of(merged["network"]) + PREPROCESS_KEYS
+    return {k: merged[k] for k in keep if k in merged}

@@ -91,6 +91,19 @@ def imagenet_folder(path: str, training: bool) -> str:
     return folder
 
 
+def eval_image_ops(dataset: str, size: int) -> list:
+    """Eval transforms of a decoded RGB HWC uint8 image, as the data set ``dataset`` trained it.
+
+    cifar10: resize to size x size, rescale, CIFAR mean/std; imagenet (and synthetic):
+    resize the short side to size * 256 / 224, centre crop, ImageNet mean/std on 0-255 pixels.
+    """
+    if dataset == "cifar10":
+        return [V.Resize((size, size)), V.Rescale(1.0 / 255.0, 0.0),
+                V.Normalize(CIFAR_MEAN, CIFAR_STD), V.HWC2CHW()]
+    return [V.Resize(int(size * 256 / 224)), V.CenterCrop(size),
+            V.Normalize(IMAGENET_MEAN, IMAGENET_STD), V.HWC2CHW()]
+
+
 def _shard_args(rank_id: int, rank_size: int) -> dict:
     return {"num_shards": rank_size, "shard_id": rank_id} if rank_size > 1 else {}
 
@@ -110,12 +123,11 @@ def create_dataset(config, training: bool, rank_id: int = 0, rank_size: int = 1,
         images, labels = read_cifar10(cifar10_files(config.dataset_path, training))
         data = ds.NumpySlicesDataset({"image": images, "label": labels}, shuffle=training,
                                      num_parallel_workers=workers, **shard)
-        ops = []
+        ops = eval_image_ops("cifar10", size)
+        if size == 32:
+            ops = ops[1:]  # the 32x32 images need no resize
         if training:
-            ops += [V.RandomCrop(32, padding=4), V.RandomHorizontalFlip(0.5)]
-        if size != 32:
-            ops.append(V.Resize((size, size)))
-        ops += [V.Rescale(1.0 / 255.0, 0.0), V.Normalize(CIFAR_MEAN, CIFAR_STD), V.HWC2CHW()]
+            ops = [V.RandomCrop(32, padding=4), V.RandomHorizontalFlip(0.5)] + ops
     elif config.dataset == "imagenet":
         folder = imagenet_folder(config.dataset_path, training)
         data = ds.ImageFolderDataset(folder, shuffle=training, num_parallel_workers=workers,
@@ -125,9 +137,9 @@ def create_dataset(config, training: bool, rank_id: int = 0, rank_size: int = 1,
                    V.RandomHorizontalFlip(0.5)]
             if config.network.startswith("shufflenet"):
                 ops.append(V.RandomColorAdjust(0.4, 0.4, 0.4))
+            ops += [V.Normalize(IMAGENET_MEAN, IMAGENET_STD), V.HWC2CHW()]
         else:
-            ops = [V.Decode(), V.Resize(int(size * 256 / 224)), V.CenterCrop(size)]
-        ops += [V.Normalize(IMAGENET_MEAN, IMAGENET_STD), V.HWC2CHW()]
+            ops = [V.Decode()] + eval_image_ops("imagenet", size)
     else:
         rng = np.random.RandomState(config.seed + (0 if training else 1))
         count = config.synthetic_size

@@ -200,3 +200,17 @@ def test_mindcv_weights_give_mindcv_logits(name, options):
     ours.set_train(False)
     x = ms.Tensor(np.random.RandomState(0).rand(2, 3, 64, 64).astype(np.float32))
     assert np.abs(ours(x).asnumpy() - theirs(x).asnumpy()).max() <= 1e-6
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("size", [7, 8])
+def test_symmetric_pools_match_a_padded_reference(kind, size):
+    from src.models.layers import Pool3x3s2
+    x = np.random.RandomState(size).rand(2, 3, size, size).astype(np.float32)  # >= 0, as after ReLU
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    out = (size + 2 - 3) // 2 + 1
+    reduce = np.max if kind == "max" else np.mean
+    expected = np.stack([np.stack([reduce(padded[:, :, 2 * i:2 * i + 3, 2 * j:2 * j + 3], axis=(2, 3))
+                                   for j in range(out)], -1) for i in range(out)], -2)
+    got = Pool3x3s2(kind, "pad")(ms.Tensor(x)).asnumpy()
+    assert got.shape == expected.shape and np.abs(got - expected).max() <= 1e-6

@@ -39,7 +39,8 @@ class GroupedConv1x1(nn.Conv2d):
         self.impl = impl if group > 1 else "native"
         self.split_input = ops.Split(axis=1, output_num=group)
         self.split_weight = ops.Split(axis=0, output_num=group)
-        self.group_conv = ops.Conv2D(out_channel=out_channels // group, kernel_size=1)
+        # kernel_size as a tuple: an int attribute fails ONNX export on 2.10.
+        self.group_conv = ops.Conv2D(out_channel=out_channels // group, kernel_size=(1, 1))
 
     def construct(self, x):
         if self.impl == "native":
@@ -93,31 +94,63 @@ class ChannelShuffle(nn.Cell):
     def construct(self, x):
         if self.groups == 1:
             return x
-        n, c, h, w = x.shape
+        _, c, h, w = x.shape
+        # -1 for the batch, so an exported graph keeps a dynamic batch dimension.
         if self.paper_order:
-            x = ops.reshape(x, (n, self.groups, c // self.groups, h, w))
+            x = ops.reshape(x, (-1, self.groups, c // self.groups, h, w))
         else:
-            x = ops.reshape(x, (n, c // self.groups, self.groups, h, w))
+            x = ops.reshape(x, (-1, c // self.groups, self.groups, h, w))
         x = ops.transpose(x, (0, 2, 1, 3, 4))
-        return ops.reshape(x, (n, c, h, w))
+        return ops.reshape(x, (-1, c, h, w))
 
 
-def max_pool_3x3_s2(pad_mode: str = "pad") -> nn.MaxPool2d:
-    """The stems' 3x3 stride-2 max pool: symmetric padding 1, or MindCV's TF-style ``same``."""
-    if pad_mode not in POOL_PADS:
-        raise ValueError(f"pool padding {pad_mode!r} is not one of {POOL_PADS}")
-    if pad_mode == "same":
-        return nn.MaxPool2d(3, 2, pad_mode="same")
-    return nn.MaxPool2d(3, 2, pad_mode="pad", padding=1)
+class ZeroPad1(nn.Cell):
+    """Pad H and W with one row/column of zeros on each side.
+
+    Built from slices and concats because both ``ops.pad`` (PadV3) and MindSpore's padded
+    pools (MaxPool3DWithArgmax, AvgPool3D) fail to export to ONNX on 2.10; this keeps the
+    batch dimension dynamic.
+    """
+
+    def construct(self, x):
+        row = x[:, :, :1, :] * 0
+        x = ops.concat((row, x, row), axis=2)
+        col = x[:, :, :, :1] * 0
+        return ops.concat((col, x, col), axis=3)
 
 
-def avg_pool_3x3_s2(pad_mode: str = "pad") -> nn.AvgPool2d:
-    """ShuffleNetV1's stride-2 shortcut: symmetric padding 1 counting the zeros (as PyTorch)."""
-    if pad_mode not in POOL_PADS:
-        raise ValueError(f"pool padding {pad_mode!r} is not one of {POOL_PADS}")
-    if pad_mode == "same":
-        return nn.AvgPool2d(3, 2, pad_mode="same")
-    return nn.AvgPool2d(3, 2, pad_mode="pad", padding=1, count_include_pad=True)
+class Pool3x3s2(nn.Cell):
+    """3x3 stride-2 max or average pool with symmetric padding 1 (paper, PyTorch, megvii).
+
+    Zero padding is exact for both uses here: the average pool counts the padded zeros
+    (PyTorch's count_include_pad=True), and the max pool follows a ReLU, so its inputs are
+    never below the zeros. ``pad_mode="same"`` gives MindCV's TF-style pools instead (the
+    extra row/column at the bottom/right only), to reproduce its weights' logits.
+    """
+
+    def __init__(self, kind: str, pad_mode: str = "pad"):
+        super().__init__()
+        if pad_mode not in POOL_PADS:
+            raise ValueError(f"pool padding {pad_mode!r} is not one of {POOL_PADS}")
+        pool = nn.MaxPool2d if kind == "max" else nn.AvgPool2d
+        self.symmetric = pad_mode == "pad"
+        self.pad = ZeroPad1()
+        self.pool = pool(3, 2, pad_mode="valid" if self.symmetric else "same")
+
+    def construct(self, x):
+        if self.symmetric:
+            x = self.pad(x)
+        return self.pool(x)
+
+
+def max_pool_3x3_s2(pad_mode: str = "pad") -> Pool3x3s2:
+    """The stems' 3x3 stride-2 max pool (after a ReLU)."""
+    return Pool3x3s2("max", pad_mode)
+
+
+def avg_pool_3x3_s2(pad_mode: str = "pad") -> Pool3x3s2:
+    """ShuffleNetV1's stride-2 shortcut, counting the padded zeros."""
+    return Pool3x3s2("avg", pad_mode)
 
 
 class GlobalAvgPool(nn.Cell):

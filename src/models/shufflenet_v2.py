@@ -46,8 +46,8 @@ class ShuffleV2Block(nn.Cell):
     def construct(self, x):
         if self.stride == 2:
             return ops.concat((self.branch_proj(x), self.branch_main(x)), axis=1)
-        n, c, h, w = x.shape
-        pairs = ops.reshape(x, (n, c // 2, 2, h, w))
+        _, c, h, w = x.shape
+        pairs = ops.reshape(x, (-1, c // 2, 2, h, w))  # -1: exports keep a dynamic batch
         even = pairs[:, :, 0]
         odd = pairs[:, :, 1]
         return ops.concat((even, self.branch_main(odd)), axis=1)

@@ -1,0 +1,13 @@
+"""Export a checkpoint: python export.py --checkpoint_path CKPT --file_format MINDIR|ONNX|AIR."""
+import sys
+
+from src.errors import run_main
+
+
+def main(argv):
+    from src.exporter import export
+    export(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,44 @@
+"""Predict the top-5 classes of images: python infer.py --model FILE.{ckpt,mindir,onnx} IMAGES...
+
+Other flags are config keys (for a .ckpt without metadata: --network, --num_classes).
+"""
+import argparse
+import sys
+import time
+
+from src.errors import run_main
+
+
+def main(argv):
+    import mindspore as ms
+
+    from src.model_utils.config import get_config
+    from src.predictor import Predictor, image_files, preprocess, read_labels, softmax
+
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False)
+    parser.add_argument("--model", required=True, help=".ckpt, .mindir or .onnx file")
+    parser.add_argument("--labels", default="", help="text file: one class name per line")
+    parser.add_argument("--batch_size", type=int, default=8, help="images per forward pass")
+    parser.add_argument("images", nargs="+", help="image files or folders")
+    args, rest = parser.parse_known_args(argv)
+    config = get_config(rest)
+    ms.set_device(config.device_target)
+    ms.set_context(mode=ms.GRAPH_MODE)
+    predictor = Predictor(args.model, config)
+    files = image_files(args.images)
+    size = int(predictor.meta["image_size"])
+    started, batch_size = time.time(), max(1, args.batch_size)
+    for start in range(0, len(files), batch_size):
+        chunk = files[start:start + batch_size]
+        probs = softmax(predictor.logits(preprocess(chunk, predictor.meta["dataset"], size)))
+        labels = read_labels(args.labels, probs.shape[1])
+        for name, row in zip(chunk, probs):
+            top = row.argsort()[::-1][:5]
+            print(f"{name}: " + ", ".join(f"{labels[i]} {row[i]:.4f}" for i in top), flush=True)
+    elapsed = time.time() - started
+    print(f"infer: {len(files)} images in {elapsed:.2f} s ({len(files) / elapsed:.1f} images/s) "
+          f"with {args.model}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

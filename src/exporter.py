@@ -1,0 +1,94 @@
+"""Export a checkpoint to MINDIR, ONNX or AIR, with a sidecar json of what the file needs."""
+import argparse
+import json
+import os
+
+import mindspore as ms
+import numpy as np
+
+from src.checkpoint import build_network, load_weights, meta_for_eval, read_checkpoint
+from src.errors import UserError
+from src.model_utils.config import get_config
+
+FORMATS = ("MINDIR", "ONNX", "AIR")
+SUFFIX = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
+
+
+def export_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Export a checkpoint. Other flags are config keys (see train.py --help).",
+        allow_abbrev=False)
+    parser.add_argument("--ckpt_file", dest="ckpt_file", default=None,
+                        help="the checkpoint (the zoo's name for --checkpoint_path)")
+    parser.add_argument("--file_name", default=None, help="output path without suffix "
+                        "(default: the network's name)")
+    parser.add_argument("--file_format", default="MINDIR", help="MINDIR, ONNX or AIR")
+    parser.add_argument("--batch_size", type=int, default=1, help="batch of a fixed-batch export")
+    parser.add_argument("--width", type=int, default=None, help="input width (default 224, or "
+                        "the checkpoint's image_size)")
+    parser.add_argument("--height", type=int, default=None, help="input height")
+    parser.add_argument("--dynamic_batch", default="True",
+                        help="True: the batch dimension is left open, so one file serves any "
+                        "batch (default); False: fixed at --batch_size")
+    return parser
+
+
+def export(argv) -> str:
+    """Parse ``argv``, export, write ``<file>.json`` beside the file; returns the file's path."""
+    args, rest = export_parser().parse_known_args(argv)
+    if args.ckpt_file:
+        rest += ["--checkpoint_path", args.ckpt_file]
+    config = get_config(rest)
+    fmt = args.file_format.upper()
+    if fmt not in FORMATS:
+        raise UserError(f"file format {args.file_format!r} is not known", "--file_format",
+                        f"choose {', '.join(FORMATS)}")
+    if fmt == "AIR" and config.device_target != "Ascend":
+        raise UserError(f"AIR export needs Ascend, not {config.device_target}", "--file_format",
+                        "export MINDIR or ONNX here, or run on an Ascend machine")
+    dynamic = str(args.dynamic_batch).lower() in ("true", "1", "yes")
+    if args.batch_size < 1:
+        raise UserError(f"batch_size = {args.batch_size} is out of range", "--batch_size",
+                        "give a value at least 1")
+    if not config.checkpoint_path:
+        raise UserError("no checkpoint given", "--checkpoint_path",
+                        "give --checkpoint_path CKPT (or --ckpt_file)")
+    params, meta = read_checkpoint(config.checkpoint_path)
+    meta = meta_for_eval(config, meta, config.checkpoint_path)
+    default_side = 224 if "image_size" not in config.explicit else config.image_size
+    width, height = args.width or default_side, args.height or args.width or default_side
+    for name, side in (("--width", width), ("--height", height)):
+        if side < 32 or side % 32:
+            raise UserError(f"input side {side} is not a multiple of 32", name,
+                            "give 224, 192, 160, 128, 32, ...")
+    try:
+        ms.set_device(config.device_target)
+    except (RuntimeError, ValueError) as err:
+        raise UserError(f"device {config.device_target} is not usable in this MindSpore build",
+                        "--device_target", "give a target this install supports, e.g. CPU") from err
+    ms.set_context(mode=ms.GRAPH_MODE)
+    net = build_network(meta)
+    load_weights(net, params, config.checkpoint_path)
+    net.set_train(False)  # BatchNorm exports its moving statistics, not batch statistics
+    file_name = args.file_name or meta["network"]
+    out_dir = os.path.dirname(os.path.abspath(file_name))
+    if not os.access(out_dir, os.W_OK):
+        raise UserError("output folder is not writable", out_dir, "give another --file_name")
+    batch = None if dynamic else args.batch_size
+    if fmt == "ONNX":
+        import mindspore.onnx as ms_onnx
+        example = ms.Tensor(np.zeros((args.batch_size, 3, height, width), np.float32))
+        axes = {"image": {0: "batch"}, "logits": {0: "batch"}} if dynamic else None
+        ms_onnx.export(net, example, file_name=file_name + SUFFIX[fmt], input_names=["image"],
+                       output_names=["logits"], dynamic_axes=axes)
+    else:
+        example = ms.Tensor(shape=[batch, 3, height, width], dtype=ms.float32)
+        ms.export(net, example, file_name=file_name, file_format=fmt)
+    path = file_name + SUFFIX[fmt]
+    sidecar = {**meta, "input_shape": [batch, 3, height, width], "format": fmt,
+               "checkpoint": os.path.abspath(config.checkpoint_path)}
+    with open(path + ".json", "w", encoding="utf-8") as f:
+        json.dump(sidecar, f, indent=1)
+    print(f"export: {path} ({fmt}, input {sidecar['input_shape']}; None = any batch), "
+          f"metadata in {path}.json", flush=True)
+    return path
