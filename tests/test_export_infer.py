@@ -1,0 +1,95 @@
+"""Export to MINDIR and ONNX, and inference from each: the logits agree with the checkpoint's."""
+import json
+
+import mindspore as ms
+import numpy as np
+import pytest
+
+from src.models import create_network, list_networks
+from src.model_utils.config import get_config
+from src.predictor import Predictor, image_files, preprocess
+from tests.helpers import run_entry, write_cifar_folder, write_image_folder
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("photos")
+    write_image_folder(str(root), per_class=2, classes=3, size=40)
+    return image_files([str(root / "val")])
+
+
+@pytest.mark.parametrize("name, size", [("shufflenet_v1_g3_05", 32), ("shufflenet_v2_x0_5", 32),
+                                        ("mobilenet_v1_025", 64)])
+def test_checkpoint_mindir_onnx_agree(name, size, tmp_path, photos):
+    data = write_cifar_folder(str(tmp_path / "cifar"), train_count=64, test_count=8)
+    proc = run_entry("train.py", "--network", name, "--dataset_path", data, "--num_classes", "4",
+                     "--epoch_size", "3", "--batch_size", "16", "--lr_max", "0.02", "--warmup_epochs", "1", "--image_size", size,
+                     "--output_path", tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = str(tmp_path / "run" / "ckpt_0" / f"{name}-3_4.ckpt")
+    files = {}
+    for fmt in ("MINDIR", "ONNX"):
+        proc = run_entry("export.py", "--checkpoint_path", ckpt, "--file_format", fmt,
+                         "--file_name", tmp_path / name, "--width", size)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        files[fmt] = str(tmp_path / name) + {"MINDIR": ".mindir", "ONNX": ".onnx"}[fmt]
+        sidecar = json.load(open(files[fmt] + ".json"))
+        assert sidecar["network"] == name and sidecar["num_classes"] == 4
+        assert sidecar["input_shape"] == [None, 3, size, size]
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    config = get_config([])
+    noise = np.random.RandomState(0).randn(3, 3, size, size).astype(np.float32)
+    batch = np.concatenate([preprocess(photos, "cifar10", size), noise])
+    from_ckpt = Predictor(ckpt, config).logits(batch)
+    assert from_ckpt.shape == (len(photos) + 3, 4)
+    from_mindir = Predictor(files["MINDIR"], config).logits(batch)
+    from_onnx = Predictor(files["ONNX"], config).logits(batch)
+    assert np.abs(from_mindir - from_ckpt).max() <= 1e-5
+    assert np.abs(from_onnx - from_ckpt).max() <= 1e-4
+    # The logits are far from zero, so the tolerances above say something. (A 12-step
+    # MobileNetV1 0.25 gives nearly the same logits to every image in eval mode, so their
+    # spread is no test.)
+    assert np.abs(from_ckpt).max() > 1e-2
+
+    # One dynamic-batch MINDIR serves batch 1 and batch 5.
+    mindir = Predictor(files["MINDIR"], config)
+    five = np.concatenate([batch, batch])[:5]
+    assert mindir.logits(five[:1]).shape == (1, 4)
+    assert mindir.logits(five).shape == (5, 4)
+    assert np.abs(mindir.logits(five[:1]) - mindir.logits(five)[:1]).max() <= 1e-5
+
+    # infer.py prints the top classes with probabilities for each image.
+    proc = run_entry("infer.py", "--model", files["ONNX"], "--batch_size", "2", *photos)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [l for l in proc.stdout.splitlines() if l.startswith(tuple(photos))]
+    assert len(lines) == len(photos)
+    probs = [float(p) for p in lines[0].split(": ", 1)[1].split(", ")[0].split()[1:]]
+    assert 0.0 <= probs[0] <= 1.0
+
+
+def test_every_variant_exports_to_onnx(tmp_path):
+    import mindspore.onnx as ms_onnx
+    ms.set_context(mode=ms.GRAPH_MODE)
+    example = ms.Tensor(np.zeros((1, 3, 32, 32), np.float32))
+    for name in list_networks():
+        net = create_network(name, num_classes=10)
+        net.set_train(False)
+        path = str(tmp_path / f"{name}.onnx")
+        ms_onnx.export(net, example, file_name=path, input_names=["image"],
+                       output_names=["logits"])
+        with open(path, "rb") as f:
+            assert len(f.read()) > 10_000, name
+
+
+def test_export_refusals(tmp_path):
+    data = write_cifar_folder(str(tmp_path / "cifar"), train_count=32, test_count=8)
+    proc = run_entry("export.py", "--checkpoint_path", tmp_path / "none.ckpt")
+    assert proc.returncode == 2 and "checkpoint not found" in proc.stderr
+    proc = run_entry("export.py", "--checkpoint_path", data, "--file_format", "AIR")
+    assert proc.returncode == 2 and "AIR export needs Ascend" in proc.stderr
+    proc = run_entry("export.py", "--checkpoint_path", data, "--file_format", "TFLITE")
+    assert proc.returncode == 2 and "TFLITE" in proc.stderr
+    assert "Traceback" not in proc.stderr
