@@ -154,5 +154,8 @@ def train(config) -> str:
     started = time.time()
     model.train(config.epoch_size, dataset, callbacks=callbacks,
                 dataset_sink_mode=config.dataset_sink_mode, initial_epoch=start_epoch)
-    print(f"train: done in {time.time() - started:.1f} s", flush=True)
+    # Data-parallel ranks must end with the same weights: this lets a log show that they do.
+    checksum = sum(float(np.abs(p.asnumpy()).astype(np.float64).sum()) for p in net.trainable_params())
+    print(f"train: done in {time.time() - started:.1f} s, rank {rank} weights checksum "
+          f"{checksum:.10e}", flush=True)
     return ckpt_dir

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Data-parallel training on Ascend from a rank table:
+#   bash scripts/run_distribute_train.sh [RANK_TABLE_FILE] [DATA_PATH] [CONFIG_PATH](opt)
+# One process per device listed in the rank table (not a fixed 8), each with RANK_TABLE_FILE,
+# RANK_SIZE, RANK_ID and DEVICE_ID set, running in ./train_parallel{RANK_ID}/ with its log in
+# train_parallel{RANK_ID}/log.txt. msrun's --rank_table_file does not start a rank-table job on
+# MindSpore 2.10 (its own help says so), so this is the env-var launch the zoo uses.
+# If one process fails, the others are stopped and the script exits with its code.
+# DRY_RUN=1 prints each planned command and its environment and starts nothing.
+set -euo pipefail
+if [ $# -lt 2 ] || [ $# -gt 3 ]; then
+    echo "usage: bash $0 [RANK_TABLE_FILE] [DATA_PATH] [CONFIG_PATH](opt)" >&2
+    exit 2
+fi
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+abspath() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+RANK_TABLE_FILE=$(abspath "$1")
+DATA_PATH=$(abspath "$2")
+CONFIG_PATH=$(abspath "${3:-$ROOT/default_config_imagenet.yaml}")
+[ -e "$DATA_PATH" ] || { echo "error: data path not found ($DATA_PATH): give an existing folder" >&2; exit 2; }
+[ -f "$CONFIG_PATH" ] || { echo "error: config file not found ($CONFIG_PATH): give an existing yaml" >&2; exit 2; }
+PLAN=$(cd "$ROOT" && python3 -m src.launch "$RANK_TABLE_FILE") || exit 2
+RANK_SIZE=$(echo "$PLAN" | wc -l)
+export RANK_TABLE_FILE RANK_SIZE
+
+pids=()
+while read -r RANK_ID DEVICE_ID; do
+    dir="$PWD/train_parallel$RANK_ID"
+    cmd=(python3 "$ROOT/train.py" --config_path "$CONFIG_PATH" --device_target Ascend
+         --dataset_path "$DATA_PATH" --is_distributed True)
+    if [ "${DRY_RUN:-0}" = "1" ]; then
+        echo "rank $RANK_ID: cd $dir && RANK_TABLE_FILE=$RANK_TABLE_FILE RANK_SIZE=$RANK_SIZE RANK_ID=$RANK_ID DEVICE_ID=$DEVICE_ID ${cmd[*]} > $dir/log.txt"
+        continue
+    fi
+    mkdir -p "$dir"
+    (cd "$dir" && RANK_ID=$RANK_ID DEVICE_ID=$DEVICE_ID exec "${cmd[@]}" > log.txt 2>&1) &
+    pids+=($!)
+    echo "rank $RANK_ID on device $DEVICE_ID: log $dir/log.txt"
+done <<< "$PLAN"
+[ "${DRY_RUN:-0}" = "1" ] && exit 0
+
+status=0
+for _ in "${pids[@]}"; do
+    if ! wait -n; then
+        status=1
+        echo "error: a training process failed: stopping the others; see train_parallel*/log.txt" >&2
+        grep -l -E "^error:|Error|Traceback" train_parallel*/log.txt 2>/dev/null | head -1 | xargs -r tail -n 5 >&2
+        kill "${pids[@]}" 2>/dev/null || true
+        break
+    fi
+done
+wait 2>/dev/null || true
+exit $status

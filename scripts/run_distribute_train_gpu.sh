@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Data-parallel training with msrun (GPU, or CPU via run_distribute_train_cpu.sh):
+#   bash scripts/run_distribute_train_gpu.sh [DEVICE_NUM] [DATA_PATH] [CONFIG_PATH](opt)
+# Runs in ./train_parallel/: msrun's logs are train_parallel/worker_{rank}.log (and
+# scheduler.log), checkpoints train_parallel/output/ckpt_0/ (rank 0 only).
+# When one worker fails, msrun stops the job and this script exits non-zero.
+set -euo pipefail
+if [ $# -lt 2 ] || [ $# -gt 3 ]; then
+    echo "usage: bash $0 [DEVICE_NUM] [DATA_PATH] [CONFIG_PATH](opt)" >&2
+    exit 2
+fi
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+abspath() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+DEVICE_NUM=$1
+DATA_PATH=$(abspath "$2")
+CONFIG_PATH=$(abspath "${3:-$ROOT/default_config.yaml}")
+DEVICE_TARGET=${DEVICE_TARGET:-GPU}
+case "$DEVICE_NUM" in ''|*[!0-9]*|0) echo "error: device count '$DEVICE_NUM' is not a positive integer (DEVICE_NUM): give e.g. 8" >&2; exit 2 ;; esac
+[ -e "$DATA_PATH" ] || { echo "error: data path not found ($DATA_PATH): give an existing folder" >&2; exit 2; }
+[ -f "$CONFIG_PATH" ] || { echo "error: config file not found ($CONFIG_PATH): give an existing yaml" >&2; exit 2; }
+PORT=${MASTER_PORT:-$((8118 + RANDOM % 1000))}
+mkdir -p train_parallel
+cd train_parallel
+echo "logs: $PWD/worker_{0..$((DEVICE_NUM - 1))}.log"
+msrun --worker_num "$DEVICE_NUM" --local_worker_num "$DEVICE_NUM" --master_port "$PORT" \
+    --log_dir "$PWD" --join True \
+    "$ROOT/train.py" --config_path "$CONFIG_PATH" --device_target "$DEVICE_TARGET" \
+    --dataset_path "$DATA_PATH" --is_distributed True ${EXTRA_ARGS:-} > msrun.log 2>&1 || {
+    status=$?
+    echo "error: the job failed (exit $status); the failing worker's last lines:" >&2
+    grep -l -E "^error:|Error|Traceback" worker_*.log 2>/dev/null | head -1 | xargs -r tail -n 5 >&2
+    exit "$status"
+}

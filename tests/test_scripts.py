@@ -1,0 +1,136 @@
+"""The launch scripts, run for real on CPU: msrun data parallel, rank-table planning, failures."""
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.helpers import ROOT, write_cifar_folder
+
+pytestmark = pytest.mark.slow
+SMALL = ["--network", "shufflenet_v2_x0_5", "--num_classes", "4", "--epoch_size", "2",
+         "--batch_size", "8", "--log_interval", "1", "--output_path", "output"]
+
+
+def rank_table(path, devices):
+    table = {"version": "1.0", "server_count": "1", "status": "completed", "server_list": [
+        {"server_id": "10.0.0.1", "host_nic_ip": "reserve", "device": [
+            {"device_id": str(d), "device_ip": f"192.98.92.{100 + d}", "rank_id": str(r)}
+            for r, d in enumerate(devices)]}]}
+    path.write_text(json.dumps(table))
+    return str(path)
+
+
+def run_script(name, *args, cwd, env=None, timeout=600):
+    return subprocess.run(["bash", os.path.join(ROOT, "scripts", name), *map(str, args)],
+                          cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def test_cpu_data_parallel_through_the_real_script(tmp_path):
+    data = write_cifar_folder(str(tmp_path / "cifar"), train_count=64, test_count=8)
+    proc = run_script("run_distribute_train_cpu.sh", 2, data, cwd=tmp_path,
+                      env={"EXTRA_ARGS": " ".join(SMALL)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    logs = tmp_path / "train_parallel"
+    texts = [(logs / f"worker_{r}.log").read_text() for r in range(2)]
+    # Each rank reads its own half: 64 images / 2 ranks / batch 8 = 4 steps an epoch.
+    for rank, text in enumerate(texts):
+        assert f"4 steps/epoch, epochs 1..2, rank {rank}/2" in text
+    # Only rank 0 writes checkpoints.
+    assert sorted(os.listdir(logs / "output")) == ["ckpt_0"]
+    assert "shufflenet_v2_x0_5-2_4.ckpt" in os.listdir(logs / "output" / "ckpt_0")
+    # Gradients are averaged over the ranks, so both end with the same weights.
+    sums = [re.search(r"weights checksum (\S+)", t).group(1) for t in texts]
+    assert sums[0] == sums[1]
+
+
+def test_rank_table_plan_in_dry_run(tmp_path):
+    data = write_cifar_folder(str(tmp_path / "cifar"), train_count=8, test_count=8)
+    table = rank_table(tmp_path / "rank_table_8p.json", [0, 1, 2, 3, 4, 5, 6, 7])
+    proc = run_script("run_distribute_train.sh", table, data, cwd=tmp_path, env={"DRY_RUN": "1"})
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 8
+    for rank, line in enumerate(lines):
+        assert f"cd {tmp_path}/train_parallel{rank} &&" in line
+        assert f"RANK_TABLE_FILE={table} RANK_SIZE=8 RANK_ID={rank} DEVICE_ID={rank} " in line
+        assert "--device_target Ascend" in line and "--is_distributed True" in line
+        assert line.endswith(f"> {tmp_path}/train_parallel{rank}/log.txt")
+    assert not list(tmp_path.glob("train_parallel*"))  # a dry run starts nothing
+    # Four devices, not a hard-coded 8.
+    table4 = rank_table(tmp_path / "rank_table_4p.json", [4, 5, 6, 7])
+    proc = run_script("run_distribute_train.sh", table4, data, cwd=tmp_path, env={"DRY_RUN": "1"})
+    assert proc.returncode == 0 and len(proc.stdout.strip().splitlines()) == 4
+    assert "RANK_SIZE=4 RANK_ID=0 DEVICE_ID=4" in proc.stdout
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing", "rank table not found"),
+    ("not_json", "rank table is malformed"),
+    ("no_devices", "rank table lists no device"),
+    ("rank_gap", "are not 0..1"),
+    ("count", "lists 8 devices but RANK_SIZE is 4"),
+])
+def test_rank_table_validation(tmp_path, case, expected):
+    data = write_cifar_folder(str(tmp_path / "cifar"), train_count=8, test_count=8)
+    table = tmp_path / "table.json"
+    env = {"DRY_RUN": "1"}
+    if case == "not_json":
+        table.write_text("{server_list: oops")
+    elif case == "no_devices":
+        rank_table(table, [])
+    elif case == "rank_gap":
+        rank_table(table, [0, 1])
+        table.write_text(table.read_text().replace('"rank_id": "1"', '"rank_id": "2"'))
+    elif case == "count":
+        rank_table(table, list(range(8)))
+        env["RANK_SIZE"] = "4"
+    proc = run_script("run_distribute_train.sh", table, data, cwd=tmp_path, env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert expected in proc.stderr and proc.stderr.startswith("error: ")
+    assert "Traceback" not in proc.stderr and not proc.stdout
+
+
+def test_script_arguments_are_checked(tmp_path):
+    proc = run_script("run_distribute_train_cpu.sh", "two", str(tmp_path), cwd=tmp_path)
+    assert proc.returncode == 2 and "not a positive integer" in proc.stderr
+    proc = run_script("run_standalone_train.sh", "CPU", tmp_path / "nope", cwd=tmp_path)
+    assert proc.returncode == 2 and "data path not found" in proc.stderr
+    proc = run_script("run_eval.sh", "CPU", str(tmp_path), tmp_path / "x.ckpt", cwd=tmp_path)
+    assert proc.returncode == 2 and "checkpoint not found" in proc.stderr
+    proc = run_script("run_eval.sh", "CPU", cwd=tmp_path)
+    assert proc.returncode == 2 and "usage" in proc.stderr
+
+
+def test_killing_one_worker_fails_the_job_quickly(tmp_path):
+    data = write_cifar_folder(str(tmp_path / "cifar"), train_count=64, test_count=8)
+    args = SMALL[:]
+    args[args.index("--epoch_size") + 1] = "200"
+    job = subprocess.Popen(["bash", os.path.join(ROOT, "scripts", "run_distribute_train_cpu.sh"),
+                            "2", data], cwd=tmp_path, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "EXTRA_ARGS": " ".join(args)})
+    log = tmp_path / "train_parallel" / "worker_1.log"
+    deadline = time.time() + 240
+    while time.time() < deadline and "loss is" not in (log.read_text() if log.exists() else ""):
+        time.sleep(1)
+    assert "loss is" in log.read_text(), "worker 1 never started training"
+    pids = subprocess.run(["pgrep", "-f", f"train.py.*{data}"], capture_output=True,
+                          text=True).stdout.split()
+    worker = [p for p in pids if "RANK_ID=1" in open(f"/proc/{p}/environ").read().replace("\0", " ")]
+    assert worker, pids
+    os.kill(int(worker[0]), signal.SIGKILL)
+    killed = time.time()
+    try:
+        _, stderr = job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            job.kill()
+            subprocess.run(["pkill", "-9", "-f", f"train.py.*{data}"])
+    assert job.returncode != 0
+    assert time.time() - killed < 60
+    assert "the job failed" in stderr
