@@ -24,8 +24,8 @@ def export_parser() -> argparse.ArgumentParser:
                         "(default: the network's name)")
     parser.add_argument("--file_format", default="MINDIR", help="MINDIR, ONNX or AIR")
     parser.add_argument("--batch_size", type=int, default=1, help="batch of a fixed-batch export")
-    parser.add_argument("--width", type=int, default=None, help="input width (default 224, or "
-                        "the checkpoint's image_size)")
+    parser.add_argument("--width", type=int, default=None, help="input width (default: the "
+                        "checkpoint's recorded image_size, else the config's)")
     parser.add_argument("--height", type=int, default=None, help="input height")
     parser.add_argument("--dynamic_batch", default="True",
                         help="True: the batch dimension is left open, so one file serves any "
@@ -55,7 +55,9 @@ def export(argv) -> str:
                         "give --checkpoint_path CKPT (or --ckpt_file)")
     params, meta = read_checkpoint(config.checkpoint_path)
     meta = meta_for_eval(config, meta, config.checkpoint_path)
-    default_side = 224 if "image_size" not in config.explicit else config.image_size
+    # The side the network was trained at (recorded in our checkpoints, else the config's).
+    default_side = config.image_size if "image_size" in config.explicit else \
+        int(meta["image_size"])
     width, height = args.width or default_side, args.height or args.width or default_side
     for name, side in (("--width", width), ("--height", height)):
         if side < 32 or side % 32:
