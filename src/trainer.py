@@ -73,6 +73,35 @@ class LrMonitor(Callback):
         print(f"epoch: {params.cur_epoch_num} step: {step_in_epoch}, lr: {lr:.8f}", flush=True)
 
 
+class NonFiniteLossGuard(Callback):
+    """Stops training on the step whose loss or weights turn NaN or Inf, before anything saves it.
+
+    Placed before the checkpoint callback, it raises first, so the bad weights are never written.
+    Besides the loss it checks the stem conv's weights: MindSpore's CPU softmax cross entropy
+    returns a finite ln(C) for NaN logits, so NaN weights can hide behind a finite loss
+    (measured on 2.10); a NaN anywhere reaches the stem's gradient on the same step.
+    """
+
+    def __init__(self, optimizer, steps_per_epoch: int, sentinel):
+        super().__init__()
+        self.optimizer, self.steps, self.sentinel = optimizer, steps_per_epoch, sentinel
+
+    def on_train_step_end(self, run_context):
+        params = run_context.original_args()
+        loss = params.net_outputs[0] if isinstance(params.net_outputs, (tuple, list)) \
+            else params.net_outputs
+        value = float(np.mean(loss.asnumpy()))
+        if np.isfinite(value) and np.isfinite(self.sentinel.asnumpy()).all():
+            return
+        step = int(self.optimizer.global_step.asnumpy().reshape(-1)[0])
+        lr = float(self.optimizer.learning_rate.learning_rate.asnumpy()[max(step - 1, 0)])
+        raise UserError(f"loss or weights not finite (loss {value}) at epoch {params.cur_epoch_num} step "
+                        f"{(params.cur_step_num - 1) % self.steps + 1} (global step {step}), "
+                        f"lr {lr:g}; stopped without saving this step's weights", "training",
+                        "lower --lr_max (or --loss_scale with amp), then --resume the last "
+                        "checkpoint")
+
+
 class RunCheckpoint(ModelCheckpoint):
     """ModelCheckpoint that keeps the names ``{network}-{epoch}_{step}.ckpt``.
 
@@ -93,11 +122,31 @@ def existing_checkpoints(directory: str, network: str) -> list:
     return sorted(glob.glob(os.path.join(directory, f"{network}-*.ckpt")), key=os.path.getmtime)
 
 
+def newest_loadable_checkpoint(directory: str, network: str) -> str:
+    """The checkpoint of ``network`` in ``directory`` with the highest epoch that loads; "" if none.
+
+    A file cut off by a crash is skipped with a warning, so the run goes on from the one before.
+    """
+    candidates = []
+    for path in existing_checkpoints(directory, network):
+        try:
+            _, meta = read_checkpoint(path)
+        except UserError:
+            print(f"warning: skipping unreadable checkpoint {path}", flush=True)
+            continue
+        candidates.append((meta.get("epoch_num", 0), os.path.getmtime(path), path))
+    return max(candidates)[2] if candidates else ""
+
+
 def train(config) -> str:
     """Train ``config.network`` as ``config`` says; returns the checkpoint folder."""
     rank, group_size = set_up(config)
     ckpt_dir = checkpoint_dir(config, rank)
     start_epoch, resume_params = 0, None
+    if config.resume == "auto":
+        config.resume = newest_loadable_checkpoint(ckpt_dir, config.network)
+        print(f"resume auto: {config.resume or 'no checkpoint yet, starting at epoch 1'}",
+              flush=True)
     if config.resume:
         resume_params, meta = read_checkpoint(config.resume)
         if meta.get("network", config.network) != config.network:
@@ -141,8 +190,8 @@ def train(config) -> str:
     model = Model(net, loss_fn=loss, optimizer=opt, amp_level=config.amp_level,
                   loss_scale_manager=FixedLossScaleManager(config.loss_scale,
                                                            drop_overflow_update=False))
-    callbacks = [TimeMonitor(steps), LossMonitor(config.log_interval),
-                 LrMonitor(opt, steps, config.log_interval)]
+    callbacks = [NonFiniteLossGuard(opt, steps, net.trainable_params()[0]), TimeMonitor(steps),
+                 LossMonitor(config.log_interval), LrMonitor(opt, steps, config.log_interval)]
     if config.save_checkpoint and rank == 0:
         ckpt_config = CheckpointConfig(
             save_checkpoint_steps=config.save_checkpoint_epochs * steps,
