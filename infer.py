@@ -10,8 +10,7 @@ from src.errors import run_main
 
 
 def main(argv):
-    import mindspore as ms
-
+    from src.device import use_device
     from src.model_utils.config import get_config
     from src.predictor import Predictor, image_files, preprocess, read_labels, softmax
 
@@ -22,8 +21,7 @@ def main(argv):
     parser.add_argument("images", nargs="+", help="image files or folders")
     args, rest = parser.parse_known_args(argv)
     config = get_config(rest)
-    ms.set_device(config.device_target)
-    ms.set_context(mode=ms.GRAPH_MODE)
+    use_device(config.device_target)
     predictor = Predictor(args.model, config)
     files = image_files(args.images)
     size = int(predictor.meta["image_size"])

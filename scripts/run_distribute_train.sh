@@ -8,17 +8,13 @@
 # If one process fails, the others are stopped and the script exits with its code.
 # DRY_RUN=1 prints each planned command and its environment and starts nothing.
 set -euo pipefail
-if [ $# -lt 2 ] || [ $# -gt 3 ]; then
-    echo "usage: bash $0 [RANK_TABLE_FILE] [DATA_PATH] [CONFIG_PATH](opt)" >&2
-    exit 2
-fi
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-abspath() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+usage_unless 2 3 $# "bash $0 [RANK_TABLE_FILE] [DATA_PATH] [CONFIG_PATH](opt)"
 RANK_TABLE_FILE=$(abspath "$1")
 DATA_PATH=$(abspath "$2")
 CONFIG_PATH=$(abspath "${3:-$ROOT/default_config_imagenet.yaml}")
-[ -e "$DATA_PATH" ] || { echo "error: data path not found ($DATA_PATH): give an existing folder" >&2; exit 2; }
-[ -f "$CONFIG_PATH" ] || { echo "error: config file not found ($CONFIG_PATH): give an existing yaml" >&2; exit 2; }
+need_path "data path" "$DATA_PATH"
+need_path "config file" "$CONFIG_PATH"
 PLAN=$(cd "$ROOT" && python3 -m src.launch "$RANK_TABLE_FILE") || exit 2
 RANK_SIZE=$(echo "$PLAN" | wc -l)
 export RANK_TABLE_FILE RANK_SIZE

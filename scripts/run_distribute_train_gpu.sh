@@ -5,19 +5,15 @@
 # scheduler.log), checkpoints train_parallel/output/ckpt_0/ (rank 0 only).
 # When one worker fails, msrun stops the job and this script exits non-zero.
 set -euo pipefail
-if [ $# -lt 2 ] || [ $# -gt 3 ]; then
-    echo "usage: bash $0 [DEVICE_NUM] [DATA_PATH] [CONFIG_PATH](opt)" >&2
-    exit 2
-fi
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-abspath() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+usage_unless 2 3 $# "bash $0 [DEVICE_NUM] [DATA_PATH] [CONFIG_PATH](opt)"
 DEVICE_NUM=$1
 DATA_PATH=$(abspath "$2")
 CONFIG_PATH=$(abspath "${3:-$ROOT/default_config.yaml}")
 DEVICE_TARGET=${DEVICE_TARGET:-GPU}
 case "$DEVICE_NUM" in ''|*[!0-9]*|0) echo "error: device count '$DEVICE_NUM' is not a positive integer (DEVICE_NUM): give e.g. 8" >&2; exit 2 ;; esac
-[ -e "$DATA_PATH" ] || { echo "error: data path not found ($DATA_PATH): give an existing folder" >&2; exit 2; }
-[ -f "$CONFIG_PATH" ] || { echo "error: config file not found ($CONFIG_PATH): give an existing yaml" >&2; exit 2; }
+need_path "data path" "$DATA_PATH"
+need_path "config file" "$CONFIG_PATH"
 PORT=${MASTER_PORT:-$((8118 + RANDOM % 1000))}
 mkdir -p train_parallel
 cd train_parallel

@@ -3,21 +3,17 @@
 # Runs in ./train_standalone/ (checkpoints under its output/), log in train_standalone/log.txt.
 # CKPT, when given, is a pretrained checkpoint (all but the classifier is loaded).
 set -euo pipefail
-if [ $# -lt 2 ] || [ $# -gt 4 ]; then
-    echo "usage: bash $0 [DEVICE_TARGET] [DATA_PATH] [CONFIG_PATH](opt) [CKPT](opt)" >&2
-    exit 2
-fi
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-abspath() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+usage_unless 2 4 $# "bash $0 [DEVICE_TARGET] [DATA_PATH] [CONFIG_PATH](opt) [CKPT](opt)"
 DEVICE_TARGET=$1
 DATA_PATH=$(abspath "$2")
 CONFIG_PATH=$(abspath "${3:-$ROOT/default_config.yaml}")
-[ -e "$DATA_PATH" ] || { echo "error: data path not found ($DATA_PATH): give an existing folder" >&2; exit 2; }
-[ -f "$CONFIG_PATH" ] || { echo "error: config file not found ($CONFIG_PATH): give an existing yaml" >&2; exit 2; }
+need_path "data path" "$DATA_PATH"
+need_path "config file" "$CONFIG_PATH"
 EXTRA=()
 if [ $# -ge 4 ]; then
     CKPT=$(abspath "$4")
-    [ -f "$CKPT" ] || { echo "error: checkpoint not found ($CKPT): give an existing .ckpt" >&2; exit 2; }
+    need_path checkpoint "$CKPT"
     EXTRA=(--pretrained "$CKPT")
 fi
 mkdir -p train_standalone

@@ -1,13 +1,13 @@
 """Evaluation: Loss, Top_1_Acc and Top_5_Acc of a checkpoint over the whole validation set."""
 import time
 
-import mindspore as ms
 from mindspore import nn
 from mindspore.train import Model
 
 from src.checkpoint import build_network, load_weights, meta_for_eval, read_checkpoint
 from src.CrossEntropySmooth import CrossEntropySmooth
 from src.dataset import create_dataset
+from src.device import use_device
 from src.errors import UserError
 
 EVAL_LOG = "eval_log.txt"
@@ -18,12 +18,7 @@ def evaluate(config) -> dict:
     if not config.checkpoint_path:
         raise UserError("no checkpoint given", "--checkpoint_path",
                         "give --checkpoint_path CKPT (evaluating random weights is never useful)")
-    try:
-        ms.set_device(config.device_target)
-    except (RuntimeError, ValueError) as err:
-        raise UserError(f"device {config.device_target} is not usable in this MindSpore build",
-                        "--device_target", "give a target this install supports, e.g. CPU") from err
-    ms.set_context(mode=ms.GRAPH_MODE)
+    use_device(config.device_target)
     params, meta = read_checkpoint(config.checkpoint_path)
     meta = meta_for_eval(config, meta, config.checkpoint_path)
     net = build_network(meta)

@@ -7,6 +7,7 @@ import mindspore as ms
 import numpy as np
 
 from src.checkpoint import build_network, load_weights, meta_for_eval, read_checkpoint
+from src.device import use_device
 from src.errors import UserError
 from src.model_utils.config import get_config
 
@@ -63,12 +64,7 @@ def export(argv) -> str:
         if side < 32 or side % 32:
             raise UserError(f"input side {side} is not a multiple of 32", name,
                             "give 224, 192, 160, 128, 32, ...")
-    try:
-        ms.set_device(config.device_target)
-    except (RuntimeError, ValueError) as err:
-        raise UserError(f"device {config.device_target} is not usable in this MindSpore build",
-                        "--device_target", "give a target this install supports, e.g. CPU") from err
-    ms.set_context(mode=ms.GRAPH_MODE)
+    use_device(config.device_target)
     net = build_network(meta)
     load_weights(net, params, config.checkpoint_path)
     net.set_train(False)  # BatchNorm exports its moving statistics, not batch statistics

@@ -12,6 +12,7 @@ from mindspore.train import (Callback, CheckpointConfig, FixedLossScaleManager, 
 from src.checkpoint import build_network, load_weights, network_meta, read_checkpoint
 from src.CrossEntropySmooth import CrossEntropySmooth
 from src.dataset import create_dataset
+from src.device import use_device
 from src.errors import UserError
 from src.lr_generator import get_lr
 
@@ -21,12 +22,7 @@ def set_up(config) -> tuple:
     ms.set_seed(config.seed)
     np.random.seed(config.seed)
     ms.dataset.config.set_seed(config.seed)
-    try:
-        ms.set_device(config.device_target)
-    except (RuntimeError, ValueError) as err:
-        raise UserError(f"device {config.device_target} is not usable in this MindSpore build",
-                        "--device_target", "give a target this install supports, e.g. CPU") from err
-    ms.set_context(mode=ms.GRAPH_MODE)
+    use_device(config.device_target)
     if not config.is_distributed:
         return 0, 1
     from mindspore.communication import get_group_size, get_rank, init

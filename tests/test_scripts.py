@@ -134,3 +134,19 @@ def test_killing_one_worker_fails_the_job_quickly(tmp_path):
     assert job.returncode != 0
     assert time.time() - killed < 60
     assert "the job failed" in stderr
+
+
+def test_standalone_train_then_eval_scripts(tmp_path):
+    data = write_cifar_folder(str(tmp_path / "cifar"), train_count=32, test_count=8)
+    config = tmp_path / "tiny.yaml"
+    config.write_text("network: shufflenet_v2_x0_5\nnum_classes: 4\nepoch_size: 1\n"
+                      "batch_size: 8\noutput_path: output\nlog_interval: 1\n")
+    proc = run_script("run_standalone_train.sh", "CPU", data, config, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"log: {tmp_path}/train_standalone/log.txt" in proc.stdout
+    ckpt = tmp_path / "train_standalone" / "output" / "ckpt_0" / "shufflenet_v2_x0_5-1_4.ckpt"
+    assert ckpt.exists() and "loss is" in (tmp_path / "train_standalone" / "log.txt").read_text()
+    proc = run_script("run_eval.sh", "CPU", data, ckpt, config, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines()[-1].startswith("result: {'Loss': ")
+    assert (tmp_path / "eval" / "eval_log.txt").exists()
