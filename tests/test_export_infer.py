@@ -1,5 +1,7 @@
 """Export to MINDIR and ONNX, and inference from each: the logits agree with the checkpoint's."""
 import json
+import os
+import subprocess
 
 import mindspore as ms
 import numpy as np
@@ -8,7 +10,7 @@ import pytest
 from src.models import create_network, list_networks
 from src.model_utils.config import get_config
 from src.predictor import Predictor, image_files, preprocess
-from tests.helpers import run_entry, write_cifar_folder, write_image_folder
+from tests.helpers import ROOT, run_entry, write_cifar_folder, write_image_folder
 
 pytestmark = pytest.mark.slow
 
@@ -61,9 +63,13 @@ def test_checkpoint_mindir_onnx_agree(name, size, tmp_path, photos):
     assert mindir.logits(five).shape == (5, 4)
     assert np.abs(mindir.logits(five[:1]) - mindir.logits(five)[:1]).max() <= 1e-5
 
-    # infer.py prints the top classes with probabilities for each image.
-    proc = run_entry("infer.py", "--model", files["ONNX"], "--batch_size", "2", *photos)
+    # infer.py, through scripts/run_infer.sh, prints the top classes and their probabilities.
+    proc = subprocess.run(["bash", os.path.join(ROOT, "scripts", "run_infer.sh"), files["ONNX"],
+                           os.path.dirname(os.path.dirname(photos[0]))], cwd=tmp_path,
+                          capture_output=True,
+                          text=True, env={**os.environ, "EXTRA_ARGS": "--batch_size 2"})
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "infer_result.txt").read_text() in proc.stdout
     lines = [l for l in proc.stdout.splitlines() if l.startswith(tuple(photos))]
     assert len(lines) == len(photos)
     probs = [float(p) for p in lines[0].split(": ", 1)[1].split(", ")[0].split()[1:]]

@@ -104,6 +104,10 @@ def test_script_arguments_are_checked(tmp_path):
     assert proc.returncode == 2 and "checkpoint not found" in proc.stderr
     proc = run_script("run_eval.sh", "CPU", cwd=tmp_path)
     assert proc.returncode == 2 and "usage" in proc.stderr
+    proc = run_script("run_export.sh", tmp_path / "x.ckpt", "MINDIR", cwd=tmp_path)
+    assert proc.returncode == 2 and "checkpoint not found" in proc.stderr
+    proc = run_script("run_infer.sh", tmp_path / "x.onnx", str(tmp_path), cwd=tmp_path)
+    assert proc.returncode == 2 and "model not found" in proc.stderr
 
 
 def test_killing_one_worker_fails_the_job_quickly(tmp_path):
