@@ -13,6 +13,13 @@ from src.errors import UserError
 EVAL_LOG = "eval_log.txt"
 
 
+def eval_metrics(num_classes: int) -> dict:
+    """Loss, Top_1_Acc and Top_5_Acc (top-all when there are fewer than 5 classes, where
+    MindSpore's top-5 metric would fail)."""
+    return {"Loss": nn.Loss(), "Top_1_Acc": nn.Top1CategoricalAccuracy(),
+            "Top_5_Acc": nn.TopKCategoricalAccuracy(min(5, int(num_classes)))}
+
+
 def evaluate(config) -> dict:
     """Evaluate ``config.checkpoint_path``; print the zoo's result line and append it to eval_log.txt."""
     if not config.checkpoint_path:
@@ -27,11 +34,7 @@ def evaluate(config) -> dict:
     dataset = create_dataset(config, training=False)
     loss = CrossEntropySmooth(sparse=True, reduction="mean", smooth_factor=0.0,
                               num_classes=int(meta["num_classes"]))
-    # With fewer than 5 classes, top-5 is top-all (MindSpore's metric would fail).
-    top5 = nn.TopKCategoricalAccuracy(min(5, int(meta["num_classes"])))
-    model = Model(net, loss_fn=loss, metrics={"Loss": nn.Loss(),
-                                              "Top_1_Acc": nn.Top1CategoricalAccuracy(),
-                                              "Top_5_Acc": top5})
+    model = Model(net, loss_fn=loss, metrics=eval_metrics(meta["num_classes"]))
     started = time.time()
     result = model.eval(dataset, dataset_sink_mode=False)
     line = (f"result: {result}, ckpt: '{config.checkpoint_path}', "

@@ -6,14 +6,15 @@ import time
 import mindspore as ms
 import numpy as np
 from mindspore import nn
-from mindspore.train import (Callback, CheckpointConfig, FixedLossScaleManager, LossMonitor, Model,
-                             ModelCheckpoint, TimeMonitor)
+from mindspore.train import CheckpointConfig, FixedLossScaleManager, LossMonitor, Model, TimeMonitor
 
+from src.callbacks import EvalMonitor, NonFiniteLossGuard, ProgressMonitor, RunCheckpoint
 from src.checkpoint import build_network, load_weights, network_meta, read_checkpoint
 from src.CrossEntropySmooth import CrossEntropySmooth
 from src.dataset import create_dataset
 from src.device import use_device
 from src.errors import UserError
+from src.evaluator import eval_metrics
 from src.lr_generator import get_lr
 
 
@@ -46,68 +47,6 @@ def decay_groups(net, weight_decay: float) -> list:
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
             {"order_params": params}]
-
-
-class LrMonitor(Callback):
-    """Prints the learning rate the optimizer used at the step just taken.
-
-    It reads the optimizer's own step counter and lr array, so after a resume it shows what
-    training really used, not what the schedule intended.
-    """
-
-    def __init__(self, optimizer, steps_per_epoch: int, interval: int):
-        super().__init__()
-        self.optimizer, self.steps, self.interval = optimizer, steps_per_epoch, interval
-
-    def on_train_step_end(self, run_context):
-        params = run_context.original_args()
-        step_in_epoch = (params.cur_step_num - 1) % self.steps + 1
-        if step_in_epoch != 1 and step_in_epoch % self.interval:
-            return
-        used = int(self.optimizer.global_step.asnumpy().reshape(-1)[0]) - 1
-        lr = float(self.optimizer.learning_rate.learning_rate.asnumpy()[used])
-        print(f"epoch: {params.cur_epoch_num} step: {step_in_epoch}, lr: {lr:.8f}", flush=True)
-
-
-class NonFiniteLossGuard(Callback):
-    """Stops training on the step whose loss or weights turn NaN or Inf, before anything saves it.
-
-    Placed before the checkpoint callback, it raises first, so the bad weights are never written.
-    Besides the loss it checks the stem conv's weights: MindSpore's CPU softmax cross entropy
-    returns a finite ln(C) for NaN logits, so NaN weights can hide behind a finite loss
-    (measured on 2.10); a NaN anywhere reaches the stem's gradient on the same step.
-    """
-
-    def __init__(self, optimizer, steps_per_epoch: int, sentinel):
-        super().__init__()
-        self.optimizer, self.steps, self.sentinel = optimizer, steps_per_epoch, sentinel
-
-    def on_train_step_end(self, run_context):
-        params = run_context.original_args()
-        loss = params.net_outputs[0] if isinstance(params.net_outputs, (tuple, list)) \
-            else params.net_outputs
-        value = float(np.mean(loss.asnumpy()))
-        if np.isfinite(value) and np.isfinite(self.sentinel.asnumpy()).all():
-            return
-        step = int(self.optimizer.global_step.asnumpy().reshape(-1)[0])
-        lr = float(self.optimizer.learning_rate.learning_rate.asnumpy()[max(step - 1, 0)])
-        raise UserError(f"loss or weights not finite (loss {value}) at epoch {params.cur_epoch_num} step "
-                        f"{(params.cur_step_num - 1) % self.steps + 1} (global step {step}), "
-                        f"lr {lr:g}; stopped without saving this step's weights", "training",
-                        "lower --lr_max (or --loss_scale with amp), then --resume the last "
-                        "checkpoint")
-
-
-class RunCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint that keeps the names ``{network}-{epoch}_{step}.ckpt``.
-
-    MindSpore renames to ``{network}_1-…`` when the folder already has checkpoints; a resumed
-    run must continue the same names, and a fresh run refuses a used folder instead.
-    """
-
-    def __init__(self, prefix, directory, config):
-        super().__init__(prefix=prefix, directory=directory, config=config)
-        self._prefix = prefix
 
 
 def checkpoint_dir(config, rank: int) -> str:
@@ -165,7 +104,14 @@ def train(config) -> str:
         load_weights(net, params, config.pretrained, skip=("classifier",))
         print(f"pretrained: loaded all but the classifier from {config.pretrained}", flush=True)
 
-    lr = get_lr(config.lr_decay_mode, config.lr_init, config.lr_max, config.lr_end,
+    lr_init, lr_max = config.lr_init, config.lr_max
+    if config.lr_scaling == "linear" and config.lr_base_batch:
+        factor = config.batch_size * group_size / config.lr_base_batch
+        lr_init, lr_max = lr_init * factor, lr_max * factor
+        print(f"lr scaling: global batch {config.batch_size * group_size} / recipe's "
+              f"{config.lr_base_batch} = x{factor:g}: lr_init {lr_init:g}, lr_max {lr_max:g}",
+              flush=True)
+    lr = get_lr(config.lr_decay_mode, lr_init, lr_max, config.lr_end,
                 config.warmup_epochs, config.epoch_size, steps)
     opt = nn.Momentum(decay_groups(net, config.weight_decay), ms.Tensor(lr), config.momentum,
                       loss_scale=config.loss_scale)
@@ -183,11 +129,19 @@ def train(config) -> str:
     loss = CrossEntropySmooth(sparse=True, reduction="mean",
                               smooth_factor=config.label_smooth_factor,
                               num_classes=config.num_classes)
+    watch = config.eval_interval > 0 and rank == 0
     model = Model(net, loss_fn=loss, optimizer=opt, amp_level=config.amp_level,
                   loss_scale_manager=FixedLossScaleManager(config.loss_scale,
-                                                           drop_overflow_update=False))
+                                                           drop_overflow_update=False),
+                  metrics=eval_metrics(config.num_classes) if watch else None)
+    progress = ProgressMonitor(opt, steps, config.log_interval, config.epoch_size,
+                               config.batch_size * group_size)
     callbacks = [NonFiniteLossGuard(opt, steps, net.trainable_params()[0]), TimeMonitor(steps),
-                 LossMonitor(config.log_interval), LrMonitor(opt, steps, config.log_interval)]
+                 LossMonitor(config.log_interval), progress]
+    if watch:
+        callbacks.append(EvalMonitor(model, create_dataset(config, training=False),
+                                     config.eval_interval, ckpt_dir, config.network, meta,
+                                     progress))
     if config.save_checkpoint and rank == 0:
         ckpt_config = CheckpointConfig(
             save_checkpoint_steps=config.save_checkpoint_epochs * steps,

@@ -1,8 +1,12 @@
 """End to end through the real command lines: train, checkpoint names, eval, resume, pretrained."""
+import csv
 import os
+import re
+
 import numpy as np
 import pytest
 
+from src.checkpoint import read_checkpoint
 from tests.helpers import LOSS, LR, RESULT, run_entry, write_cifar_folder, write_image_folder
 
 pytestmark = pytest.mark.slow
@@ -99,3 +103,37 @@ def test_eval_refuses_what_would_give_wrong_numbers(tmp_path):
                      tmp_path / "garbage.ckpt")
     assert proc.returncode == 2 and "not a MindSpore checkpoint" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+PROGRESS = re.compile(r"^epoch: (\d+) step: (\d+), lr: ([\d.e+-]+), loss\(smoothed\): "
+                      r"([\d.e+-]+), images/s: ([\d.]+|nan), eta: (\d\d:\d\d:\d\d|\?)$", re.M)
+EVAL = re.compile(r"^eval: epoch (\d+), top-1 ([\d.]+), top-5 ([\d.]+)", re.M)
+
+
+def test_watchable_run_progress_metrics_curves_best(tmp_path):
+    data = write_cifar_folder(str(tmp_path / "cifar"), train_count=128, test_count=40)
+    out = tmp_path / "run"
+    proc = run_entry("train.py", *COMMON, "--dataset_path", data, "--num_classes", "4",
+                     "--epoch_size", "4", "--eval_interval", "1", "--log_interval", "4",
+                     "--lr_scaling", "linear", "--lr_base_batch", "32", "--output_path", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # The recipe's lr 0.05 is for a global batch of 32; this run's is 16: half the lr.
+    assert "lr scaling: global batch 16 / recipe's 32 = x0.5: lr_init 0.005, lr_max 0.025" in proc.stdout
+    assert "\x1b[" not in proc.stdout  # no terminal control codes in a log
+    progress = PROGRESS.findall(proc.stdout)
+    assert [(int(e), int(s)) for e, s, *_ in progress] == [
+        (e, s) for e in range(1, 5) for s in (1, 4, 8)]
+    assert progress[-1][-1] == "00:00:00"
+    assert float(progress[0][2]) == pytest.approx(0.025)
+    evals = [(int(e), float(t1), float(t5)) for e, t1, t5 in EVAL.findall(proc.stdout)]
+    assert [e for e, _, _ in evals] == [1, 2, 3, 4]
+    folder = out / "ckpt_0"
+    rows = list(csv.DictReader(open(folder / "metrics.csv")))
+    assert sum(r["kind"] == "step" for r in rows) == 4 * 8
+    assert [float(r["top1"]) for r in rows if r["kind"] == "eval"] == pytest.approx(
+        [t1 for _, t1, _ in evals], abs=1e-4)
+    assert (folder / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The best checkpoint is the epoch of the (first) highest top-1.
+    best_epoch = max(evals, key=lambda row: (row[1], -row[0]))[0]
+    _, meta = read_checkpoint(str(folder / f"{NET}-best.ckpt"))
+    assert meta["epoch_num"] == best_epoch

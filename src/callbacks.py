@@ -1,0 +1,168 @@
+"""Training callbacks: progress lines, NaN/Inf guard, checkpoints, eval during training, curves."""
+import csv
+import os
+import time
+
+import mindspore as ms
+import numpy as np
+from mindspore.train import Callback, ModelCheckpoint
+
+from src.errors import UserError
+
+
+class ProgressMonitor(Callback):
+    """One progress line at each epoch's first step and every ``interval`` steps:
+
+    ``epoch: E step: S, lr: X, loss(smoothed): L, images/s: R, eta: H:MM:SS``. The lr is read
+    from the optimizer's own step counter and lr array, so after a resume it is what training
+    really used. Plain text, no terminal control codes, so a log file reads the same.
+    It also keeps every step's (loss, lr) for metrics.csv and the curves.
+    """
+
+    def __init__(self, optimizer, steps_per_epoch: int, interval: int, total_epochs: int,
+                 images_per_step: int):
+        super().__init__()
+        self.optimizer, self.steps, self.interval = optimizer, steps_per_epoch, interval
+        self.total_steps = total_epochs * steps_per_epoch
+        self.images_per_step = images_per_step
+        self.smoothed, self.history = None, []
+        self.last_time, self.last_step, self.step_times = None, None, []
+
+    def on_train_step_end(self, run_context):
+        params = run_context.original_args()
+        now = time.time()
+        used = int(self.optimizer.global_step.asnumpy().reshape(-1)[0]) - 1
+        lr = float(self.optimizer.learning_rate.learning_rate.asnumpy()[used])
+        loss = params.net_outputs[0] if isinstance(params.net_outputs, (tuple, list)) \
+            else params.net_outputs
+        loss = float(np.mean(loss.asnumpy()))
+        self.smoothed = loss if self.smoothed is None else 0.9 * self.smoothed + 0.1 * loss
+        self.history.append((params.cur_epoch_num, used + 1, loss, lr))
+        if self.last_time is not None:
+            self.step_times.append((now - self.last_time) / max(1, used + 1 - self.last_step))
+        self.last_time, self.last_step = now, used + 1
+        step_in_epoch = (params.cur_step_num - 1) % self.steps + 1
+        if step_in_epoch != 1 and step_in_epoch % self.interval:
+            return
+        recent = self.step_times[-self.interval:]
+        step_time = float(np.median(recent)) if recent else float("nan")
+        rate = self.images_per_step / step_time if recent else float("nan")
+        eta = "?" if not recent else time.strftime(
+            "%H:%M:%S", time.gmtime(step_time * (self.total_steps - used - 1)))
+        print(f"epoch: {params.cur_epoch_num} step: {step_in_epoch}, lr: {lr:.8f}, "
+              f"loss(smoothed): {self.smoothed:.4f}, images/s: {rate:.1f}, eta: {eta}",
+              flush=True)
+
+
+class NonFiniteLossGuard(Callback):
+    """Stops training on the step whose loss or weights turn NaN or Inf, before anything saves it.
+
+    Placed before the checkpoint callback, it raises first, so the bad weights are never written.
+    Besides the loss it checks the stem conv's weights: MindSpore's CPU softmax cross entropy
+    returns a finite ln(C) for NaN logits, so NaN weights can hide behind a finite loss
+    (measured on 2.10); a NaN anywhere reaches the stem's gradient on the same step.
+    """
+
+    def __init__(self, optimizer, steps_per_epoch: int, sentinel):
+        super().__init__()
+        self.optimizer, self.steps, self.sentinel = optimizer, steps_per_epoch, sentinel
+
+    def on_train_step_end(self, run_context):
+        params = run_context.original_args()
+        loss = params.net_outputs[0] if isinstance(params.net_outputs, (tuple, list)) \
+            else params.net_outputs
+        value = float(np.mean(loss.asnumpy()))
+        if np.isfinite(value) and np.isfinite(self.sentinel.asnumpy()).all():
+            return
+        step = int(self.optimizer.global_step.asnumpy().reshape(-1)[0])
+        lr = float(self.optimizer.learning_rate.learning_rate.asnumpy()[max(step - 1, 0)])
+        raise UserError(f"loss or weights not finite (loss {value}) at epoch {params.cur_epoch_num} step "
+                        f"{(params.cur_step_num - 1) % self.steps + 1} (global step {step}), "
+                        f"lr {lr:g}; stopped without saving this step's weights", "training",
+                        "lower --lr_max (or --loss_scale with amp), then --resume the last "
+                        "checkpoint")
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint that keeps the names ``{network}-{epoch}_{step}.ckpt``.
+
+    MindSpore renames to ``{network}_1-…`` when the folder already has checkpoints; a resumed
+    run must continue the same names, and a fresh run refuses a used folder instead.
+    """
+
+    def __init__(self, prefix, directory, config):
+        super().__init__(prefix=prefix, directory=directory, config=config)
+        self._prefix = prefix
+
+
+class EvalMonitor(Callback):
+    """Every ``interval`` epochs: evaluate, log top-1/top-5, keep ``{network}-best.ckpt`` by top-1,
+    and rewrite ``metrics.csv`` and ``curves.png`` in ``directory``.
+
+    metrics.csv has one row per training step (kind "step": loss, lr) and per eval (kind "eval":
+    top1, top5). curves.png needs matplotlib (optional): without it the run says so once.
+    """
+
+    def __init__(self, model, dataset, interval, directory, network, meta, progress):
+        super().__init__()
+        self.model, self.dataset, self.interval = model, dataset, interval
+        self.directory, self.network, self.meta, self.progress = directory, network, meta, progress
+        self.evals, self.best, self.warned = [], None, False
+
+    def on_train_epoch_end(self, run_context):
+        params = run_context.original_args()
+        epoch = params.cur_epoch_num
+        if self.interval and epoch % self.interval == 0:
+            result = self.model.eval(self.dataset, dataset_sink_mode=False)
+            top1, top5 = float(result["Top_1_Acc"]), float(result["Top_5_Acc"])
+            self.evals.append((epoch, params.cur_step_num, top1, top5))
+            line = f"eval: epoch {epoch}, top-1 {top1:.4f}, top-5 {top5:.4f}"
+            if self.best is None or top1 > self.best:
+                self.best = top1
+                ms.save_checkpoint(params.train_network, os.path.join(
+                    self.directory, f"{self.network}-best.ckpt"),
+                    append_dict={**self.meta, "epoch_num": epoch, "step_num": params.cur_step_num})
+                line += f" (best so far: {self.network}-best.ckpt)"
+            print(line, flush=True)
+            self.write()
+
+    def on_train_end(self, run_context):
+        self.write()
+
+    def write(self):
+        os.makedirs(self.directory, exist_ok=True)
+        with open(os.path.join(self.directory, "metrics.csv"), "w", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(["kind", "epoch", "global_step", "loss", "lr", "top1", "top5"])
+            for epoch, step, loss, lr in self.progress.history:
+                out.writerow(["step", epoch, step, f"{loss:.6g}", f"{lr:.6g}", "", ""])
+            for epoch, step, top1, top5 in self.evals:
+                out.writerow(["eval", epoch, step, "", "", f"{top1:.6g}", f"{top5:.6g}"])
+        self.plot()
+
+    def plot(self):
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            if not self.warned:
+                print("curves: matplotlib is not installed, so no curves.png "
+                      "(pip install matplotlib); metrics.csv has the numbers", flush=True)
+                self.warned = True
+            return
+        history = np.array([(s, l, r) for _, s, l, r in self.progress.history] or [(0, 0, 0)])
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+        axes[0].plot(history[:, 0], history[:, 1])
+        axes[0].set(title="training loss", xlabel="step")
+        axes[1].plot(history[:, 0], history[:, 2])
+        axes[1].set(title="learning rate", xlabel="step")
+        if self.evals:
+            evals = np.array(self.evals)
+            axes[2].plot(evals[:, 0], evals[:, 2], "o-", label="top-1")
+            axes[2].plot(evals[:, 0], evals[:, 3], "s-", label="top-5")
+            axes[2].legend()
+        axes[2].set(title="validation accuracy", xlabel="epoch")
+        fig.tight_layout()
+        fig.savefig(os.path.join(self.directory, "curves.png"), dpi=80)
+        plt.close(fig)
