@@ -10,6 +10,23 @@ from mindspore.train import Callback, ModelCheckpoint
 from src.errors import UserError
 
 
+def step_loss(params) -> float:
+    """The loss of the step just taken, from a callback's run-context arguments."""
+    loss = params.net_outputs[0] if isinstance(params.net_outputs, (tuple, list)) \
+        else params.net_outputs
+    return float(np.mean(loss.asnumpy()))
+
+
+def global_step(optimizer) -> int:
+    """How many steps the optimizer has taken (its own counter, so right after a resume too)."""
+    return int(optimizer.global_step.asnumpy().reshape(-1)[0])
+
+
+def lr_schedule(optimizer) -> np.ndarray:
+    """The optimizer's per-step lr array (the step lr is entry global_step - 1)."""
+    return optimizer.learning_rate.learning_rate.asnumpy()
+
+
 class ProgressMonitor(Callback):
     """One progress line at each epoch's first step and every ``interval`` steps:
 
@@ -23,6 +40,7 @@ class ProgressMonitor(Callback):
                  images_per_step: int):
         super().__init__()
         self.optimizer, self.steps, self.interval = optimizer, steps_per_epoch, interval
+        self.lrs = lr_schedule(optimizer)  # fixed during training: read once, not every step
         self.total_steps = total_epochs * steps_per_epoch
         self.images_per_step = images_per_step
         self.smoothed, self.history = None, []
@@ -31,11 +49,9 @@ class ProgressMonitor(Callback):
     def on_train_step_end(self, run_context):
         params = run_context.original_args()
         now = time.time()
-        used = int(self.optimizer.global_step.asnumpy().reshape(-1)[0]) - 1
-        lr = float(self.optimizer.learning_rate.learning_rate.asnumpy()[used])
-        loss = params.net_outputs[0] if isinstance(params.net_outputs, (tuple, list)) \
-            else params.net_outputs
-        loss = float(np.mean(loss.asnumpy()))
+        used = global_step(self.optimizer) - 1
+        lr = float(self.lrs[used])
+        loss = step_loss(params)
         self.smoothed = loss if self.smoothed is None else 0.9 * self.smoothed + 0.1 * loss
         self.history.append((params.cur_epoch_num, used + 1, loss, lr))
         if self.last_time is not None:
@@ -69,13 +85,11 @@ class NonFiniteLossGuard(Callback):
 
     def on_train_step_end(self, run_context):
         params = run_context.original_args()
-        loss = params.net_outputs[0] if isinstance(params.net_outputs, (tuple, list)) \
-            else params.net_outputs
-        value = float(np.mean(loss.asnumpy()))
+        value = step_loss(params)
         if np.isfinite(value) and np.isfinite(self.sentinel.asnumpy()).all():
             return
-        step = int(self.optimizer.global_step.asnumpy().reshape(-1)[0])
-        lr = float(self.optimizer.learning_rate.learning_rate.asnumpy()[max(step - 1, 0)])
+        step = global_step(self.optimizer)
+        lr = float(lr_schedule(self.optimizer)[max(step - 1, 0)])
         raise UserError(f"loss or weights not finite (loss {value}) at epoch {params.cur_epoch_num} step "
                         f"{(params.cur_step_num - 1) % self.steps + 1} (global step {step}), "
                         f"lr {lr:g}; stopped without saving this step's weights", "training",
