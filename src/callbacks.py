@@ -5,7 +5,7 @@ import time
 
 import mindspore as ms
 import numpy as np
-from mindspore.train import Callback, ModelCheckpoint
+from mindspore.train import Callback
 
 from src.errors import UserError
 
@@ -97,16 +97,60 @@ class NonFiniteLossGuard(Callback):
                         "checkpoint")
 
 
-class RunCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint that keeps the names ``{network}-{epoch}_{step}.ckpt``.
+def partial_path(path: str) -> str:
+    """Where ``save_atomically`` writes ``path`` before the rename."""
+    folder, name = os.path.split(path)
+    return os.path.join(folder, ".partial-" + name)
 
-    MindSpore renames to ``{network}_1-…`` when the folder already has checkpoints; a resumed
-    run must continue the same names, and a fresh run refuses a used folder instead.
+
+def save_atomically(network, path: str, append: dict) -> None:
+    """Write a checkpoint so that ``path`` is always either absent or whole.
+
+    The weights go to ``.partial-<name>`` beside it (hidden, so no glob of checkpoints sees it),
+    are flushed to disk, and only then renamed to ``path``
+    (a rename within a folder is atomic), so a run killed at any moment leaves every earlier
+    checkpoint, and this one if it exists, loadable. Test hook: with the environment variable
+    ZOO_TEST_HANG_IN_SAVE=E the save of epoch E stops for 10 minutes between the write and the
+    rename, so a test can kill the run inside the save.
+    """
+    tmp = partial_path(path)
+    ms.save_checkpoint(network, tmp, append_dict=append)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    if os.environ.get("ZOO_TEST_HANG_IN_SAVE") == str(append.get("epoch_num")):
+        print(f"test hook: hanging inside the save of {tmp}", flush=True)
+        time.sleep(600)
+    os.replace(tmp, path)
+
+
+class EpochCheckpoint(Callback):
+    """Saves ``{network}-{epoch}_{steps}.ckpt`` every ``every`` epochs and after the last one,
+    keeping the newest ``keep`` of this run; each carries ``meta`` and the epoch and step.
+
+    Our own rather than ModelCheckpoint, which renames to ``{network}_1-…`` in a folder that
+    already has checkpoints (a resumed run must continue the same names) and writes in place.
     """
 
-    def __init__(self, prefix, directory, config):
-        super().__init__(prefix=prefix, directory=directory, config=config)
-        self._prefix = prefix
+    def __init__(self, network: str, directory: str, every: int, keep: int, meta: dict):
+        super().__init__()
+        self.network, self.directory, self.every, self.keep = network, directory, every, keep
+        self.meta, self.saved = meta, []
+
+    def on_train_epoch_end(self, run_context):
+        params = run_context.original_args()
+        epoch = params.cur_epoch_num
+        if epoch % self.every and epoch != params.epoch_num:
+            return
+        os.makedirs(self.directory, exist_ok=True)
+        path = os.path.join(self.directory,
+                            f"{self.network}-{epoch}_{params.batch_num}.ckpt")
+        save_atomically(params.train_network, path,
+                        {**self.meta, "epoch_num": epoch, "step_num": params.cur_step_num})
+        self.saved.append(path)
+        while len(self.saved) > self.keep:
+            old = self.saved.pop(0)
+            if os.path.exists(old):
+                os.remove(old)
 
 
 class EvalMonitor(Callback):
@@ -133,9 +177,9 @@ class EvalMonitor(Callback):
             line = f"eval: epoch {epoch}, top-1 {top1:.4f}, top-5 {top5:.4f}"
             if self.best is None or top1 > self.best:
                 self.best = top1
-                ms.save_checkpoint(params.train_network, os.path.join(
+                save_atomically(params.train_network, os.path.join(
                     self.directory, f"{self.network}-best.ckpt"),
-                    append_dict={**self.meta, "epoch_num": epoch, "step_num": params.cur_step_num})
+                    {**self.meta, "epoch_num": epoch, "step_num": params.cur_step_num})
                 line += f" (best so far: {self.network}-best.ckpt)"
             print(line, flush=True)
             self.write()

@@ -38,3 +38,17 @@ def run_main(main, argv=None) -> int:
         print(err.line(), file=sys.stderr, flush=True)
         return 2
     return 0
+
+
+def writable_folder(path: str, key: str) -> str:
+    """Create ``path`` if needed and check that files can be written in it; UserError if not."""
+    import os
+    import tempfile
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise UserError(f"output folder is not writable ({err.strerror})", path,
+                        f"give {key} a folder you can write to") from err
+    return path

@@ -8,7 +8,7 @@ import numpy as np
 
 from src.checkpoint import build_network, load_weights, meta_for_eval, read_checkpoint
 from src.device import use_device
-from src.errors import UserError
+from src.errors import UserError, writable_folder
 from src.model_utils.config import get_config
 
 FORMATS = ("MINDIR", "ONNX", "AIR")
@@ -69,9 +69,7 @@ def export(argv) -> str:
     load_weights(net, params, config.checkpoint_path)
     net.set_train(False)  # BatchNorm exports its moving statistics, not batch statistics
     file_name = args.file_name or meta["network"]
-    out_dir = os.path.dirname(os.path.abspath(file_name))
-    if not os.access(out_dir, os.W_OK):
-        raise UserError("output folder is not writable", out_dir, "give another --file_name")
+    writable_folder(os.path.dirname(os.path.abspath(file_name)), "--file_name")
     batch = None if dynamic else args.batch_size
     if fmt == "ONNX":
         import mindspore.onnx as ms_onnx

@@ -6,14 +6,14 @@ import time
 import mindspore as ms
 import numpy as np
 from mindspore import nn
-from mindspore.train import CheckpointConfig, FixedLossScaleManager, LossMonitor, Model, TimeMonitor
+from mindspore.train import FixedLossScaleManager, LossMonitor, Model, TimeMonitor
 
-from src.callbacks import EvalMonitor, NonFiniteLossGuard, ProgressMonitor, RunCheckpoint
+from src.callbacks import EpochCheckpoint, EvalMonitor, NonFiniteLossGuard, ProgressMonitor
 from src.checkpoint import build_network, load_weights, network_meta, read_checkpoint
 from src.CrossEntropySmooth import CrossEntropySmooth
 from src.dataset import create_dataset
 from src.device import use_device
-from src.errors import UserError
+from src.errors import UserError, writable_folder
 from src.evaluator import eval_metrics
 from src.lr_generator import get_lr
 
@@ -77,7 +77,12 @@ def train(config) -> str:
     """Train ``config.network`` as ``config`` says; returns the checkpoint folder."""
     rank, group_size = set_up(config)
     ckpt_dir = checkpoint_dir(config, rank)
+    if rank == 0:  # the rank that writes checkpoints, metrics and curves
+        writable_folder(ckpt_dir, "--output_path")
     start_epoch, resume_params = 0, None
+    for stale in glob.glob(os.path.join(ckpt_dir, ".partial-*.ckpt")):
+        os.remove(stale)
+        print(f"removed {stale}: a save that a crash cut short", flush=True)
     if config.resume == "auto":
         config.resume = newest_loadable_checkpoint(ckpt_dir, config.network)
         print(f"resume auto: {config.resume or 'no checkpoint yet, starting at epoch 1'}",
@@ -143,11 +148,8 @@ def train(config) -> str:
                                      config.eval_interval, ckpt_dir, config.network, meta,
                                      progress))
     if config.save_checkpoint and rank == 0:
-        ckpt_config = CheckpointConfig(
-            save_checkpoint_steps=config.save_checkpoint_epochs * steps,
-            keep_checkpoint_max=config.keep_checkpoint_max,
-            append_info=["epoch_num", "step_num", meta])
-        callbacks.append(RunCheckpoint(config.network, ckpt_dir, ckpt_config))
+        callbacks.append(EpochCheckpoint(config.network, ckpt_dir, config.save_checkpoint_epochs,
+                                         config.keep_checkpoint_max, meta))
     print(f"train: {config.network}, {steps} steps/epoch, epochs {start_epoch + 1}.."
           f"{config.epoch_size}, rank {rank}/{group_size}, checkpoints in {ckpt_dir}", flush=True)
     started = time.time()

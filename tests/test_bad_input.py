@@ -1,0 +1,143 @@
+"""Every bad input of the reliability issue, through the real command lines: exit code 2, one
+``error: <what> (<where>): <what to do>`` line, no traceback. (The launch scripts' own cases,
+rank tables included, are in test_scripts.py.)"""
+import os
+
+import numpy as np
+import pytest
+
+from tests.helpers import ROOT, run_entry, write_cifar_folder, write_image_folder
+
+pytestmark = pytest.mark.slow
+NET = "shufflenet_v2_x0_5"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Data sets and checkpoints, good and bad, that the cases below point at."""
+    root = tmp_path_factory.mktemp("world")
+    paths = {"cifar": write_cifar_folder(str(root / "cifar"), train_count=32, test_count=8)}
+    proc = run_entry("train.py", "--network", NET, "--num_classes", "4", "--dataset_path",
+                     paths["cifar"], "--epoch_size", "1", "--batch_size", "16",
+                     "--warmup_epochs", "0", "--output_path", root / "run")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    good = root / "run" / "ckpt_0" / f"{NET}-1_2.ckpt"
+    paths["ckpt"] = str(good)
+    (root / "truncated.ckpt").write_bytes(good.read_bytes()[:5000])
+    (root / "garbage.ckpt").write_bytes(os.urandom(20_000))
+    (root / "empty").mkdir()
+    (root / "flat" / "train").mkdir(parents=True)
+    (root / "flat" / "train" / "a.jpg").write_bytes(b"x")
+    bad_cifar = root / "badcifar"
+    bad_cifar.mkdir()
+    (bad_cifar / "data_batch_1.bin").write_bytes(b"\0" * 3073 * 3 + b"\1" * 100)
+    (bad_cifar / "test_batch.bin").write_bytes(b"\0" * 3073)
+    images = write_image_folder(str(root / "images"), per_class=4, classes=2)
+    for i, name in enumerate(sorted(os.listdir(os.path.join(images, "train", "class_0")))[:2]):
+        path = os.path.join(images, "train", "class_0", name)
+        with open(path, "rb") as f:
+            whole = f.read()
+        with open(path, "wb") as f:  # one cut short, one not an image at all
+            f.write(whole[:len(whole) // 2] if i == 0 else b"<html>404</html>")
+    paths["images"] = images
+    (root / "a_file").write_text("x")
+    paths["root"] = str(root)
+    return paths
+
+
+def train(world, *args):
+    return ("train.py", "--network", NET, "--num_classes", "4", "--dataset_path", world["cifar"],
+            "--epoch_size", "2", "--batch_size", "16", "--output_path",
+            os.path.join(world["root"], "out"), *args)
+
+
+CASES = {
+    # data
+    "data path missing": (lambda w: train(w, "--dataset_path", "/no/such/folder"),
+                          "data path not found (/no/such/folder)"),
+    "data path empty": (lambda w: train(w, "--dataset", "imagenet", "--dataset_path",
+                                        os.path.join(w["root"], "empty")),
+                        "no train/ folder in the data path"),
+    "no class folders": (lambda w: train(w, "--dataset", "imagenet", "--dataset_path",
+                                         os.path.join(w["root"], "flat")), "no class folders"),
+    "cifar file not whole records": (
+        lambda w: train(w, "--dataset_path", os.path.join(w["root"], "badcifar")),
+        "is not a whole number of 3073-byte records"),
+    "too many bad images": (
+        lambda w: train(w, "--dataset", "imagenet", "--dataset_path", w["images"],
+                        "--image_size", "32", "--batch_size", "2"),
+        "2 of 8 files are not whole images"),
+    "batch larger than the data": (lambda w: train(w, "--batch_size", "64"),
+                                   "batch size 64 is larger than the 32 images"),
+    # checkpoints
+    "no checkpoint given": (lambda w: ("eval.py", "--dataset_path", w["cifar"]),
+                            "no checkpoint given"),
+    "export checkpoint missing": (lambda w: ("export.py", "--checkpoint_path", "/no/such.ckpt"),
+                                  "checkpoint not found"),
+    "checkpoint missing": (lambda w: ("eval.py", "--checkpoint_path", "/no/such.ckpt",
+                                      "--dataset_path", w["cifar"]), "checkpoint not found"),
+    "checkpoint truncated": (
+        lambda w: ("eval.py", "--checkpoint_path", os.path.join(w["root"], "truncated.ckpt"),
+                   "--dataset_path", w["cifar"]), "checkpoint is truncated or not a MindSpore"),
+    "checkpoint garbage": (
+        lambda w: ("eval.py", "--checkpoint_path", os.path.join(w["root"], "garbage.ckpt"),
+                   "--dataset_path", w["cifar"]), "checkpoint is truncated or not a MindSpore"),
+    "checkpoint of another network": (
+        lambda w: train(w, "--network", "mobilenet_v1_025", "--resume", w["ckpt"]),
+        f"checkpoint is of {NET}, not mobilenet_v1_025"),
+    "checkpoint of another num_classes": (
+        lambda w: train(w, "--num_classes", "7", "--resume", w["ckpt"]),
+        "trained for 4 classes, not 7: use --pretrained"),
+    "eval network contradicts checkpoint": (
+        lambda w: ("eval.py", "--checkpoint_path", w["ckpt"], "--network", "mobilenet_v1_025",
+                   "--dataset_path", w["cifar"]), "contradicts the checkpoint's"),
+    # config
+    "unknown key": (lambda w: train(w, "--bogus_key", "1"), "bogus_key"),
+    "wrong type": (lambda w: train(w, "--batch_size", "many"), "batch_size"),
+    "negative epochs": (lambda w: train(w, "--epoch_size", "-3"), "epoch_size"),
+    "batch size 0": (lambda w: train(w, "--batch_size", "0"), "batch_size"),
+    "negative lr": (lambda w: train(w, "--lr_max", "-0.1"), "lr_max"),
+    "smoothing 1": (lambda w: ("eval.py", "--label_smooth_factor", "1.0"), "label_smooth_factor"),
+    # output, device, export
+    "output folder not writable": (
+        lambda w: train(w, "--output_path", os.path.join(w["root"], "a_file", "run")),
+        "output folder is not writable"),
+    "export folder not writable": (
+        lambda w: ("export.py", "--checkpoint_path", w["ckpt"], "--file_name",
+                   os.path.join(w["root"], "a_file", "net")), "output folder is not writable"),
+    "device target not in this build": (lambda w: train(w, "--device_target", "Ascend"),
+                                        "device Ascend is not usable in this MindSpore build"),
+    "export format not on this backend": (
+        lambda w: ("export.py", "--checkpoint_path", w["ckpt"], "--file_format", "AIR"),
+        "AIR export needs Ascend"),
+    "export format unknown": (
+        lambda w: ("export.py", "--checkpoint_path", w["ckpt"], "--file_format", "TFLITE"),
+        "TFLITE"),
+    # inference
+    "infer model missing": (lambda w: ("infer.py", "--model", "/no/such.onnx", w["cifar"]),
+                            "model file not found"),
+    "infer not an image": (lambda w: ("infer.py", "--model", w["ckpt"],
+                                      os.path.join(w["root"], "a_file")), "not a readable image"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_gets_one_line_and_exit_2(world, case):
+    command, expected = CASES[case]
+    script, *args = command(world)
+    proc = run_entry(script, *args)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stdout[-1500:] + proc.stderr[-3000:]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and expected in lines[0], lines[0]
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_a_few_bad_images_are_skipped_with_a_count(world):
+    proc = run_entry("train.py", "--network", NET, "--dataset", "imagenet", "--dataset_path",
+                     world["images"], "--image_size", "32", "--batch_size", "2",
+                     "--num_classes", "2", "--epoch_size", "1", "--bad_image_limit", "0.3",
+                     "--output_path", os.path.join(world["root"], "skip"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "warning: skipping 2 of 8 files that are not whole images" in proc.stdout
+    assert "3 steps/epoch" in proc.stdout  # the 6 whole images in batches of 2
