@@ -3,10 +3,9 @@
 rank tables included, are in test_scripts.py.)"""
 import os
 
-import numpy as np
 import pytest
 
-from tests.helpers import ROOT, run_entry, write_cifar_folder, write_image_folder
+from tests.helpers import run_entry, write_cifar_folder, write_image_folder
 
 pytestmark = pytest.mark.slow
 NET = "shufflenet_v2_x0_5"
