@@ -2,11 +2,10 @@
 
 Other flags are config keys (for a .ckpt without metadata: --network, --num_classes).
 """
-import argparse
 import sys
 import time
 
-from src.errors import run_main
+from src.errors import ArgumentParser, run_main
 
 
 def main(argv):
@@ -14,7 +13,7 @@ def main(argv):
     from src.model_utils.config import get_config
     from src.predictor import Predictor, image_files, preprocess, read_labels, softmax
 
-    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False)
+    parser = ArgumentParser(description=__doc__, allow_abbrev=False)
     parser.add_argument("--model", required=True, help=".ckpt, .mindir or .onnx file")
     parser.add_argument("--labels", default="", help="text file: one class name per line")
     parser.add_argument("--batch_size", type=int, default=8, help="images per forward pass")
@@ -28,7 +27,8 @@ def main(argv):
     started, batch_size = time.time(), max(1, args.batch_size)
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
-        probs = softmax(predictor.logits(preprocess(chunk, predictor.meta["dataset"], size)))
+        probs = softmax(predictor.logits(preprocess(
+            chunk, predictor.meta["dataset"], size, predictor.meta.get("input_norm", "imagenet"))))
         labels = read_labels(args.labels, probs.shape[1])
         for name, row in zip(chunk, probs):
             top = row.argsort()[::-1][:5]

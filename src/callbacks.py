@@ -3,10 +3,10 @@ import csv
 import os
 import time
 
-import mindspore as ms
 import numpy as np
 from mindspore.train import Callback
 
+from src.checkpoint import save_atomically
 from src.errors import UserError
 
 
@@ -95,32 +95,6 @@ class NonFiniteLossGuard(Callback):
                         f"lr {lr:g}; stopped without saving this step's weights", "training",
                         "lower --lr_max (or --loss_scale with amp), then --resume the last "
                         "checkpoint")
-
-
-def partial_path(path: str) -> str:
-    """Where ``save_atomically`` writes ``path`` before the rename."""
-    folder, name = os.path.split(path)
-    return os.path.join(folder, ".partial-" + name)
-
-
-def save_atomically(network, path: str, append: dict) -> None:
-    """Write a checkpoint so that ``path`` is always either absent or whole.
-
-    The weights go to ``.partial-<name>`` beside it (hidden, so no glob of checkpoints sees it),
-    are flushed to disk, and only then renamed to ``path``
-    (a rename within a folder is atomic), so a run killed at any moment leaves every earlier
-    checkpoint, and this one if it exists, loadable. Test hook: with the environment variable
-    ZOO_TEST_HANG_IN_SAVE=E the save of epoch E stops for 10 minutes between the write and the
-    rename, so a test can kill the run inside the save.
-    """
-    tmp = partial_path(path)
-    ms.save_checkpoint(network, tmp, append_dict=append)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    if os.environ.get("ZOO_TEST_HANG_IN_SAVE") == str(append.get("epoch_num")):
-        print(f"test hook: hanging inside the save of {tmp}", flush=True)
-        time.sleep(600)
-    os.replace(tmp, path)
 
 
 class EpochCheckpoint(Callback):

@@ -5,16 +5,27 @@ export and resume rebuild exactly the network that was trained (the zoo's Shuffl
 silently built 1.0x whatever the checkpoint).
 """
 import os
+import re
+import time
 
 import mindspore as ms
 
 from src.errors import UserError
-from src.models import create_network, options_of
+from src.models import create_network, family_of, list_networks, options_of, stem_and_head
 
-META_KEYS = ("network", "num_classes", "pool_pad", "shuffle_order", "activation")
+META_KEYS = ("network", "num_classes", "pool_pad", "shuffle_order", "activation", "layout")
 # What eval transforms the network was trained with (see dataset.eval_image_ops).
-PREPROCESS_KEYS = ("dataset", "image_size")
+PREPROCESS_KEYS = ("dataset", "image_size", "input_norm")
 TRAIN_STATE_KEYS = ("epoch_num", "step_num")
+# A checkpoint without our metadata is read as MindCV's: its networks are ours with these
+# options (tested against MindCV 0.3.0's own), trained on ImageNet at 224.
+MINDCV_META = {"pool_pad": "same", "shuffle_order": "megvii", "activation": "relu",
+               "layout": "megvii", "dataset": "imagenet", "image_size": 224,
+               "input_norm": "imagenet"}
+# Parameters each family's checkpoints have, and the stem conv whose outputs tell widths apart.
+FAMILY_KEYS = {"shufflenet_v1": ("features.0.branch_main_1.0.weight", "first_conv.0.weight"),
+               "shufflenet_v2": ("features.0.branch_main.0.weight", "first_conv.0.weight"),
+               "mobilenet_v1": ("features.3.0.weight", "features.0.weight")}
 
 
 def network_meta(config) -> dict:
@@ -22,7 +33,8 @@ def network_meta(config) -> dict:
     meta = {"network": config.network, "num_classes": int(config.num_classes)}
     for option in options_of(config.network):
         meta[option] = getattr(config, option)
-    meta.update({"dataset": config.dataset, "image_size": int(config.image_size)})
+    meta.update({"dataset": config.dataset, "image_size": int(config.image_size),
+                 "input_norm": config.input_norm})
     return meta
 
 
@@ -36,7 +48,8 @@ def build_network(meta: dict, **kwargs):
 def read_checkpoint(path: str) -> tuple:
     """(parameters, metadata) of a checkpoint; UserError if it is missing or unreadable.
 
-    metadata holds the META_KEYS and TRAIN_STATE_KEYS the file has (none for foreign files).
+    metadata holds the META_KEYS, PREPROCESS_KEYS and TRAIN_STATE_KEYS the file has; for a file
+    without them whose shapes are one of our networks, MindCV's (``identify_network``).
     """
     if not path or not os.path.isfile(path):
         raise UserError("checkpoint not found", path or "--checkpoint_path",
@@ -52,7 +65,47 @@ def read_checkpoint(path: str) -> tuple:
         if key in params:
             value = params.pop(key)
             meta[key] = value if isinstance(value, str) else int(value.asnumpy())
+    if "network" not in meta:
+        meta = identify_network(merge_split_groups(params))
+        if meta:
+            print(f"checkpoint: no metadata; its shapes are MindCV's {meta['network']} with "
+                  f"{meta['num_classes']} classes, read as such ({path})", flush=True)
     return params, meta
+
+
+def merge_split_groups(params: dict) -> dict:
+    """MindCV after PR #763 stores a grouped 1x1 conv as ``X.convs.k.weight``, one per group;
+    0.3.0 (and we) as one ``X.weight``. Returns ``params`` with the split ones concatenated."""
+    split = {}
+    for name in list(params):
+        match = re.fullmatch(r"(.*)\.convs\.(\d+)\.weight", name)
+        if match:
+            split.setdefault(match.group(1), {})[int(match.group(2))] = params.pop(name)
+    for prefix, parts in split.items():
+        data = ms.ops.concat([parts[k].data for k in sorted(parts)], axis=0)
+        params[f"{prefix}.weight"] = ms.Parameter(data, name=f"{prefix}.weight")
+    return params
+
+
+def identify_network(params: dict) -> dict:
+    """Metadata for a checkpoint that has none (MindCV's): which of our networks has exactly
+    these parameter shapes in MindCV's layout, and how many classes. {} if none has."""
+    shapes = {name: tuple(p.shape) for name, p in params.items()}
+    if "classifier.weight" not in shapes:
+        return {}
+    classes, features = shapes["classifier.weight"]
+    for family, (marker, stem) in FAMILY_KEYS.items():
+        if marker not in shapes:
+            continue
+        for name in list_networks():
+            if family_of(name) != family or stem_and_head(name) != (shapes[stem][0], features):
+                continue
+            meta = {"network": name, "num_classes": classes,
+                    **{k: MINDCV_META[k] for k in options_of(name)}}
+            net = build_network(meta)
+            if all(shapes.get(p.name) == tuple(p.shape) for p in net.get_parameters()):
+                return {**meta, **{k: MINDCV_META[k] for k in PREPROCESS_KEYS}}
+    return {}
 
 
 def load_weights(net, params: dict, path: str, skip=()) -> None:
@@ -75,6 +128,14 @@ def load_weights(net, params: dict, path: str, skip=()) -> None:
     ms.load_param_into_net(net, {n: params[n] for n in wanted}, strict_load=True)
 
 
+def use_checkpoint_preprocess(config, meta: dict) -> None:
+    """Set the config's data set, image size and input normalisation to the ones the checkpoint
+    was trained with, except those given on the command line."""
+    for key in PREPROCESS_KEYS:
+        if key in meta and key not in config.explicit:
+            setattr(config, key, meta[key])
+
+
 def meta_for_eval(config, meta: dict, path: str) -> dict:
     """The network to evaluate: the checkpoint's own metadata, else the config's.
 
@@ -91,3 +152,29 @@ def meta_for_eval(config, meta: dict, path: str) -> dict:
     merged = {**chosen, **meta}
     keep = ("network", "num_classes") + options_of(merged["network"]) + PREPROCESS_KEYS
     return {k: merged[k] for k in keep if k in merged}
+
+
+def partial_path(path: str) -> str:
+    """Where ``save_atomically`` writes ``path`` before the rename."""
+    folder, name = os.path.split(path)
+    return os.path.join(folder, ".partial-" + name)
+
+
+def save_atomically(network, path: str, append: dict) -> None:
+    """Write a checkpoint so that ``path`` is always either absent or whole.
+
+    The weights go to ``.partial-<name>`` beside it (hidden, so no glob of checkpoints sees it),
+    are flushed to disk, and only then renamed to ``path``
+    (a rename within a folder is atomic), so a run killed at any moment leaves every earlier
+    checkpoint, and this one if it exists, loadable. Test hook: with the environment variable
+    ZOO_TEST_HANG_IN_SAVE=E the save of epoch E stops for 10 minutes between the write and the
+    rename, so a test can kill the run inside the save.
+    """
+    tmp = partial_path(path)
+    ms.save_checkpoint(network, tmp, append_dict=append)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    if os.environ.get("ZOO_TEST_HANG_IN_SAVE") == str(append.get("epoch_num")):
+        print(f"test hook: hanging inside the save of {tmp}", flush=True)
+        time.sleep(600)
+    os.replace(tmp, path)

@@ -20,6 +20,13 @@ CIFAR_RECORD = 1 + 32 * 32 * 3
 CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]
 IMAGENET_MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
 IMAGENET_STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
+# input_norm -> (mean, std on 0-255 pixels, BGR channel order): the pixels each source's
+# weights expect (ANCHORS 5). A checkpoint records its own; converted ones set it.
+INPUT_NORMS = {
+    "imagenet": (IMAGENET_MEAN, IMAGENET_STD, False),  # ours, MindCV, torchvision
+    "megvii_bgr": ([0.0] * 3, [1.0] * 3, True),  # megvii: BGR 0-255, not normalised
+    "inception": ([127.5] * 3, [127.5] * 3, False),  # timm mobilenetv1_100: mean = std = 0.5
+}
 EVAL_FOLDERS = ("val", "validation_preprocess")
 
 
@@ -169,17 +176,23 @@ def image_folder_dataset(folder: str, config, training: bool, workers: int, shar
                     input_columns="image", num_parallel_workers=workers)
 
 
-def eval_image_ops(dataset: str, size: int) -> list:
+def normalize_ops(input_norm: str) -> list:
+    """float32 CHW from an RGB HWC uint8 image, normalised as ``input_norm`` (INPUT_NORMS) says."""
+    mean, std, bgr = INPUT_NORMS[input_norm]
+    ops = [V.ConvertColor(V.ConvertMode.COLOR_RGB2BGR)] if bgr else []
+    return ops + [V.Normalize(mean, std), V.HWC2CHW()]
+
+
+def eval_image_ops(dataset: str, size: int, input_norm: str = "imagenet") -> list:
     """Eval transforms of a decoded RGB HWC uint8 image, as the data set ``dataset`` trained it.
 
     cifar10: resize to size x size, rescale, CIFAR mean/std; imagenet (and synthetic):
-    resize the short side to size * 256 / 224, centre crop, ImageNet mean/std on 0-255 pixels.
+    resize the short side to size * 256 / 224, centre crop, then ``normalize_ops(input_norm)``.
     """
     if dataset == "cifar10":
         return [V.Resize((size, size)), V.Rescale(1.0 / 255.0, 0.0),
                 V.Normalize(CIFAR_MEAN, CIFAR_STD), V.HWC2CHW()]
-    return [V.Resize(int(size * 256 / 224)), V.CenterCrop(size),
-            V.Normalize(IMAGENET_MEAN, IMAGENET_STD), V.HWC2CHW()]
+    return [V.Resize(int(size * 256 / 224)), V.CenterCrop(size)] + normalize_ops(input_norm)
 
 
 def _shard_args(rank_id: int, rank_size: int) -> dict:
@@ -214,9 +227,9 @@ def create_dataset(config, training: bool, rank_id: int = 0, rank_size: int = 1,
                    V.RandomHorizontalFlip(0.5)]
             if config.network.startswith("shufflenet"):
                 ops.append(V.RandomColorAdjust(0.4, 0.4, 0.4))
-            ops += [V.Normalize(IMAGENET_MEAN, IMAGENET_STD), V.HWC2CHW()]
+            ops += normalize_ops(config.input_norm)
         else:
-            ops = [V.Decode()] + eval_image_ops("imagenet", size)
+            ops = [V.Decode()] + eval_image_ops("imagenet", size, config.input_norm)
     else:
         rng = np.random.RandomState(config.seed + (0 if training else 1))
         count = config.synthetic_size

@@ -1,4 +1,5 @@
 """The one error type for expected failures, and how entry points report it."""
+import argparse
 import sys
 
 
@@ -52,3 +53,10 @@ def writable_folder(path: str, key: str) -> str:
         raise UserError(f"output folder is not writable ({err.strerror})", path,
                         f"give {key} a folder you can write to") from err
     return path
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are UserErrors, so a bad flag gets our one line and exit code 2."""
+
+    def error(self, message):
+        raise UserError(message, "command line", f"see {self.prog} --help")

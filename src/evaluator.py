@@ -4,7 +4,8 @@ import time
 from mindspore import nn
 from mindspore.train import Model
 
-from src.checkpoint import build_network, load_weights, meta_for_eval, read_checkpoint
+from src.checkpoint import (build_network, load_weights, meta_for_eval, read_checkpoint,
+                            use_checkpoint_preprocess)
 from src.CrossEntropySmooth import CrossEntropySmooth
 from src.dataset import create_dataset
 from src.device import use_device
@@ -28,6 +29,7 @@ def evaluate(config) -> dict:
     use_device(config.device_target)
     params, meta = read_checkpoint(config.checkpoint_path)
     meta = meta_for_eval(config, meta, config.checkpoint_path)
+    use_checkpoint_preprocess(config, meta)
     net = build_network(meta)
     load_weights(net, params, config.checkpoint_path)
     net.set_train(False)

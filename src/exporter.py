@@ -1,5 +1,4 @@
 """Export a checkpoint to MINDIR, ONNX or AIR, with a sidecar json of what the file needs."""
-import argparse
 import json
 import os
 
@@ -8,15 +7,15 @@ import numpy as np
 
 from src.checkpoint import build_network, load_weights, meta_for_eval, read_checkpoint
 from src.device import use_device
-from src.errors import UserError, writable_folder
+from src.errors import ArgumentParser, UserError, writable_folder
 from src.model_utils.config import get_config
 
 FORMATS = ("MINDIR", "ONNX", "AIR")
 SUFFIX = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
 
 
-def export_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def export_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         description="Export a checkpoint. Other flags are config keys (see train.py --help).",
         allow_abbrev=False)
     parser.add_argument("--ckpt_file", dest="ckpt_file", default=None,

@@ -30,9 +30,9 @@ def image_files(paths) -> list:
     return found
 
 
-def preprocess(files, dataset: str, size: int) -> np.ndarray:
+def preprocess(files, dataset: str, size: int, input_norm: str = "imagenet") -> np.ndarray:
     """float32 (N, 3, size, size) batch of ``files`` through the eval transforms."""
-    ops = eval_image_ops(dataset, size)
+    ops = eval_image_ops(dataset, size, input_norm)
     batch = []
     for name in files:
         try:
@@ -61,7 +61,8 @@ class Predictor:
             self.net.set_train(False)
             return
         sidecar = model_path + ".json"
-        self.meta = {"dataset": config.dataset, "image_size": config.image_size}
+        self.meta = {"dataset": config.dataset, "image_size": config.image_size,
+                     "input_norm": config.input_norm}
         if os.path.isfile(sidecar):
             with open(sidecar, encoding="utf-8") as f:
                 self.meta.update(json.load(f))

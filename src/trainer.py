@@ -16,6 +16,7 @@ from src.device import use_device
 from src.errors import UserError, writable_folder
 from src.evaluator import eval_metrics
 from src.lr_generator import get_lr
+from src.models import options_of
 
 
 def set_up(config) -> tuple:
@@ -100,13 +101,20 @@ def train(config) -> str:
         raise UserError("the output folder already holds checkpoints of an earlier run", ckpt_dir,
                         "give another --output_path, or --resume one of those checkpoints")
 
+    if config.pretrained:
+        pretrained, pretrained_meta = read_checkpoint(config.pretrained)
+        # The weights need the layout and the pixels they were trained with.
+        for key in options_of(config.network) + ("input_norm",):
+            value = pretrained_meta.get(key, getattr(config, key))
+            if key not in config.explicit and value != getattr(config, key):
+                setattr(config, key, value)
+                print(f"pretrained: {key} {value}, as its weights were trained", flush=True)
     dataset = create_dataset(config, training=True, rank_id=rank, rank_size=group_size)
     steps = dataset.get_dataset_size()
     meta = network_meta(config)
     net = build_network(meta)
     if config.pretrained:
-        params, _ = read_checkpoint(config.pretrained)
-        load_weights(net, params, config.pretrained, skip=("classifier",))
+        load_weights(net, pretrained, config.pretrained, skip=("classifier",))
         print(f"pretrained: loaded all but the classifier from {config.pretrained}", flush=True)
 
     lr_init, lr_max = config.lr_init, config.lr_max

@@ -34,6 +34,8 @@ RULES = {
     "pool_pad": ("choice", ("pad", "same")),
     "shuffle_order": ("choice", ("paper", "megvii")),
     "activation": ("choice", ("relu", "relu6")),
+    "layout": ("choice", ("megvii", "torchvision")),
+    "input_norm": ("choice", ("imagenet", "megvii_bgr", "inception")),
     "lr_decay_mode": ("choice", ("steps", "poly", "cosine", "linear")),
     "amp_level": ("choice", ("O0", "O1", "O2", "O3")),
     "lr_scaling": ("choice", ("none", "linear")),

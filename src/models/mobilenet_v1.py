@@ -15,6 +15,11 @@ VARIANTS = {f"mobilenet_v1_{tag}": {"alpha": alpha}
 ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6}
 
 
+def stem_and_head(alpha: float) -> tuple:
+    """(stem conv outputs, classifier inputs): what tells the variants' checkpoints apart."""
+    return int(32 * alpha), int(BLOCKS[-1][0] * alpha)
+
+
 def separable_block(in_channels, out_channels, stride, act) -> nn.SequentialCell:
     """3x3 depthwise + BN + act, then 1x1 pointwise + BN + act."""
     return nn.SequentialCell([

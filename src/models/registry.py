@@ -28,6 +28,13 @@ def options_of(name: str) -> tuple:
     return _REGISTRY[name][0].OPTIONS
 
 
+def stem_and_head(name: str) -> tuple:
+    """(stem conv output channels, classifier input features) of the network ``name``."""
+    _check_name(name)
+    family, args = _REGISTRY[name]
+    return family.stem_and_head(**args)
+
+
 def create_network(name: str, num_classes: int = 1000, **kwargs):
     """Build the network ``name`` with ``num_classes`` outputs.
 

@@ -42,6 +42,12 @@ def stage_channels(group: int, width: float) -> tuple:
     return (c1, *stages)
 
 
+def stem_and_head(group: int, width: float) -> tuple:
+    """(stem conv outputs, classifier inputs): what tells the variants' checkpoints apart."""
+    c1, *_, last = stage_channels(group, width)
+    return c1, last
+
+
 class ShuffleV1Block(nn.Cell):
     """1x1 group conv + BN + ReLU -> shuffle -> 3x3 dw + BN -> 1x1 group conv + BN.
 

@@ -1,7 +1,8 @@
-"""ShuffleNetV2 (arXiv 1807.11164) in the megvii/MindCV layout: x0.5, x1.0, x1.5, x2.0."""
+"""ShuffleNetV2 (arXiv 1807.11164): x0.5, x1.0, x1.5, x2.0, in the megvii/MindCV layout or
+torchvision's (a different network with the same name, whose weights need it)."""
 from mindspore import nn, ops
 
-from .layers import (GlobalAvgPool, batch_norm, conv1x1, conv3x3, depthwise_conv,
+from .layers import (ChannelShuffle, GlobalAvgPool, batch_norm, conv1x1, conv3x3, depthwise_conv,
                      max_pool_3x3_s2)
 from .shufflenet_v1 import init_shufflenet_weights
 
@@ -14,24 +15,37 @@ CHANNELS = {
     "2_0": (24, 244, 488, 976, 2048),
 }
 # Layout options a checkpoint records so that the same network is built again.
-OPTIONS = ("pool_pad",)
+OPTIONS = ("pool_pad", "layout")
+LAYOUTS = ("megvii", "torchvision")
 VARIANTS = {f"shufflenet_v2_x{w}": {"width": w} for w in CHANNELS}
 
 
-class ShuffleV2Block(nn.Cell):
-    """Stride 1: even channels pass, odd go through main; stride 2: concat(proj(x), main(x)).
+def stem_and_head(width: str) -> tuple:
+    """(stem conv outputs, classifier inputs): what tells the variants' checkpoints apart."""
+    return CHANNELS[width][0], CHANNELS[width][-1]
 
-    main = 1x1 + BN + ReLU -> 3x3 dw + BN -> 1x1 + BN + ReLU;
-    proj = 3x3 dw s2 + BN -> 1x1 + BN + ReLU (stride 2 only). The even/odd split is the
-    channel shuffle of the previous unit's concat (megvii's layout, which MindCV keeps).
+
+class ShuffleV2Block(nn.Cell):
+    """One ShuffleNetV2 unit; main = 1x1 + BN + ReLU -> 3x3 dw + BN -> 1x1 + BN + ReLU,
+    proj = 3x3 dw s2 + BN -> 1x1 + BN + ReLU (stride 2 only).
+
+    layout "megvii" (MindCV's too): stride 1 passes the even channels and sends the odd ones
+    through main (that split is the shuffle of the previous unit's concat); stride 2 is
+    concat(proj(x) with in channels, main(x) with out - in).
+    layout "torchvision": stride 1 passes the first half and sends the second through main;
+    stride 2 is concat(proj(x), main(x)) with out/2 channels each; every unit ends with a
+    2-group channel shuffle.
     """
 
-    def __init__(self, in_channels, out_channels, stride):
+    def __init__(self, in_channels, out_channels, stride, layout="megvii"):
         super().__init__()
-        self.stride = stride
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout {layout!r} is not one of {LAYOUTS}")
+        self.stride, self.torchvision = stride, layout == "torchvision"
         mid = out_channels // 2
         main_in = in_channels if stride == 2 else in_channels // 2
-        main_out = out_channels - main_in
+        main_out = mid if self.torchvision else out_channels - main_in
+        proj_out = mid if self.torchvision else in_channels
         self.branch_main = nn.SequentialCell([
             conv1x1(main_in, mid), batch_norm(mid), nn.ReLU(),
             depthwise_conv(mid, 3, stride), batch_norm(mid),
@@ -40,26 +54,33 @@ class ShuffleV2Block(nn.Cell):
         if stride == 2:
             self.branch_proj = nn.SequentialCell([
                 depthwise_conv(in_channels, 3, stride), batch_norm(in_channels),
-                conv1x1(in_channels, in_channels), batch_norm(in_channels), nn.ReLU(),
+                conv1x1(in_channels, proj_out), batch_norm(proj_out), nn.ReLU(),
             ])
+        self.shuffle = ChannelShuffle(2, "paper") if self.torchvision else None
 
     def construct(self, x):
         if self.stride == 2:
-            return ops.concat((self.branch_proj(x), self.branch_main(x)), axis=1)
-        _, c, h, w = x.shape
-        pairs = ops.reshape(x, (-1, c // 2, 2, h, w))  # -1: exports keep a dynamic batch
-        even = pairs[:, :, 0]
-        odd = pairs[:, :, 1]
-        return ops.concat((even, self.branch_main(odd)), axis=1)
+            out = ops.concat((self.branch_proj(x), self.branch_main(x)), axis=1)
+        elif self.torchvision:
+            half = x.shape[1] // 2
+            out = ops.concat((x[:, :half], self.branch_main(x[:, half:])), axis=1)
+        else:
+            _, c, h, w = x.shape
+            pairs = ops.reshape(x, (-1, c // 2, 2, h, w))  # -1: exports keep a dynamic batch
+            return ops.concat((pairs[:, :, 0], self.branch_main(pairs[:, :, 1])), axis=1)
+        return self.shuffle(out) if self.torchvision else out
 
 
 class ShuffleNetV2(nn.Cell):
-    """ShuffleNetV2 at ``width`` "0_5", "1_0", "1_5" or "2_0"; classifier without bias.
+    """ShuffleNetV2 at ``width`` "0_5", "1_0", "1_5" or "2_0".
 
-    ``pool_pad`` "pad" (symmetric, default) or "same" (MindCV's stem max pool).
+    ``pool_pad`` "pad" (symmetric, default) or "same" (MindCV's stem max pool); ``layout``
+    "megvii" (default: megvii, MindCV, the zoo; classifier without bias) or "torchvision"
+    (ShuffleV2Block; classifier with bias). Parameter names are ours in both layouts.
     """
 
-    def __init__(self, width="1_0", num_classes=1000, in_channels=3, pool_pad="pad"):
+    def __init__(self, width="1_0", num_classes=1000, in_channels=3, pool_pad="pad",
+                 layout="megvii"):
         super().__init__()
         c1, *stages, c5 = CHANNELS[width]
         self.first_conv = nn.SequentialCell([conv3x3(in_channels, c1, 2), batch_norm(c1), nn.ReLU()])
@@ -67,12 +88,13 @@ class ShuffleNetV2(nn.Cell):
         blocks, c_in = [], c1
         for repeats, c_out in zip(STAGE_REPEATS, stages):
             for i in range(repeats):
-                blocks.append(ShuffleV2Block(c_in, c_out, stride=2 if i == 0 else 1))
+                blocks.append(ShuffleV2Block(c_in, c_out, stride=2 if i == 0 else 1,
+                                             layout=layout))
                 c_in = c_out
         self.features = nn.SequentialCell(blocks)
         self.conv_last = nn.SequentialCell([conv1x1(c_in, c5), batch_norm(c5), nn.ReLU()])
         self.pool = GlobalAvgPool()
-        self.classifier = nn.Dense(c5, num_classes, has_bias=False)
+        self.classifier = nn.Dense(c5, num_classes, has_bias=layout == "torchvision")
         init_shufflenet_weights(self)
 
     def construct(self, x):
