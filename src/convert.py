@@ -131,7 +131,7 @@ def read_torch_state(path: str) -> dict:
 def convert(state: dict, source: str, network: str, path: str) -> tuple:
     """(our parameters as name -> numpy array, checkpoint metadata) from a source state_dict.
 
-    Refuses with the unmatched names (theirs and ours) or the first shape mismatch.
+    Refuses with the unmatched names (theirs and ours), else with the shape mismatches.
     """
     spec = SOURCES[source]
     family = family_of(network)
@@ -148,7 +148,7 @@ def convert(state: dict, source: str, network: str, path: str) -> tuple:
     ours = {p.name: tuple(p.shape) for p in net.get_parameters()}
     bn_modules = {n.rsplit(".", 1)[0] for n in ours if n.endswith(".gamma")}
     to_module = spec["modules"][family]
-    converted, unmatched = {}, []
+    converted, unmatched, wrong_shape = {}, [], []
     for name, value in state.items():
         module, leaf = name.rsplit(".", 1)
         module = to_module(module)
@@ -158,8 +158,7 @@ def convert(state: dict, source: str, network: str, path: str) -> tuple:
             unmatched.append(name)
             continue
         if tuple(value.shape) != ours[target]:
-            raise UserError(f"{name} has shape {tuple(value.shape)} but our {target} has "
-                            f"{ours[target]}", path, f"give a {source} checkpoint of {network}")
+            wrong_shape.append(f"{name} {tuple(value.shape)} for our {ours[target]}")
         converted[target] = value
     missing = sorted(set(ours) - set(converted))
     if unmatched or missing:
@@ -168,6 +167,11 @@ def convert(state: dict, source: str, network: str, path: str) -> tuple:
                         f"{len(missing)} of our parameters get nothing "
                         f"({', '.join(missing[:6])}{'...' if len(missing) > 6 else ''})", path,
                         f"give a {source} checkpoint of {network}; nothing was written")
+    if wrong_shape:
+        raise UserError(f"{len(wrong_shape)} tensors have other shapes than ours (first: "
+                        f"{wrong_shape[0]})", path,
+                        f"give a {source} checkpoint of {network} (another width?); nothing was "
+                        "written")
     if source == "megvii" and family == "shufflenet_v1":
         permute_megvii_v1(converted, net)
     meta.update({"dataset": "imagenet", "image_size": 224, "input_norm": spec["input_norm"]})
