@@ -112,6 +112,18 @@ CASES = {
     "export format unknown": (
         lambda w: ("export.py", "--checkpoint_path", w["ckpt"], "--file_format", "TFLITE"),
         "TFLITE"),
+    # benchmark
+    "benchmark unknown network": (lambda w: ("benchmark.py", "--network", "resnet50"),
+                                  "unknown network 'resnet50'"),
+    "benchmark bad image size": (lambda w: ("benchmark.py", "--image_size", "100"),
+                                 "not a multiple of 32"),
+    "benchmark unknown reference": (lambda w: ("benchmark.py", "--compare", "tensorflow"),
+                                    "unknown reference 'tensorflow'"),
+    "benchmark bad flag": (lambda w: ("benchmark.py", "--mode", "fly"), "invalid choice"),
+    # weight conversion (more in test_convert.py)
+    "convert source missing": (lambda w: ("convert_weights.py", "--source", "megvii", "--network",
+                                          NET, "/no/such.pth", "/tmp/out.ckpt"),
+                               "source checkpoint not found"),
     # inference
     "infer model missing": (lambda w: ("infer.py", "--model", "/no/such.onnx", w["cifar"]),
                             "model file not found"),

@@ -28,6 +28,12 @@ def options_of(name: str) -> tuple:
     return _REGISTRY[name][0].OPTIONS
 
 
+def variant_args(name: str) -> dict:
+    """The family constructor's arguments that make ``name`` (group, width, alpha...)."""
+    _check_name(name)
+    return dict(_REGISTRY[name][1])
+
+
 def stem_and_head(name: str) -> tuple:
     """(stem conv output channels, classifier input features) of the network ``name``."""
     _check_name(name)

@@ -1,7 +1,8 @@
-"""The sources' PyTorch networks, re-written for the conversion tests from their architecture
-descriptions (ANCHORS 2.1-2.3): the same computation and the same state_dict key names and
-shapes as megvii's ShuffleNet-Series, torchvision's ShuffleNetV2 and timm's mobilenetv1_100.
-Written for this project, not copied."""
+"""The sources' PyTorch networks, written here from their architecture descriptions (ANCHORS
+2.1-2.3): the same computation and the same state_dict key names and shapes as megvii's
+ShuffleNet-Series, torchvision's ShuffleNetV2 and timm's mobilenetv1_100. The conversion tests
+check our converted weights against them; the benchmark times them as the PyTorch reference
+(``torch_network``). Needs torch; nothing else in src/ imports this module."""
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -160,21 +161,23 @@ class TimmSeparable(nn.Module):
 
 
 class TimmMobileNetV1(nn.Module):
-    """timm mobilenetv1_100: conv_stem, bn1, blocks.s.b (1, 2, 2, 6, 2 blocks), classifier."""
+    """timm mobilenetv1_100: conv_stem, bn1, blocks.s.b (1, 2, 2, 6, 2 blocks), classifier;
+    ``alpha`` scales the channels as ours do (timm publishes 1.0 only)."""
 
-    def __init__(self, num_classes=1000):
+    def __init__(self, num_classes=1000, alpha=1.0):
         super().__init__()
-        self.conv_stem = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(32)
-        stages, cin = [], 32
+        cin = int(32 * alpha)
+        self.conv_stem = nn.Conv2d(3, cin, 3, 2, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cin)
+        stages = []
         for cout, repeats in ((64, 1), (128, 2), (256, 2), (512, 6), (1024, 2)):
-            blocks = []
+            cout, blocks = int(cout * alpha), []
             for i in range(repeats):
-                blocks.append(TimmSeparable(cin, cout, 2 if i == 0 and cout != 64 else 1))
+                blocks.append(TimmSeparable(cin, cout, 2 if i == 0 and stages else 1))
                 cin = cout
             stages.append(nn.Sequential(*blocks))
         self.blocks = nn.Sequential(*stages)
-        self.classifier = nn.Linear(1024, num_classes)
+        self.classifier = nn.Linear(cin, num_classes)
 
     def forward(self, x):
         x = self.blocks(F.relu6(self.bn1(self.conv_stem(x))))
@@ -199,3 +202,15 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
                 fan_in = tensor[0].numel()
                 tensor.copy_(torch.randn(tensor.shape, generator=generator) * (1 / fan_in) ** 0.5)
     return model.eval()
+
+
+def torch_network(name: str, num_classes: int = 1000) -> nn.Module:
+    """The PyTorch network of the same architecture as our ``name`` (megvii's ShuffleNets,
+    timm's MobileNetV1 with ours' widths), for timing against."""
+    from src.models.registry import family_of, variant_args
+    family, args = family_of(name), variant_args(name)
+    if family == "shufflenet_v1":
+        return MegviiShuffleNetV1(args["group"], args["width"], num_classes)
+    if family == "shufflenet_v2":
+        return MegviiShuffleNetV2(args["width"], num_classes)
+    return TimmMobileNetV1(num_classes, args["alpha"])

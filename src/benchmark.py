@@ -1,0 +1,303 @@
+"""Speed of our networks, and of MindCV's and PyTorch's same architectures, measured in one run.
+
+Each implementation lives in its own worker process (so its threads, memory peak and compile
+cache are its own), builds its network, compiles and warms up; then the parent asks the workers
+in turn, A B A B ..., for ``steps`` timed steps each. On a noisy machine the ratio of two
+neighbouring rounds holds better than two separate runs. Modes:
+- train: one optimizer step (forward, loss, backward, Momentum update) on a fixed batch;
+- infer: ours from the exported MINDIR (GraphCell), MindCV's network in graph mode, PyTorch
+  eager under no_grad;
+- data: the ImageNet-folder training pipeline (decode, random crop, flip, colour, normalise)
+  with the configured workers, batches per second times the batch.
+"""
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import time
+
+import numpy as np
+
+from src.errors import ArgumentParser, UserError
+
+IMPLEMENTATIONS = ("ours", "mindcv", "torch")
+
+
+def parser() -> ArgumentParser:
+    p = ArgumentParser(prog="benchmark.py", allow_abbrev=False, description=__doc__.split("\n")[0])
+    p.add_argument("--network", default="shufflenet_v2_x1_0")
+    p.add_argument("--mode", default="train", choices=("train", "infer", "data"))
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--image_size", type=int, default=224)
+    p.add_argument("--steps", type=int, default=3, help="timed steps per round")
+    p.add_argument("--rounds", type=int, default=2, help="A B A B rounds of --steps each")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps after the compile")
+    p.add_argument("--device_target", default="CPU", choices=("CPU", "GPU", "Ascend"))
+    p.add_argument("--compare", default="", help="comma list of mindcv, torch: references "
+                   "timed in the same run (each skipped with a line when not importable)")
+    p.add_argument("--group_impl", default="auto", choices=("auto", "native", "split"),
+                   help="ours: how grouped 1x1 convs are computed (ShuffleNetV1)")
+    p.add_argument("--jit_level", default="", choices=("", "O0", "O1", "O2"),
+                   help="ours and MindCV: GRAPH_MODE jit level ('' = MindSpore's default)")
+    p.add_argument("--data_path", default="", help="data mode: a folder with train/<class>/; "
+                   "default: a generated folder of 256 JPEGs of 500x375")
+    p.add_argument("--num_parallel_workers", type=int, default=0, help="data mode: 0 = cores")
+    p.add_argument("--json", default="", help="write the figures to this file")
+    return p
+
+
+def check(args) -> None:
+    from src.models import list_networks
+    if args.network not in list_networks():
+        raise UserError(f"unknown network {args.network!r}", "--network",
+                        "give a registered name, e.g. shufflenet_v2_x1_0")
+    for key in ("batch_size", "steps", "rounds"):
+        if getattr(args, key) < 1:
+            raise UserError(f"{key} must be at least 1", f"--{key}", "give a positive number")
+    if args.image_size < 32 or args.image_size % 32:
+        raise UserError(f"image size {args.image_size} is not a multiple of 32", "--image_size",
+                        "give 224, 160, 64, 32, ...")
+    unknown = [c for c in compared(args) if c not in IMPLEMENTATIONS[1:]]
+    if unknown:
+        raise UserError(f"unknown reference {unknown[0]!r}", "--compare", "give mindcv, torch")
+
+
+def compared(args) -> list:
+    return [c.strip() for c in args.compare.split(",") if c.strip()]
+
+
+# ---- the workers: each builds one implementation and times steps on request
+
+def _mindspore_setup(args, impl):
+    import mindspore as ms
+    from mindspore import nn
+    ms.set_device(args.device_target)
+    ms.set_context(mode=ms.GRAPH_MODE)
+    if args.jit_level:
+        ms.set_context(jit_config={"jit_level": args.jit_level})
+    if impl == "ours":
+        from src.models import create_network, options_of
+        options = {"group_impl": args.group_impl} if "shuffle_order" in options_of(args.network) \
+            else {}
+        net = create_network(args.network, num_classes=1000, **options)
+    else:
+        import mindcv
+        net = mindcv.create_model(args.network, num_classes=1000)
+    x = ms.Tensor(np.random.rand(args.batch_size, 3, args.image_size, args.image_size)
+                  .astype(np.float32))
+    if args.mode == "train":
+        y = ms.Tensor(np.random.randint(0, 1000, args.batch_size).astype(np.int32))
+        loss = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+        opt = nn.Momentum(net.trainable_params(), 0.01, 0.9)
+        step = nn.TrainOneStepCell(nn.WithLossCell(net, loss), opt)
+        step.set_train()
+        return lambda: step(x, y).asnumpy()
+    net.set_train(False)
+    if impl == "ours":  # inference from the exported file, as a deployment runs it
+        folder = tempfile.mkdtemp()
+        ms.export(net, x, file_name=os.path.join(folder, "net"), file_format="MINDIR")
+        net = nn.GraphCell(ms.load(os.path.join(folder, "net.mindir")))
+    return lambda: net(x).asnumpy()
+
+
+def _torch_setup(args):
+    import torch
+    from src.dataset import cpu_count
+    from src.torch_models import torch_network
+    # PyTorch's own default is one thread per core, but a process spawned by one that has
+    # imported MindSpore starts with 1 (measured: MobileNetV1 inference 11.4 vs 17.2 images/s).
+    torch.set_num_threads(cpu_count())
+    net = torch_network(args.network)
+    x = torch.rand(args.batch_size, 3, args.image_size, args.image_size)
+    if args.mode == "train":
+        y = torch.randint(0, 1000, (args.batch_size,))
+        opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+        net.train()
+
+        def step():
+            opt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(net(x), y)
+            loss.backward()
+            opt.step()
+            return loss.item()
+        return step
+    net.eval()
+
+    def infer():
+        with torch.no_grad():
+            return net(x).numpy()
+    return infer
+
+
+def _data_setup(args):
+    from src.dataset import create_dataset
+    from src.model_utils.config import get_config
+    path = args.data_path or write_jpeg_folder(tempfile.mkdtemp())
+    config = get_config(["--dataset", "imagenet", "--dataset_path", path, "--network",
+                         args.network, "--image_size", str(args.image_size), "--batch_size",
+                         str(args.batch_size), "--num_parallel_workers",
+                         str(args.num_parallel_workers)])
+    data = create_dataset(config, training=True)
+    iterator = data.create_tuple_iterator(num_epochs=-1, output_numpy=True)
+
+    def next_batch():
+        try:
+            return next(iterator)
+        except StopIteration:  # the end of an epoch: the next call starts the next one
+            return next(iterator)
+    return next_batch
+
+
+def write_jpeg_folder(root: str, count: int = 256, classes: int = 4) -> str:
+    """root/train/<class>/*.jpg: ``count`` 500x375 JPEGs, ImageNet's typical size and quality."""
+    from PIL import Image
+    rng = np.random.RandomState(0)
+    base = rng.randint(0, 256, (375 // 8 + 1, 500 // 8 + 1, 3)).astype(np.uint8)
+    for i in range(count):
+        folder = os.path.join(root, "train", f"class_{i % classes}")
+        os.makedirs(folder, exist_ok=True)
+        # smooth-ish content compresses like a photograph, not like noise
+        small = np.roll(base, i, axis=1)
+        image = Image.fromarray(small).resize((500, 375), Image.BILINEAR)
+        image.save(os.path.join(folder, f"{i}.jpg"), quality=90)
+    return root
+
+
+def _worker(args, impl, pipe):
+    """Set up ``impl``, report the compile (first step) time, then time steps on request."""
+    try:
+        started = time.perf_counter()
+        if args.mode == "data":
+            run = _data_setup(args)
+        elif impl == "torch":
+            run = _torch_setup(args)
+        else:
+            run = _mindspore_setup(args, impl)
+        run()  # graph mode compiles on the first call
+        compile_s = time.perf_counter() - started
+        for _ in range(args.warmup):
+            run()
+        pipe.send(("ready", compile_s))
+        while True:
+            request = pipe.recv()
+            if request is None:
+                break
+            times = []
+            for _ in range(request):
+                begin = time.perf_counter()
+                run()
+                times.append(time.perf_counter() - begin)
+            pipe.send(("times", times))
+        pipe.send(("rss", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    except Exception as err:  # reported by the parent as that implementation's failure
+        pipe.send(("error", f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"))
+
+
+def available(impl: str) -> str:
+    """'' if the reference can run here, else why not."""
+    module = {"mindcv": "mindcv", "torch": "torch"}.get(impl)
+    if module is None:
+        return ""
+    try:
+        __import__(module)
+    except ImportError:
+        return f"{module} is not importable"
+    return ""
+
+
+def run_benchmark(args) -> dict:
+    """Time ours (and the references) as ``args`` says; returns the figures."""
+    impls = ["ours"] + ([] if args.mode == "data" else compared(args))
+    context = mp.get_context("spawn")
+    workers, result = {}, {"network": args.network, "mode": args.mode,
+                           "batch_size": args.batch_size, "image_size": args.image_size,
+                           "steps": args.steps, "rounds": args.rounds,
+                           "device_target": args.device_target, "group_impl": args.group_impl,
+                           "jit_level": args.jit_level or "default",
+                           "machine": machine(), "results": {}, "ratios": {}}
+    for impl in impls:
+        why = available(impl)
+        if why:
+            print(f"benchmark: {impl} skipped: {why}", flush=True)
+            continue
+        parent, child = context.Pipe()
+        process = context.Process(target=_worker, args=(args, impl, child), daemon=True)
+        process.start()
+        kind, value = parent.recv()  # set-ups one at a time, so compiles are not slowed down
+        if kind == "error":
+            process.join()
+            raise UserError(f"{impl} failed to set up: {value}", args.network,
+                            "run with --debug, or leave it out of --compare")
+        workers[impl] = (process, parent)
+        result["results"][impl] = {"compile_s": round(value, 2), "step_times": []}
+        print(f"benchmark: {impl} compiled and warmed up in {value:.1f} s", flush=True)
+    for round_index in range(args.rounds):  # A B A B ...
+        for impl, (_, pipe) in workers.items():
+            pipe.send(args.steps)
+            kind, times = pipe.recv()
+            if kind == "error":
+                raise UserError(f"{impl} failed: {times}", args.network, "run with --debug")
+            result["results"][impl]["step_times"].append(times)
+    for impl, (process, pipe) in workers.items():
+        pipe.send(None)
+        _, rss = pipe.recv()
+        process.join(timeout=60)
+        figures = result["results"][impl]
+        flat = [t for times in figures["step_times"] for t in times]
+        median = statistics.median(flat)
+        figures.update({"ms_per_step": round(median * 1000, 2),
+                        "images_per_s": round(args.batch_size / median, 2),
+                        "peak_rss_mb": round(rss, 1)})
+    ours = result["results"].get("ours")
+    for impl in workers:
+        if impl == "ours":
+            continue
+        # Ratio of images/s (ours / theirs) of each round: the rounds ran side by side.
+        pairs = [statistics.median(theirs) / statistics.median(mine) for mine, theirs in
+                 zip(ours["step_times"], result["results"][impl]["step_times"])]
+        result["ratios"][f"ours/{impl}"] = {"per_round": [round(r, 3) for r in pairs],
+                                            "median": round(statistics.median(pairs), 3)}
+    return result
+
+
+def machine() -> dict:
+    import mindspore
+    info = {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "mindspore": mindspore.__version__}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            info["cpu"] = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return info
+
+
+def report(result: dict) -> None:
+    unit = "batch" if result["mode"] == "data" else "step"
+    for impl, figures in result["results"].items():
+        label = "data pipeline" if result["mode"] == "data" else impl
+        print(f"{label}: {result['network']} {result['mode']} batch {result['batch_size']} at "
+              f"{result['image_size']}: {figures['images_per_s']} images/s, "
+              f"{figures['ms_per_step']} ms per {unit} (median), compile "
+              f"{figures['compile_s']} s, peak memory {figures['peak_rss_mb']} MB", flush=True)
+    for name, ratio in result["ratios"].items():
+        print(f"ratio {name} (images/s): {ratio['median']} (per round {ratio['per_round']})",
+              flush=True)
+
+
+def benchmark_command(argv) -> dict:
+    """benchmark.py: parse, check, run, print, and write --json."""
+    args = parser().parse_args(argv)
+    check(args)
+    if args.json:
+        from src.errors import writable_folder
+        writable_folder(os.path.dirname(os.path.abspath(args.json)), "--json")
+    result = run_benchmark(args)
+    report(result)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1)
+    return result

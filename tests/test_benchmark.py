@@ -1,0 +1,39 @@
+"""benchmark.py in a tiny setting: it runs ours and the references side by side and its JSON has
+the figures. Nothing here is about speed (that is what the benchmark itself measures)."""
+import json
+
+import pytest
+
+from tests.helpers import run_entry
+
+pytestmark = pytest.mark.slow
+FIGURES = {"compile_s", "step_times", "ms_per_step", "images_per_s", "peak_rss_mb"}
+
+
+def test_train_against_mindcv_and_torch_writes_the_figures(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = run_entry("benchmark.py", "--network", "shufflenet_v1_g3_05", "--mode", "train",
+                     "--image_size", "32", "--batch_size", "2", "--steps", "2", "--rounds", "2",
+                     "--warmup", "0", "--compare", "mindcv,torch", "--json", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result["results"]) == {"ours", "mindcv", "torch"}
+    for figures in result["results"].values():
+        assert FIGURES <= set(figures)
+        assert len(figures["step_times"]) == 2 and all(len(r) == 2 for r in figures["step_times"])
+        assert figures["images_per_s"] > 0 and figures["peak_rss_mb"] > 0
+    for name in ("ours/mindcv", "ours/torch"):
+        assert len(result["ratios"][name]["per_round"]) == 2
+    assert result["machine"]["cpu_count"] >= 1
+    assert "ratio ours/torch (images/s)" in proc.stdout
+
+
+@pytest.mark.parametrize("mode", ["infer", "data"])
+def test_infer_and_data_modes(tmp_path, mode):
+    out = tmp_path / "bench.json"
+    proc = run_entry("benchmark.py", "--network", "mobilenet_v1_025", "--mode", mode,
+                     "--image_size", "32", "--batch_size", "4", "--steps", "2", "--rounds", "1",
+                     "--json", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["mode"] == mode and FIGURES <= set(result["results"]["ours"])
