@@ -28,7 +28,7 @@ def main(argv):
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
         probs = softmax(predictor.logits(preprocess(
-            chunk, predictor.meta["dataset"], size, predictor.meta.get("input_norm", "imagenet"))))
+            chunk, predictor.meta["dataset"], size, predictor.meta["input_norm"])))
         labels = read_labels(args.labels, probs.shape[1])
         for name, row in zip(chunk, probs):
             top = row.argsort()[::-1][:5]

@@ -10,6 +10,7 @@ neighbouring rounds holds better than two separate runs. Modes:
 - data: the ImageNet-folder training pipeline (decode, random crop, flip, colour, normalise)
   with the configured workers, batches per second times the batch.
 """
+import importlib.util
 import json
 import multiprocessing as mp
 import os
@@ -79,9 +80,9 @@ def _mindspore_setup(args, impl):
     if args.jit_level:
         ms.set_context(jit_config={"jit_level": args.jit_level})
     if impl == "ours":
-        from src.models import create_network, options_of
-        options = {"group_impl": args.group_impl} if "shuffle_order" in options_of(args.network) \
-            else {}
+        from src.models import create_network, family_of
+        options = {"group_impl": args.group_impl} \
+            if family_of(args.network) == "shufflenet_v1" else {}
         net = create_network(args.network, num_classes=1000, **options)
     else:
         import mindcv
@@ -197,15 +198,11 @@ def _worker(args, impl, pipe):
 
 
 def available(impl: str) -> str:
-    """'' if the reference can run here, else why not."""
-    module = {"mindcv": "mindcv", "torch": "torch"}.get(impl)
-    if module is None:
+    """'' if ``impl`` can run here, else why not. Looks the package up without importing it:
+    only its worker process loads it."""
+    if impl == "ours" or importlib.util.find_spec(impl) is not None:
         return ""
-    try:
-        __import__(module)
-    except ImportError:
-        return f"{module} is not importable"
-    return ""
+    return f"{impl} is not importable"
 
 
 def run_benchmark(args) -> dict:
@@ -234,7 +231,7 @@ def run_benchmark(args) -> dict:
         workers[impl] = (process, parent)
         result["results"][impl] = {"compile_s": round(value, 2), "step_times": []}
         print(f"benchmark: {impl} compiled and warmed up in {value:.1f} s", flush=True)
-    for round_index in range(args.rounds):  # A B A B ...
+    for _ in range(args.rounds):  # A B A B ...
         for impl, (_, pipe) in workers.items():
             pipe.send(args.steps)
             kind, times = pipe.recv()
@@ -265,7 +262,9 @@ def run_benchmark(args) -> dict:
 
 def machine() -> dict:
     import mindspore
-    info = {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+
+    from src.dataset import cpu_count
+    info = {"cpu_count": cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "mindspore": mindspore.__version__}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:

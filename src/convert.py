@@ -79,12 +79,31 @@ def timm_mobilenet_module(name: str) -> str:
     return name
 
 
-# source -> (families, our network options, input_norm, module-name map)
+def megvii_shuffle_permutation(channels: int, groups: int) -> np.ndarray:
+    """sigma with shuffle(x)[j] = x[sigma[j]] for megvii's shuffle (view (C/g, g), transpose)."""
+    return np.arange(channels).reshape(channels // groups, groups).T.reshape(-1)
+
+
+def permute_megvii_v1(params: dict, net) -> None:
+    """Move megvii's post-depthwise shuffle before the depthwise conv: permute that conv's and
+    its BN's channels by the shuffle (new[j] = old[sigma[j]])."""
+    for name, cell in net.cells_and_names():
+        if name.endswith(".branch_main_2"):
+            groups = int(cell[2].group)  # the unit's second grouped 1x1 conv
+            mid = params[f"{name}.0.weight"].shape[0]
+            sigma = megvii_shuffle_permutation(mid, groups)
+            for leaf in ("0.weight", "1.gamma", "1.beta", "1.moving_mean", "1.moving_variance"):
+                params[f"{name}.{leaf}"] = params[f"{name}.{leaf}"][sigma]
+
+
+# source -> families it covers, our network's options for its code, the input_norm its weights
+# expect, its module names -> ours per family, and per family a fix-up of the mapped tensors.
 SOURCES = {
     "megvii": {"families": ("shufflenet_v1", "shufflenet_v2"),
                "options": {"pool_pad": "pad", "shuffle_order": "megvii", "layout": "megvii"},
                "input_norm": "megvii_bgr",
-               "modules": {"shufflenet_v1": megvii_v1_module, "shufflenet_v2": megvii_v2_module}},
+               "modules": {"shufflenet_v1": megvii_v1_module, "shufflenet_v2": megvii_v2_module},
+               "fixups": {"shufflenet_v1": permute_megvii_v1}},
     "torchvision": {"families": ("shufflenet_v2",),
                     "options": {"pool_pad": "pad", "layout": "torchvision"},
                     "input_norm": "imagenet",
@@ -92,11 +111,6 @@ SOURCES = {
     "timm": {"families": ("mobilenet_v1",), "options": {"activation": "relu6"},
              "input_norm": "inception", "modules": {"mobilenet_v1": timm_mobilenet_module}},
 }
-
-
-def megvii_shuffle_permutation(channels: int, groups: int) -> np.ndarray:
-    """sigma with shuffle(x)[j] = x[sigma[j]] for megvii's shuffle (view (C/g, g), transpose)."""
-    return np.arange(channels).reshape(channels // groups, groups).T.reshape(-1)
 
 
 def read_torch_state(path: str) -> dict:
@@ -126,6 +140,11 @@ def read_torch_state(path: str) -> dict:
         if not name.endswith("num_batches_tracked"):
             out[name] = tensor.detach().float().cpu().numpy()
     return out
+
+
+def first_few(names: list, count: int = 6) -> str:
+    """The first ``count`` names, comma-separated, with '...' when there are more."""
+    return ", ".join(names[:count]) + ("..." if len(names) > count else "")
 
 
 def convert(state: dict, source: str, network: str, path: str) -> tuple:
@@ -162,32 +181,20 @@ def convert(state: dict, source: str, network: str, path: str) -> tuple:
         converted[target] = value
     missing = sorted(set(ours) - set(converted))
     if unmatched or missing:
-        raise UserError(f"{len(unmatched)} source tensors match nothing "
-                        f"({', '.join(unmatched[:6])}{'...' if len(unmatched) > 6 else ''}) and "
-                        f"{len(missing)} of our parameters get nothing "
-                        f"({', '.join(missing[:6])}{'...' if len(missing) > 6 else ''})", path,
+        raise UserError(f"{len(unmatched)} source tensors match nothing ({first_few(unmatched)}) "
+                        f"and {len(missing)} of our parameters get nothing "
+                        f"({first_few(missing)})", path,
                         f"give a {source} checkpoint of {network}; nothing was written")
     if wrong_shape:
         raise UserError(f"{len(wrong_shape)} tensors have other shapes than ours (first: "
                         f"{wrong_shape[0]})", path,
                         f"give a {source} checkpoint of {network} (another width?); nothing was "
                         "written")
-    if source == "megvii" and family == "shufflenet_v1":
-        permute_megvii_v1(converted, net)
+    fixup = spec.get("fixups", {}).get(family)
+    if fixup:
+        fixup(converted, net)
     meta.update({"dataset": "imagenet", "image_size": 224, "input_norm": spec["input_norm"]})
     return converted, meta
-
-
-def permute_megvii_v1(params: dict, net) -> None:
-    """Move megvii's post-depthwise shuffle before the depthwise conv: permute that conv's and
-    its BN's channels by the shuffle (new[j] = old[sigma[j]])."""
-    for name, cell in net.cells_and_names():
-        if name.endswith(".branch_main_2"):
-            groups = int(cell[2].group)  # the unit's second grouped 1x1 conv
-            mid = params[f"{name}.0.weight"].shape[0]
-            sigma = megvii_shuffle_permutation(mid, groups)
-            for leaf in ("0.weight", "1.gamma", "1.beta", "1.moving_mean", "1.moving_variance"):
-                params[f"{name}.{leaf}"] = params[f"{name}.{leaf}"][sigma]
 
 
 def write_converted(params: dict, meta: dict, output: str) -> None:

@@ -152,21 +152,20 @@ def image_folder_dataset(folder: str, config, training: bool, workers: int, shar
     line that counts them; more than ``config.bad_image_limit`` of the files bad is an error.
     A clean folder is read by ImageFolderDataset (C++); one with bad files from the checked list.
     """
-    if not config.check_images:
-        return ds.ImageFolderDataset(folder, shuffle=training, num_parallel_workers=workers,
-                                     decode=False, **shard)
-    files, labels, bad = scan_image_folder(folder)
-    total = len(files) + len(bad)
-    if total == 0:
-        raise UserError("no image files in the class folders", folder, "put the images in them")
-    if bad:
-        share = len(bad) / total
-        if share > config.bad_image_limit:
+    bad = []
+    if config.check_images:
+        files, labels, bad = scan_image_folder(folder)
+        total = len(files) + len(bad)
+        if total == 0:
+            raise UserError("no image files in the class folders", folder,
+                            "put the images in them")
+        if len(bad) / total > config.bad_image_limit:
             raise UserError(f"{len(bad)} of {total} files are not whole images (first: {bad[0]})",
                             folder, f"repair or remove them, or raise --bad_image_limit above "
-                            f"{share:.3g}")
-        print(f"warning: skipping {len(bad)} of {total} files that are not whole images in "
-              f"{folder} (first: {bad[0]})", flush=True)
+                            f"{len(bad) / total:.3g}")
+        if bad:
+            print(f"warning: skipping {len(bad)} of {total} files that are not whole images in "
+                  f"{folder} (first: {bad[0]})", flush=True)
     if not bad:
         return ds.ImageFolderDataset(folder, shuffle=training, num_parallel_workers=workers,
                                      decode=False, **shard)

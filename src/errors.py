@@ -1,6 +1,8 @@
 """The one error type for expected failures, and how entry points report it."""
 import argparse
+import os
 import sys
+import tempfile
 
 
 class UserError(Exception):
@@ -43,8 +45,6 @@ def run_main(main, argv=None) -> int:
 
 def writable_folder(path: str, key: str) -> str:
     """Create ``path`` if needed and check that files can be written in it; UserError if not."""
-    import os
-    import tempfile
     try:
         os.makedirs(path, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path):

@@ -9,7 +9,8 @@ from mindspore import nn
 from mindspore.train import FixedLossScaleManager, LossMonitor, Model, TimeMonitor
 
 from src.callbacks import EpochCheckpoint, EvalMonitor, NonFiniteLossGuard, ProgressMonitor
-from src.checkpoint import build_network, load_weights, network_meta, read_checkpoint
+from src.checkpoint import (build_network, load_weights, network_meta, partial_path,
+                            read_checkpoint)
 from src.CrossEntropySmooth import CrossEntropySmooth
 from src.dataset import create_dataset
 from src.device import use_device
@@ -81,7 +82,7 @@ def train(config) -> str:
     if rank == 0:  # the rank that writes checkpoints, metrics and curves
         writable_folder(ckpt_dir, "--output_path")
     start_epoch, resume_params = 0, None
-    for stale in glob.glob(os.path.join(ckpt_dir, ".partial-*.ckpt")):
+    for stale in glob.glob(partial_path(os.path.join(ckpt_dir, "*.ckpt"))):
         os.remove(stale)
         print(f"removed {stale}: a save that a crash cut short", flush=True)
     if config.resume == "auto":

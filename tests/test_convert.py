@@ -63,8 +63,8 @@ def converted_logits(source, network, theirs, tmp_path, x):
 
 def test_megvii_v1_needs_the_permutation(tmp_path, monkeypatch):
     """Without moving megvii's shuffle before the depthwise conv, its logits are not reproduced."""
-    import src.convert
-    monkeypatch.setattr(src.convert, "permute_megvii_v1", lambda params, net: None)
+    from src.convert import SOURCES
+    monkeypatch.setitem(SOURCES["megvii"]["fixups"], "shufflenet_v1", lambda params, net: None)
     theirs = ref.randomize(ref.MegviiShuffleNetV1(3, 0.5), seed=5)
     x = np.random.RandomState(1).randn(1, 3, 224, 224).astype(np.float32)
     got, _ = converted_logits("megvii", "shufflenet_v1_g3_05", theirs, tmp_path, x)
