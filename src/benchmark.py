@@ -23,8 +23,10 @@ import time
 import numpy as np
 
 from src.errors import ArgumentParser, UserError
+from src.models.layers import CONV_IMPLS
 
-IMPLEMENTATIONS = ("ours", "mindcv", "torch")
+# "standard": ours built from standard operators only (our CPU kernels off), what export writes.
+IMPLEMENTATIONS = ("ours", "standard", "mindcv", "torch")
 
 
 def parser() -> ArgumentParser:
@@ -37,10 +39,11 @@ def parser() -> ArgumentParser:
     p.add_argument("--rounds", type=int, default=2, help="A B A B rounds of --steps each")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps after the compile")
     p.add_argument("--device_target", default="CPU", choices=("CPU", "GPU", "Ascend"))
-    p.add_argument("--compare", default="", help="comma list of mindcv, torch: references "
-                   "timed in the same run (each skipped with a line when not importable)")
-    p.add_argument("--group_impl", default="auto", choices=("auto", "native", "split"),
-                   help="ours: how grouped 1x1 convs are computed (ShuffleNetV1)")
+    p.add_argument("--compare", default="", help="comma list of standard (ours with our CPU "
+                   "kernels off), mindcv, torch: timed in the same run (a reference that is not "
+                   "importable is skipped with a line)")
+    p.add_argument("--conv_impl", default="auto", choices=CONV_IMPLS,
+                   help="ours: how the 1x1 and depthwise convs are computed")
     p.add_argument("--jit_level", default="", choices=("", "O0", "O1", "O2"),
                    help="ours and MindCV: GRAPH_MODE jit level ('' = MindSpore's default)")
     p.add_argument("--data_path", default="", help="data mode: a folder with train/<class>/; "
@@ -63,7 +66,8 @@ def check(args) -> None:
                         "give 224, 160, 64, 32, ...")
     unknown = [c for c in compared(args) if c not in IMPLEMENTATIONS[1:]]
     if unknown:
-        raise UserError(f"unknown reference {unknown[0]!r}", "--compare", "give mindcv, torch")
+        raise UserError(f"unknown reference {unknown[0]!r}", "--compare",
+                        "give standard, mindcv, torch")
 
 
 def compared(args) -> list:
@@ -79,11 +83,12 @@ def _mindspore_setup(args, impl):
     ms.set_context(mode=ms.GRAPH_MODE)
     if args.jit_level:
         ms.set_context(jit_config={"jit_level": args.jit_level})
-    if impl == "ours":
-        from src.models import create_network, family_of
-        options = {"group_impl": args.group_impl} \
-            if family_of(args.network) == "shufflenet_v1" else {}
-        net = create_network(args.network, num_classes=1000, **options)
+    if impl in ("ours", "standard"):
+        from src.models import create_network
+        # Inference runs from the exported MINDIR, which holds standard operators only.
+        fast = impl == "ours" and args.mode == "train"
+        net = create_network(args.network, num_classes=1000,
+                             conv_impl=args.conv_impl if fast else "standard")
     else:
         import mindcv
         net = mindcv.create_model(args.network, num_classes=1000)
@@ -97,7 +102,7 @@ def _mindspore_setup(args, impl):
         step.set_train()
         return lambda: step(x, y).asnumpy()
     net.set_train(False)
-    if impl == "ours":  # inference from the exported file, as a deployment runs it
+    if impl in ("ours", "standard"):  # inference from the exported file, as deployments run
         folder = tempfile.mkdtemp()
         ms.export(net, x, file_name=os.path.join(folder, "net"), file_format="MINDIR")
         net = nn.GraphCell(ms.load(os.path.join(folder, "net.mindir")))
@@ -200,7 +205,7 @@ def _worker(args, impl, pipe):
 def available(impl: str) -> str:
     """'' if ``impl`` can run here, else why not. Looks the package up without importing it:
     only its worker process loads it."""
-    if impl == "ours" or importlib.util.find_spec(impl) is not None:
+    if impl in ("ours", "standard") or importlib.util.find_spec(impl) is not None:
         return ""
     return f"{impl} is not importable"
 
@@ -212,7 +217,7 @@ def run_benchmark(args) -> dict:
     workers, result = {}, {"network": args.network, "mode": args.mode,
                            "batch_size": args.batch_size, "image_size": args.image_size,
                            "steps": args.steps, "rounds": args.rounds,
-                           "device_target": args.device_target, "group_impl": args.group_impl,
+                           "device_target": args.device_target, "conv_impl": args.conv_impl,
                            "jit_level": args.jit_level or "default",
                            "machine": machine(), "results": {}, "ratios": {}}
     for impl in impls:

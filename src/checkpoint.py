@@ -102,7 +102,7 @@ def identify_network(params: dict) -> dict:
                 continue
             meta = {"network": name, "num_classes": classes,
                     **{k: MINDCV_META[k] for k in options_of(name)}}
-            net = build_network(meta)
+            net = build_network(meta, conv_impl="standard")
             if all(shapes.get(p.name) == tuple(p.shape) for p in net.get_parameters()):
                 return {**meta, **{k: MINDCV_META[k] for k in PREPROCESS_KEYS}}
     return {}

@@ -30,7 +30,7 @@ def evaluate(config) -> dict:
     params, meta = read_checkpoint(config.checkpoint_path)
     meta = meta_for_eval(config, meta, config.checkpoint_path)
     use_checkpoint_preprocess(config, meta)
-    net = build_network(meta)
+    net = build_network(meta, conv_impl=config.conv_impl)
     load_weights(net, params, config.checkpoint_path)
     net.set_train(False)
     dataset = create_dataset(config, training=False)

@@ -64,7 +64,7 @@ def export(argv) -> str:
             raise UserError(f"input side {side} is not a multiple of 32", name,
                             "give 224, 192, 160, 128, 32, ...")
     use_device(config.device_target)
-    net = build_network(meta)
+    net = build_network(meta, conv_impl="standard")  # export: standard operators only
     load_weights(net, params, config.checkpoint_path)
     net.set_train(False)  # BatchNorm exports its moving statistics, not batch statistics
     file_name = args.file_name or meta["network"]

@@ -56,7 +56,7 @@ class Predictor:
         if self.kind == ".ckpt":
             params, meta = read_checkpoint(model_path)
             self.meta = meta_for_eval(config, meta, model_path)
-            self.net = build_network(self.meta)
+            self.net = build_network(self.meta, conv_impl=config.conv_impl)
             load_weights(self.net, params, model_path)
             self.net.set_train(False)
             return

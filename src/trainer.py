@@ -113,7 +113,7 @@ def train(config) -> str:
     dataset = create_dataset(config, training=True, rank_id=rank, rank_size=group_size)
     steps = dataset.get_dataset_size()
     meta = network_meta(config)
-    net = build_network(meta)
+    net = build_network(meta, conv_impl=config.conv_impl)
     if config.pretrained:
         load_weights(net, pretrained, config.pretrained, skip=("classifier",))
         print(f"pretrained: loaded all but the classifier from {config.pretrained}", flush=True)

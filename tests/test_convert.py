@@ -98,11 +98,11 @@ def test_mindcv_checkpoint_is_identified_and_evaluated(tmp_path):
 
 def test_mindcv_split_group_convs_are_merged(tmp_path):
     """MindCV after PR #763 writes a grouped 1x1 conv as one weight per group (convs.k)."""
-    from src.models.layers import GroupedConv1x1
+    from src.models.layers import Conv1x1
     net = create_network("shufflenet_v1_g3_05", num_classes=5, pool_pad="same",
                          shuffle_order="megvii")
     grouped = {f"{name}.weight" for name, cell in net.cells_and_names()
-               if isinstance(cell, GroupedConv1x1) and cell.group > 1}
+               if isinstance(cell, Conv1x1) and cell.group > 1}
     assert grouped
     items = []
     for p in net.get_parameters():

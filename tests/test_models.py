@@ -8,7 +8,7 @@ from mindspore import nn, ops
 
 from src.models import create_network, list_networks
 from src.models.complexity import count_macs, count_params
-from src.models.layers import ChannelShuffle, GroupedConv1x1
+from src.models.layers import ChannelShuffle
 from src.models.shufflenet_v1 import stage_channels
 
 # SPEC.md §1.5: (c1 and stage widths, trainable params, MMACs at 224, 1000 classes).
@@ -157,22 +157,10 @@ def test_channel_shuffle_is_the_papers_permutation():
     assert ChannelShuffle(1)(ms.Tensor(x)).asnumpy().tolist() == x.tolist()
 
 
-@pytest.mark.parametrize("group", [2, 3, 8])
-def test_grouped_conv_split_equals_native(group):
-    rng = np.random.RandomState(group)
-    native = GroupedConv1x1(24, 48, group, impl="native")
-    split = GroupedConv1x1(24, 48, group, impl="split")
-    assert native.weight.shape == split.weight.shape == (48, 24 // group, 1, 1)
-    split.weight.set_data(native.weight.data)
-    x = ms.Tensor(rng.randn(2, 24, 5, 7).astype(np.float32))
-    reference = ops.conv2d(x, native.weight, groups=group).asnumpy()
-    assert np.abs(native(x).asnumpy() - reference).max() <= 1e-5
-    assert np.abs(split(x).asnumpy() - reference).max() <= 1e-5
-
-
 def test_layout_options_keep_names_and_shapes():
     base = {p.name: p.shape for p in create_network("shufflenet_v1_g3_10").get_parameters()}
-    for kwargs in ({"pool_pad": "same", "shuffle_order": "megvii"}, {"group_impl": "native"}):
+    for kwargs in ({"pool_pad": "same", "shuffle_order": "megvii"}, {"conv_impl": "native"},
+                   {"conv_impl": "fast"}):
         other = {p.name: p.shape for p in
                  create_network("shufflenet_v1_g3_10", **kwargs).get_parameters()}
         assert other == base

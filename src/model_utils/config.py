@@ -35,6 +35,7 @@ RULES = {
     "shuffle_order": ("choice", ("paper", "megvii")),
     "activation": ("choice", ("relu", "relu6")),
     "layout": ("choice", ("megvii", "torchvision")),
+    "conv_impl": ("choice", ("auto", "standard", "fast", "split", "native")),
     "input_norm": ("choice", ("imagenet", "megvii_bgr", "inception")),
     "lr_decay_mode": ("choice", ("steps", "poly", "cosine", "linear")),
     "amp_level": ("choice", ("O0", "O1", "O2", "O3")),

@@ -1,4 +1,4 @@
-"""Layers shared by the three families: grouped 1x1 conv, depthwise conv, channel shuffle, pooling.
+"""Layers shared by the three families: 1x1 and depthwise convs, channel shuffle, pooling.
 
 Every family builds its convolutions here, so a faster way to compute one kind of layer
 changes all networks at once and never changes a parameter's name or shape.
@@ -6,43 +6,65 @@ changes all networks at once and never changes a parameter's name or shape.
 import mindspore as ms
 from mindspore import nn, ops
 
-GROUP_IMPLS = ("auto", "native", "split")
+from . import cpu_kernels
+
+CONV_IMPLS = ("auto", "standard", "fast", "split", "native")
 SHUFFLE_ORDERS = ("paper", "megvii")
 POOL_PADS = ("pad", "same")
 
 
-def default_group_impl() -> str:
-    """How a grouped 1x1 conv is computed on the current backend.
+def resolve_conv_impl(impl: str = "auto") -> str:
+    """How this backend computes the depthwise and 1x1 convs: "fast", "split" or "native".
 
-    MindSpore's CPU grouped conv is ~100x slower than one plain conv per group
-    (ANCHORS §4) and Ascend runs grouped convs natively only when depthwise, so both
-    compute group by group from slices of the one weight; GPU keeps the native kernel.
+    - "fast": our CPU kernels (cpu_kernels.py), forward and backward; CPU only.
+    - "split": a grouped 1x1 conv as one plain conv per group over slices of its one weight,
+      every other conv MindSpore's own. MindSpore's CPU grouped conv is up to 100x slower
+      than that (ANCHORS §4), and Ascend runs grouped convs natively only when depthwise.
+    - "native": ``nn.Conv2d`` with ``group=`` throughout.
+    - "auto": "fast" on CPU when the kernels build (else "split", with one line saying why),
+      "split" on Ascend, "native" on GPU.
+    - "standard": "auto" without our kernels, so only standard operators: what export writes.
+    An explicit "fast" off CPU means "standard".
     """
-    return "native" if ms.get_context("device_target") == "GPU" else "split"
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"conv impl {impl!r} is not one of {CONV_IMPLS}")
+    target = ms.get_context("device_target")
+    if impl in ("auto", "fast") and target == "CPU" and cpu_kernels.library():
+        return "fast"
+    if impl in ("split", "native"):
+        return impl
+    return "native" if target == "GPU" else "split"
 
 
-class GroupedConv1x1(nn.Conv2d):
-    """1x1 convolution with ``group`` groups, holding one ``(out, in/g, 1, 1)`` weight.
+def _fast_call(op, x, weight):
+    """``op(x, weight)`` computed in float32, the one dtype our kernels take."""
+    if x.dtype == ms.float32 and weight.dtype == ms.float32:
+        return op(x, weight)
+    return ops.cast(op(ops.cast(x, ms.float32), ops.cast(weight, ms.float32)), x.dtype)
 
-    The weight is the one ``nn.Conv2d(group=g)`` holds (same name, same shape), so a
-    checkpoint is the same on every backend. ``impl="split"`` computes each group with a
-    plain convolution over a slice of that weight; ``"native"`` uses the grouped kernel.
+
+class Conv1x1(nn.Conv2d):
+    """1x1 convolution with ``group`` groups (1: a plain pointwise conv), no bias.
+
+    Holds the one ``(out, in/g, 1, 1)`` weight that ``nn.Conv2d(group=g)`` holds (same name,
+    same shape), so checkpoints are the same whatever ``impl`` (resolve_conv_impl) computes it.
     """
 
     def __init__(self, in_channels: int, out_channels: int, group: int = 1, impl: str = "auto"):
         super().__init__(in_channels, out_channels, 1, stride=1, pad_mode="valid",
                          group=group, has_bias=False)
-        if impl not in GROUP_IMPLS:
-            raise ValueError(f"group impl {impl!r} is not one of {GROUP_IMPLS}")
-        if impl == "auto":
-            impl = default_group_impl()
-        self.impl = impl if group > 1 else "native"
+        impl = resolve_conv_impl(impl)
+        self.impl = "native" if impl == "split" and group == 1 else impl
+        if self.impl == "fast":
+            self.fast_op = cpu_kernels.conv1x1_op()
         self.split_input = ops.Split(axis=1, output_num=group)
         self.split_weight = ops.Split(axis=0, output_num=group)
         # kernel_size as a tuple: an int attribute fails ONNX export on 2.10.
         self.group_conv = ops.Conv2D(out_channel=out_channels // group, kernel_size=(1, 1))
 
     def construct(self, x):
+        if self.impl == "fast":
+            return _fast_call(self.fast_op, x, self.weight)
         if self.impl == "native":
             return self.conv2d(x, self.weight)
         xs = self.split_input(x)
@@ -53,21 +75,45 @@ class GroupedConv1x1(nn.Conv2d):
         return ops.concat(outs, axis=1)
 
 
-def depthwise_conv(channels: int, kernel_size: int = 3, stride: int = 1) -> nn.Conv2d:
-    """k x k depthwise convolution with symmetric padding k // 2 and no bias."""
-    return nn.Conv2d(channels, channels, kernel_size, stride=stride, pad_mode="pad",
-                     padding=kernel_size // 2, group=channels, has_bias=False)
+class ConvKxK(nn.Conv2d):
+    """k x k convolution with symmetric padding k // 2 and no bias, dense (``group=1``) or
+    depthwise (``group`` = channels).
+
+    Its weight is ``nn.Conv2d``'s; ``impl`` "fast" (stride 1 or 2, odd k <= 7) computes it
+    with our CPU kernels, anything else with MindSpore's.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
+                 stride: int = 1, group: int = 1, impl: str = "auto"):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, pad_mode="pad",
+                         padding=kernel_size // 2, group=group, has_bias=False)
+        depthwise = group == in_channels == out_channels
+        fits = (group == 1 or depthwise) and stride in cpu_kernels.STRIDES \
+            and kernel_size % 2 == 1 and kernel_size <= cpu_kernels.MAX_KERNEL
+        self.fast = fits and resolve_conv_impl(impl) == "fast"
+        if self.fast:
+            self.fast_op = (cpu_kernels.depthwise_op if depthwise else cpu_kernels.dense_op)(stride)
+
+    def construct(self, x):
+        if self.fast:
+            return _fast_call(self.fast_op, x, self.weight)
+        return self.conv2d(x, self.weight)
 
 
-def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
-    """Dense 3x3 convolution with symmetric padding 1 and no bias (the stems)."""
-    return nn.Conv2d(in_channels, out_channels, 3, stride=stride, pad_mode="pad", padding=1,
-                     has_bias=False)
+def conv1x1(in_channels: int, out_channels: int, group: int = 1, impl: str = "auto") -> Conv1x1:
+    """1x1 convolution with ``group`` groups and no bias (see Conv1x1)."""
+    return Conv1x1(in_channels, out_channels, group, impl)
 
 
-def conv1x1(in_channels: int, out_channels: int) -> nn.Conv2d:
-    """Dense 1x1 convolution without bias."""
-    return nn.Conv2d(in_channels, out_channels, 1, stride=1, pad_mode="valid", has_bias=False)
+def depthwise_conv(channels: int, kernel_size: int = 3, stride: int = 1,
+                   impl: str = "auto") -> ConvKxK:
+    """k x k depthwise convolution with padding k // 2 and no bias (see ConvKxK)."""
+    return ConvKxK(channels, channels, kernel_size, stride, channels, impl)
+
+
+def conv3x3(in_channels: int, out_channels: int, stride: int = 1, impl: str = "auto") -> ConvKxK:
+    """Dense 3x3 convolution with symmetric padding 1 and no bias (the stems; see ConvKxK)."""
+    return ConvKxK(in_channels, out_channels, 3, stride, 1, impl)
 
 
 def batch_norm(channels: int) -> nn.BatchNorm2d:
@@ -113,9 +159,10 @@ class ZeroPad1(nn.Cell):
     """
 
     def construct(self, x):
-        row = x[:, :, :1, :] * 0
+        # split, not x[:, :, :1]: MindSpore's CPU StridedSlice is several times slower.
+        row = ops.split(x, (1, x.shape[2] - 1), axis=2)[0] * 0
         x = ops.concat((row, x, row), axis=2)
-        col = x[:, :, :, :1] * 0
+        col = ops.split(x, (1, x.shape[3] - 1), axis=3)[0] * 0
         return ops.concat((col, x, col), axis=3)
 
 

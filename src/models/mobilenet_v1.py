@@ -2,7 +2,7 @@
 from mindspore import nn
 from mindspore.common import initializer as init
 
-from .layers import GlobalAvgPool, batch_norm, conv1x1, conv3x3, depthwise_conv
+from .layers import GlobalAvgPool, batch_norm, conv1x1, conv3x3, depthwise_conv, resolve_conv_impl
 
 # (output channels at 1.0x, stride of the depthwise conv) of the 13 separable blocks.
 # The last depthwise conv has stride 1; the paper's Table 1 has a typo there.
@@ -20,11 +20,11 @@ def stem_and_head(alpha: float) -> tuple:
     return int(32 * alpha), int(BLOCKS[-1][0] * alpha)
 
 
-def separable_block(in_channels, out_channels, stride, act) -> nn.SequentialCell:
+def separable_block(in_channels, out_channels, stride, act, conv_impl) -> nn.SequentialCell:
     """3x3 depthwise + BN + act, then 1x1 pointwise + BN + act."""
     return nn.SequentialCell([
-        depthwise_conv(in_channels, 3, stride), batch_norm(in_channels), act(),
-        conv1x1(in_channels, out_channels), batch_norm(out_channels), act(),
+        depthwise_conv(in_channels, 3, stride, conv_impl), batch_norm(in_channels), act(),
+        conv1x1(in_channels, out_channels, impl=conv_impl), batch_norm(out_channels), act(),
     ])
 
 
@@ -32,17 +32,20 @@ class MobileNetV1(nn.Cell):
     """MobileNetV1 at width ``alpha``; channels are ``int(c * alpha)``; dense with bias.
 
     ``activation`` "relu" (paper, MindCV; default) or "relu6" (timm's and the zoo's weights).
+    ``conv_impl`` how the 1x1 and depthwise convs are computed (layers.resolve_conv_impl).
     """
 
-    def __init__(self, alpha=1.0, num_classes=1000, in_channels=3, activation="relu"):
+    def __init__(self, alpha=1.0, num_classes=1000, in_channels=3, activation="relu",
+                 conv_impl="auto"):
         super().__init__()
+        conv_impl = resolve_conv_impl(conv_impl)
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation {activation!r} is not one of {tuple(ACTIVATIONS)}")
         act = ACTIVATIONS[activation]
         c = int(32 * alpha)
-        layers = [conv3x3(in_channels, c, 2), batch_norm(c), act()]
+        layers = [conv3x3(in_channels, c, 2, conv_impl), batch_norm(c), act()]
         for out, stride in BLOCKS:
-            layers.append(separable_block(c, int(out * alpha), stride, act))
+            layers.append(separable_block(c, int(out * alpha), stride, act, conv_impl))
             c = int(out * alpha)
         self.features = nn.SequentialCell(layers)
         self.pool = GlobalAvgPool()

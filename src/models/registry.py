@@ -44,7 +44,7 @@ def stem_and_head(name: str) -> tuple:
 def create_network(name: str, num_classes: int = 1000, **kwargs):
     """Build the network ``name`` with ``num_classes`` outputs.
 
-    ``kwargs`` are the family's options (``pool_pad``, ``shuffle_order``, ``group_impl``,
+    ``kwargs`` are the family's options (``pool_pad``, ``shuffle_order``, ``conv_impl``,
     ``activation``, ``in_channels``). An unknown name raises ValueError with close matches.
     """
     _check_name(name)

@@ -5,8 +5,8 @@ from fractions import Fraction
 from mindspore import nn, ops
 from mindspore.common import initializer as init
 
-from .layers import (ChannelShuffle, GlobalAvgPool, GroupedConv1x1, avg_pool_3x3_s2, batch_norm,
-                     conv3x3, depthwise_conv, max_pool_3x3_s2)
+from .layers import (ChannelShuffle, GlobalAvgPool, avg_pool_3x3_s2, batch_norm, conv1x1, conv3x3,
+                     depthwise_conv, max_pool_3x3_s2, resolve_conv_impl)
 
 STAGE_REPEATS = (4, 8, 4)
 # Paper Table 1, stage-2 output channels at 1.0x for each group count.
@@ -55,21 +55,21 @@ class ShuffleV1Block(nn.Cell):
     """
 
     def __init__(self, in_channels, out_channels, stride, group, first_group,
-                 pool_pad="pad", shuffle_order="paper", group_impl="auto"):
+                 pool_pad="pad", shuffle_order="paper", conv_impl="auto"):
         super().__init__()
         self.stride = stride
         mid = out_channels // 4
         main_out = out_channels - in_channels if stride == 2 else out_channels
         self.branch_main_1 = nn.SequentialCell([
-            GroupedConv1x1(in_channels, mid, 1 if first_group else group, impl=group_impl),
+            conv1x1(in_channels, mid, 1 if first_group else group, conv_impl),
             batch_norm(mid),
             nn.ReLU(),
         ])
         self.shuffle = ChannelShuffle(group, shuffle_order)
         self.branch_main_2 = nn.SequentialCell([
-            depthwise_conv(mid, 3, stride),
+            depthwise_conv(mid, 3, stride, conv_impl),
             batch_norm(mid),
-            GroupedConv1x1(mid, main_out, group, impl=group_impl),
+            conv1x1(mid, main_out, group, conv_impl),
             batch_norm(main_out),
         ])
         if stride == 2:
@@ -88,14 +88,16 @@ class ShuffleNetV1(nn.Cell):
 
     Options: ``pool_pad`` "pad" (symmetric, default) or "same" (MindCV's pools);
     ``shuffle_order`` "paper" (default) or "megvii" (megvii's and MindCV's permutation);
-    ``group_impl`` how grouped 1x1 convs are computed (layers.GroupedConv1x1).
+    ``conv_impl`` how the 1x1 and depthwise convs are computed (layers.resolve_conv_impl).
     """
 
     def __init__(self, group=3, width=1.0, num_classes=1000, in_channels=3,
-                 pool_pad="pad", shuffle_order="paper", group_impl="auto"):
+                 pool_pad="pad", shuffle_order="paper", conv_impl="auto"):
         super().__init__()
+        conv_impl = resolve_conv_impl(conv_impl)
         c1, *stages = stage_channels(group, width)
-        self.first_conv = nn.SequentialCell([conv3x3(in_channels, c1, 2), batch_norm(c1), nn.ReLU()])
+        self.first_conv = nn.SequentialCell([conv3x3(in_channels, c1, 2, conv_impl), batch_norm(c1),
+                                             nn.ReLU()])
         self.max_pool = max_pool_3x3_s2(pool_pad)
         blocks, c_in = [], c1
         for stage, (repeats, c_out) in enumerate(zip(STAGE_REPEATS, stages)):
@@ -103,7 +105,7 @@ class ShuffleNetV1(nn.Cell):
                 blocks.append(ShuffleV1Block(
                     c_in, c_out, stride=2 if i == 0 else 1, group=group,
                     first_group=stage == 0 and i == 0, pool_pad=pool_pad,
-                    shuffle_order=shuffle_order, group_impl=group_impl))
+                    shuffle_order=shuffle_order, conv_impl=conv_impl))
                 c_in = c_out
         self.features = nn.SequentialCell(blocks)
         self.global_pool = GlobalAvgPool()

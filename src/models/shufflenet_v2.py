@@ -3,7 +3,7 @@ torchvision's (a different network with the same name, whose weights need it).""
 from mindspore import nn, ops
 
 from .layers import (ChannelShuffle, GlobalAvgPool, batch_norm, conv1x1, conv3x3, depthwise_conv,
-                     max_pool_3x3_s2)
+                     max_pool_3x3_s2, resolve_conv_impl)
 from .shufflenet_v1 import init_shufflenet_weights
 
 STAGE_REPEATS = (4, 8, 4)
@@ -37,7 +37,7 @@ class ShuffleV2Block(nn.Cell):
     2-group channel shuffle.
     """
 
-    def __init__(self, in_channels, out_channels, stride, layout="megvii"):
+    def __init__(self, in_channels, out_channels, stride, layout="megvii", conv_impl="auto"):
         super().__init__()
         if layout not in LAYOUTS:
             raise ValueError(f"layout {layout!r} is not one of {LAYOUTS}")
@@ -47,14 +47,14 @@ class ShuffleV2Block(nn.Cell):
         main_out = mid if self.torchvision else out_channels - main_in
         proj_out = mid if self.torchvision else in_channels
         self.branch_main = nn.SequentialCell([
-            conv1x1(main_in, mid), batch_norm(mid), nn.ReLU(),
-            depthwise_conv(mid, 3, stride), batch_norm(mid),
-            conv1x1(mid, main_out), batch_norm(main_out), nn.ReLU(),
+            conv1x1(main_in, mid, impl=conv_impl), batch_norm(mid), nn.ReLU(),
+            depthwise_conv(mid, 3, stride, conv_impl), batch_norm(mid),
+            conv1x1(mid, main_out, impl=conv_impl), batch_norm(main_out), nn.ReLU(),
         ])
         if stride == 2:
             self.branch_proj = nn.SequentialCell([
-                depthwise_conv(in_channels, 3, stride), batch_norm(in_channels),
-                conv1x1(in_channels, proj_out), batch_norm(proj_out), nn.ReLU(),
+                depthwise_conv(in_channels, 3, stride, conv_impl), batch_norm(in_channels),
+                conv1x1(in_channels, proj_out, impl=conv_impl), batch_norm(proj_out), nn.ReLU(),
             ])
         self.shuffle = ChannelShuffle(2, "paper") if self.torchvision else None
 
@@ -65,9 +65,13 @@ class ShuffleV2Block(nn.Cell):
             half = x.shape[1] // 2
             out = ops.concat((x[:, :half], self.branch_main(x[:, half:])), axis=1)
         else:
+            # Even channels pass, odd ones go through main. A split of the (N, C/2, 2 HW) view:
+            # MindSpore's CPU StridedSlice of [:, :, 0] took 12x as long (docs/PERFORMANCE.md).
             _, c, h, w = x.shape
-            pairs = ops.reshape(x, (-1, c // 2, 2, h, w))  # -1: exports keep a dynamic batch
-            return ops.concat((pairs[:, :, 0], self.branch_main(pairs[:, :, 1])), axis=1)
+            even, odd = ops.split(ops.reshape(x, (-1, c // 2, 2 * h * w)), h * w, axis=2)
+            # -1: exports keep a dynamic batch
+            even, odd = ops.reshape(even, (-1, c // 2, h, w)), ops.reshape(odd, (-1, c // 2, h, w))
+            return ops.concat((even, self.branch_main(odd)), axis=1)
         return self.shuffle(out) if self.torchvision else out
 
 
@@ -77,22 +81,26 @@ class ShuffleNetV2(nn.Cell):
     ``pool_pad`` "pad" (symmetric, default) or "same" (MindCV's stem max pool); ``layout``
     "megvii" (default: megvii, MindCV, the zoo; classifier without bias) or "torchvision"
     (ShuffleV2Block; classifier with bias). Parameter names are ours in both layouts.
+    ``conv_impl`` how the 1x1 and depthwise convs are computed (layers.resolve_conv_impl).
     """
 
     def __init__(self, width="1_0", num_classes=1000, in_channels=3, pool_pad="pad",
-                 layout="megvii"):
+                 layout="megvii", conv_impl="auto"):
         super().__init__()
+        conv_impl = resolve_conv_impl(conv_impl)
         c1, *stages, c5 = CHANNELS[width]
-        self.first_conv = nn.SequentialCell([conv3x3(in_channels, c1, 2), batch_norm(c1), nn.ReLU()])
+        self.first_conv = nn.SequentialCell([conv3x3(in_channels, c1, 2, conv_impl), batch_norm(c1),
+                                             nn.ReLU()])
         self.max_pool = max_pool_3x3_s2(pool_pad)
         blocks, c_in = [], c1
         for repeats, c_out in zip(STAGE_REPEATS, stages):
             for i in range(repeats):
                 blocks.append(ShuffleV2Block(c_in, c_out, stride=2 if i == 0 else 1,
-                                             layout=layout))
+                                             layout=layout, conv_impl=conv_impl))
                 c_in = c_out
         self.features = nn.SequentialCell(blocks)
-        self.conv_last = nn.SequentialCell([conv1x1(c_in, c5), batch_norm(c5), nn.ReLU()])
+        self.conv_last = nn.SequentialCell([conv1x1(c_in, c5, impl=conv_impl), batch_norm(c5),
+                                            nn.ReLU()])
         self.pool = GlobalAvgPool()
         self.classifier = nn.Dense(c5, num_classes, has_bias=layout == "torchvision")
         init_shufflenet_weights(self)

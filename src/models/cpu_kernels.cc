@@ -1,0 +1,394 @@
+// CPU kernels for the convolution kinds MindSpore's CPU backend computes slowly: the k x k
+// depthwise conv and the dense k x k conv (padding k / 2, stride 1 or 2), and the 1x1 conv
+// with g >= 1 groups; forward and both gradients, on float32 NCHW tensors. cpu_kernels.py
+// loads them as MindSpore ops.Custom "aot" kernels, built on first use with the machine's C++
+// compiler.
+//
+// Entry points follow MindSpore's aot CPU signature: params holds the inputs, then the
+// output; shapes[i] the shape of params[i]. They return nonzero on a dtype they do not take.
+// Threads: OpenMP, over independent planes (depthwise), GEMMs (1x1) or images (dense).
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#ifdef ZOO_WITH_DNNL
+// oneDNN's row-major sgemm, from the libdnnl MindSpore ships and computes its own convs with.
+extern "C" int dnnl_sgemm(char transa, char transb, int64_t M, int64_t N, int64_t K, float alpha,
+                          const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
+                          float *C, int64_t ldc);
+#endif
+
+namespace {
+
+bool all_float32(int nparam, const char **dtypes) {
+  for (int i = 0; i < nparam; ++i)
+    if (std::strcmp(dtypes[i], "float32") != 0) return false;
+  return true;
+}
+
+// ---------------------------------------------------------------- depthwise k x k
+
+struct Plane {
+  int64_t n, c, h, w, ho, wo, k, pad;
+};
+
+// x (N, C, H, W), weight (C, 1, k, k), y (N, C, Ho, Wo).
+Plane plane_of(const int64_t *x, const int64_t *wt, const int64_t *y) {
+  return Plane{x[0], x[1], x[2], x[3], y[2], y[3], wt[2], wt[2] / 2};
+}
+
+// The output columns [lo, hi) whose input column ow * S - pad + kw lies in [0, w).
+template <int S>
+inline void columns(const Plane &g, int64_t kw, int64_t *lo, int64_t *hi) {
+  const int64_t first = g.pad - kw;
+  const int64_t last = g.w - 1 + g.pad - kw;
+  *lo = first <= 0 ? 0 : (first + S - 1) / S;
+  *hi = last < 0 ? 0 : std::min(g.wo, last / S + 1);
+}
+
+template <int S>
+void depthwise_forward(const Plane &g, const float *x, const float *wt, float *y) {
+#pragma omp parallel for schedule(static)
+  for (int64_t p = 0; p < g.n * g.c; ++p) {
+    const float *xp = x + p * g.h * g.w;
+    const float *wp = wt + (p % g.c) * g.k * g.k;
+    float *yp = y + p * g.ho * g.wo;
+    for (int64_t oh = 0; oh < g.ho; ++oh) {
+      float *__restrict yrow = yp + oh * g.wo;
+      std::fill(yrow, yrow + g.wo, 0.0f);
+      for (int64_t kh = 0; kh < g.k; ++kh) {
+        const int64_t ih = oh * S - g.pad + kh;
+        if (ih < 0 || ih >= g.h) continue;
+        const float *__restrict xrow = xp + ih * g.w - g.pad;  // xrow[ow * S + kw] is x[ih][iw]
+        for (int64_t kw = 0; kw < g.k; ++kw) {
+          const float wv = wp[kh * g.k + kw];
+          int64_t lo, hi;
+          columns<S>(g, kw, &lo, &hi);
+#pragma omp simd
+          for (int64_t ow = lo; ow < hi; ++ow) yrow[ow] += wv * xrow[ow * S + kw];
+        }
+      }
+    }
+  }
+}
+
+template <int S>
+void depthwise_grad_input(const Plane &g, const float *dy, const float *wt, float *dx) {
+#pragma omp parallel for schedule(static)
+  for (int64_t p = 0; p < g.n * g.c; ++p) {
+    const float *dyp = dy + p * g.ho * g.wo;
+    const float *wp = wt + (p % g.c) * g.k * g.k;
+    float *dxp = dx + p * g.h * g.w;
+    std::fill(dxp, dxp + g.h * g.w, 0.0f);
+    for (int64_t oh = 0; oh < g.ho; ++oh) {
+      const float *__restrict dyrow = dyp + oh * g.wo;
+      for (int64_t kh = 0; kh < g.k; ++kh) {
+        const int64_t ih = oh * S - g.pad + kh;
+        if (ih < 0 || ih >= g.h) continue;
+        float *__restrict dxrow = dxp + ih * g.w - g.pad;
+        for (int64_t kw = 0; kw < g.k; ++kw) {
+          const float wv = wp[kh * g.k + kw];
+          int64_t lo, hi;
+          columns<S>(g, kw, &lo, &hi);
+#pragma omp simd
+          for (int64_t ow = lo; ow < hi; ++ow) dxrow[ow * S + kw] += wv * dyrow[ow];
+        }
+      }
+    }
+  }
+}
+
+constexpr int64_t kMaxTaps = 64;  // k <= 7; cpu_kernels.py refuses larger kernels
+
+template <int S>
+void depthwise_grad_weight(const Plane &g, const float *dy, const float *x, float *dw) {
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < g.c; ++c) {
+    double acc[kMaxTaps] = {0.0};  // one channel sums N * Ho * Wo products per tap
+    for (int64_t n = 0; n < g.n; ++n) {
+      const float *xp = x + (n * g.c + c) * g.h * g.w;
+      const float *dyp = dy + (n * g.c + c) * g.ho * g.wo;
+      for (int64_t oh = 0; oh < g.ho; ++oh) {
+        const float *__restrict dyrow = dyp + oh * g.wo;
+        for (int64_t kh = 0; kh < g.k; ++kh) {
+          const int64_t ih = oh * S - g.pad + kh;
+          if (ih < 0 || ih >= g.h) continue;
+          const float *__restrict xrow = xp + ih * g.w - g.pad;
+          for (int64_t kw = 0; kw < g.k; ++kw) {
+            int64_t lo, hi;
+            columns<S>(g, kw, &lo, &hi);
+            float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+            for (int64_t ow = lo; ow < hi; ++ow) sum += dyrow[ow] * xrow[ow * S + kw];
+            acc[kh * g.k + kw] += sum;
+          }
+        }
+      }
+    }
+    for (int64_t i = 0; i < g.k * g.k; ++i) dw[c * g.k * g.k + i] = static_cast<float>(acc[i]);
+  }
+}
+
+// ---------------------------------------------------------------- 1x1 with g groups
+
+// Row-major C = op(A) op(B) + beta C, op = transpose where the flag is 'T'.
+void sgemm(char ta, char tb, int64_t m, int64_t n, int64_t k, const float *a, int64_t lda,
+           const float *b, int64_t ldb, float beta, float *c, int64_t ldc) {
+#ifdef ZOO_WITH_DNNL
+  dnnl_sgemm(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
+#else
+  // Portable loops for a MindSpore without libdnnl; rows of C are updated along n.
+  std::vector<float> bt;
+  if (tb == 'T') {  // transpose B (n x k) into k x n so the inner loop runs along rows
+    bt.resize(static_cast<size_t>(k * n));
+    for (int64_t j = 0; j < n; ++j)
+      for (int64_t l = 0; l < k; ++l) bt[l * n + j] = b[j * ldb + l];
+    b = bt.data();
+    ldb = n;
+  }
+  for (int64_t i = 0; i < m; ++i) {
+    float *__restrict crow = c + i * ldc;
+    if (beta == 0.0f) std::fill(crow, crow + n, 0.0f);
+    for (int64_t l = 0; l < k; ++l) {
+      const float av = ta == 'T' ? a[l * lda + i] : a[i * lda + l];
+      const float *__restrict brow = b + l * ldb;
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) crow[j] += av * brow[j];
+    }
+  }
+#endif
+}
+
+// out[i] = the sum over threads of partial[t * size + i]: the per-thread weight gradients.
+void sum_partials(const std::vector<float> &partial, int threads, int64_t size, float *out) {
+  for (int64_t i = 0; i < size; ++i) {
+    float sum = 0.0f;
+    for (int t = 0; t < threads; ++t) sum += partial[t * size + i];
+    out[i] = sum;
+  }
+}
+
+struct Groups {
+  int64_t n, cin, cout, hw, ci, co, g;
+};
+
+// x (N, Cin, H, W), weight (Cout, Cin / g, 1, 1).
+Groups groups_of(const int64_t *x, const int64_t *wt) {
+  const int64_t g = x[1] / wt[1];
+  return Groups{x[0], x[1], wt[0], x[2] * x[3], wt[1], wt[0] / g, g};
+}
+
+// y[n, group j] (co x hw) = w[j] (co x ci) . x[n, group j] (ci x hw)
+void conv1x1_forward(const Groups &s, const float *x, const float *wt, float *y) {
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < s.n * s.g; ++t) {
+    const int64_t b = t / s.g, j = t % s.g;
+    sgemm('N', 'N', s.co, s.hw, s.ci, wt + j * s.co * s.ci, s.ci, x + (b * s.cin + j * s.ci) * s.hw,
+          s.hw, 0.0f, y + (b * s.cout + j * s.co) * s.hw, s.hw);
+  }
+}
+
+// dx[n, j] (ci x hw) = w[j]^T . dy[n, j]
+void conv1x1_grad_input(const Groups &s, const float *dy, const float *wt, float *dx) {
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < s.n * s.g; ++t) {
+    const int64_t b = t / s.g, j = t % s.g;
+    sgemm('T', 'N', s.ci, s.hw, s.co, wt + j * s.co * s.ci, s.ci, dy + (b * s.cout + j * s.co) * s.hw,
+          s.hw, 0.0f, dx + (b * s.cin + j * s.ci) * s.hw, s.hw);
+  }
+}
+
+// dw[j] (co x ci) = sum over n of dy[n, j] . x[n, j]^T; each thread sums its share of the
+// batch into its own buffer, then the buffers are added.
+void conv1x1_grad_weight(const Groups &s, const float *dy, const float *x, float *dw) {
+  const int64_t size = s.cout * s.ci;
+  const int threads = std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), s.n));
+  std::vector<float> partial(static_cast<size_t>(threads * size), 0.0f);
+#pragma omp parallel num_threads(threads)
+  {
+    float *mine = partial.data() + omp_get_thread_num() * size;
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < s.n; ++b)
+      for (int64_t j = 0; j < s.g; ++j)
+        sgemm('N', 'T', s.co, s.ci, s.hw, dy + (b * s.cout + j * s.co) * s.hw, s.hw,
+              x + (b * s.cin + j * s.ci) * s.hw, s.hw, 1.0f, mine + j * s.co * s.ci, s.ci);
+  }
+  sum_partials(partial, threads, size, dw);
+}
+
+
+// ---------------------------------------------------------------- dense k x k (the stems)
+// im2col + GEMM: MindSpore 2.10's CPU Conv2D took 883 ms for ShuffleNetV2's 3 -> 24 stem
+// conv at batch 32, 224 x 224, 42 % of a training step (profiled here).
+
+struct Dense {
+  int64_t n, cin, h, w, cout, k, ho, wo, stride, pad;
+  int64_t taps() const { return cin * k * k; }
+};
+
+// x (N, Cin, H, W), weight (Cout, Cin, k, k), y (N, Cout, Ho, Wo); stride from the shapes.
+Dense dense_of(const int64_t *x, const int64_t *wt, const int64_t *y, int64_t stride) {
+  return Dense{x[0], x[1], x[2], x[3], wt[0], wt[2], y[2], y[3], stride, wt[2] / 2};
+}
+
+// col (Cin k k, Ho Wo) of one image: col[(ci k + kh) k + kw][oh Wo + ow] = x[ci][ih][iw].
+void im2col(const Dense &d, const float *x, float *col) {
+  for (int64_t ci = 0; ci < d.cin; ++ci)
+    for (int64_t kh = 0; kh < d.k; ++kh)
+      for (int64_t kw = 0; kw < d.k; ++kw) {
+        float *out = col + ((ci * d.k + kh) * d.k + kw) * d.ho * d.wo;
+        for (int64_t oh = 0; oh < d.ho; ++oh) {
+          const int64_t ih = oh * d.stride - d.pad + kh;
+          float *row = out + oh * d.wo;
+          if (ih < 0 || ih >= d.h) {
+            std::fill(row, row + d.wo, 0.0f);
+            continue;
+          }
+          const float *xrow = x + (ci * d.h + ih) * d.w;
+          for (int64_t ow = 0; ow < d.wo; ++ow) {
+            const int64_t iw = ow * d.stride - d.pad + kw;
+            row[ow] = iw >= 0 && iw < d.w ? xrow[iw] : 0.0f;
+          }
+        }
+      }
+}
+
+// The adjoint of im2col: dx[ci][ih][iw] += col[...] (dx zeroed first).
+void col2im(const Dense &d, const float *col, float *dx) {
+  std::fill(dx, dx + d.cin * d.h * d.w, 0.0f);
+  for (int64_t ci = 0; ci < d.cin; ++ci)
+    for (int64_t kh = 0; kh < d.k; ++kh)
+      for (int64_t kw = 0; kw < d.k; ++kw) {
+        const float *in = col + ((ci * d.k + kh) * d.k + kw) * d.ho * d.wo;
+        for (int64_t oh = 0; oh < d.ho; ++oh) {
+          const int64_t ih = oh * d.stride - d.pad + kh;
+          if (ih < 0 || ih >= d.h) continue;
+          float *dxrow = dx + (ci * d.h + ih) * d.w;
+          for (int64_t ow = 0; ow < d.wo; ++ow) {
+            const int64_t iw = ow * d.stride - d.pad + kw;
+            if (iw >= 0 && iw < d.w) dxrow[iw] += in[oh * d.wo + ow];
+          }
+        }
+      }
+}
+
+void dense_forward(const Dense &d, const float *x, const float *wt, float *y) {
+#pragma omp parallel
+  {
+    std::vector<float> col(static_cast<size_t>(d.taps() * d.ho * d.wo));
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < d.n; ++b) {
+      im2col(d, x + b * d.cin * d.h * d.w, col.data());
+      sgemm('N', 'N', d.cout, d.ho * d.wo, d.taps(), wt, d.taps(), col.data(), d.ho * d.wo, 0.0f,
+            y + b * d.cout * d.ho * d.wo, d.ho * d.wo);
+    }
+  }
+}
+
+void dense_grad_input(const Dense &d, const float *dy, const float *wt, float *dx) {
+#pragma omp parallel
+  {
+    std::vector<float> col(static_cast<size_t>(d.taps() * d.ho * d.wo));
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < d.n; ++b) {
+      sgemm('T', 'N', d.taps(), d.ho * d.wo, d.cout, wt, d.taps(), dy + b * d.cout * d.ho * d.wo,
+            d.ho * d.wo, 0.0f, col.data(), d.ho * d.wo);
+      col2im(d, col.data(), dx + b * d.cin * d.h * d.w);
+    }
+  }
+}
+
+void dense_grad_weight(const Dense &d, const float *dy, const float *x, float *dw) {
+  const int64_t size = d.cout * d.taps();
+  const int threads = std::max<int64_t>(1, std::min<int64_t>(omp_get_max_threads(), d.n));
+  std::vector<float> partial(static_cast<size_t>(threads * size), 0.0f);
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<float> col(static_cast<size_t>(d.taps() * d.ho * d.wo));
+    float *mine = partial.data() + omp_get_thread_num() * size;
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < d.n; ++b) {
+      im2col(d, x + b * d.cin * d.h * d.w, col.data());
+      sgemm('N', 'T', d.cout, d.taps(), d.ho * d.wo, dy + b * d.cout * d.ho * d.wo, d.ho * d.wo,
+            col.data(), d.ho * d.wo, 1.0f, mine, d.taps());
+    }
+  }
+  sum_partials(partial, threads, size, dw);
+}
+
+}  // namespace
+
+#define ZOO_AOT(name) \
+  extern "C" int name(int nparam, void **params, int *, int64_t **shapes, const char **dtypes, \
+                      void *, void *)
+#define ZOO_F(i) static_cast<float *>(params[i])
+
+#define ZOO_DEPTHWISE(S)                                                                   \
+  /* x, w -> y */                                                                          \
+  ZOO_AOT(DepthwiseS##S##Forward) {                                                          \
+    if (nparam != 3 || !all_float32(nparam, dtypes)) return 1;                             \
+    depthwise_forward<S>(plane_of(shapes[0], shapes[1], shapes[2]), ZOO_F(0), ZOO_F(1), ZOO_F(2)); \
+    return 0;                                                                              \
+  }                                                                                        \
+  /* dy, w, x (for its shape) -> dx */                                                     \
+  ZOO_AOT(DepthwiseS##S##GradInput) {                                                        \
+    if (nparam != 4 || !all_float32(nparam, dtypes)) return 1;                             \
+    depthwise_grad_input<S>(plane_of(shapes[2], shapes[1], shapes[0]), ZOO_F(0), ZOO_F(1), ZOO_F(3)); \
+    return 0;                                                                              \
+  }                                                                                        \
+  /* dy, x, w (for its shape) -> dw */                                                     \
+  ZOO_AOT(DepthwiseS##S##GradWeight) {                                                       \
+    if (nparam != 4 || !all_float32(nparam, dtypes)) return 1;                             \
+    depthwise_grad_weight<S>(plane_of(shapes[1], shapes[2], shapes[0]), ZOO_F(0), ZOO_F(1), ZOO_F(3)); \
+    return 0;                                                                              \
+  }
+
+ZOO_DEPTHWISE(1)
+ZOO_DEPTHWISE(2)
+
+// x, w -> y
+ZOO_AOT(Conv1x1Forward) {
+  if (nparam != 3 || !all_float32(nparam, dtypes)) return 1;
+  conv1x1_forward(groups_of(shapes[0], shapes[1]), ZOO_F(0), ZOO_F(1), ZOO_F(2));
+  return 0;
+}
+
+// dy, w, x (for its shape) -> dx
+ZOO_AOT(Conv1x1GradInput) {
+  if (nparam != 4 || !all_float32(nparam, dtypes)) return 1;
+  conv1x1_grad_input(groups_of(shapes[2], shapes[1]), ZOO_F(0), ZOO_F(1), ZOO_F(3));
+  return 0;
+}
+
+// dy, x, w (for its shape) -> dw
+ZOO_AOT(Conv1x1GradWeight) {
+  if (nparam != 4 || !all_float32(nparam, dtypes)) return 1;
+  conv1x1_grad_weight(groups_of(shapes[1], shapes[2]), ZOO_F(0), ZOO_F(1), ZOO_F(3));
+  return 0;
+}
+
+#define ZOO_DENSE(S)                                                                       \
+  /* x, w -> y */                                                                          \
+  ZOO_AOT(DenseS##S##Forward) {                                                            \
+    if (nparam != 3 || !all_float32(nparam, dtypes)) return 1;                             \
+    dense_forward(dense_of(shapes[0], shapes[1], shapes[2], S), ZOO_F(0), ZOO_F(1), ZOO_F(2)); \
+    return 0;                                                                              \
+  }                                                                                        \
+  /* dy, w, x (for its shape) -> dx */                                                     \
+  ZOO_AOT(DenseS##S##GradInput) {                                                          \
+    if (nparam != 4 || !all_float32(nparam, dtypes)) return 1;                             \
+    dense_grad_input(dense_of(shapes[2], shapes[1], shapes[0], S), ZOO_F(0), ZOO_F(1), ZOO_F(3)); \
+    return 0;                                                                              \
+  }                                                                                        \
+  /* dy, x, w (for its shape) -> dw */                                                     \
+  ZOO_AOT(DenseS##S##GradWeight) {                                                         \
+    if (nparam != 4 || !all_float32(nparam, dtypes)) return 1;                             \
+    dense_grad_weight(dense_of(shapes[1], shapes[2], shapes[0], S), ZOO_F(0), ZOO_F(1), ZOO_F(3)); \
+    return 0;                                                                              \
+  }
+
+ZOO_DENSE(1)
+ZOO_DENSE(2)

@@ -1,0 +1,141 @@
+"""Our CPU kernels (cpu_kernels.cc) as MindSpore ops with their gradients.
+
+MindSpore 2.10's CPU depthwise conv is 12-40x slower than PyTorch's and its grouped conv up to
+100x (docs/PERFORMANCE.md). ``cpu_kernels.cc`` computes both, the plain 1x1 conv and the stems' dense 3x3 conv, with
+OpenMP, and the GEMMs of the 1x1 and dense convs with oneDNN's sgemm from the libdnnl that MindSpore ships (portable
+loops when a MindSpore build has none). It is compiled once per machine on first use, with
+``$CXX`` (default g++) and ``-march=native``, into ``$ZOO_KERNEL_DIR`` (default
+``~/.cache/mobile_cnn_zoo``), under a name hashed from the source, the flags and the CPU's
+features, so a changed source or another CPU builds anew. When it cannot be built,
+``library()`` returns None, says why in one line, and the layers use MindSpore's operators.
+"""
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import mindspore as ms
+from mindspore import ops
+
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels.cc")
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC")
+STRIDES = (1, 2)
+MAX_KERNEL = 7  # cpu_kernels.cc sums at most 64 taps per channel
+_built = {}  # process-wide: the library path, or None once a build has failed
+
+
+def library():
+    """Path of the built kernel library, building it if needed; None (and one line saying
+    why, printed once per process) when it cannot be built."""
+    if "path" not in _built:
+        path, reason = _build()
+        if path is None:
+            print(f"warning: fast CPU conv kernels unavailable ({reason}); using MindSpore's "
+                  f"own convolutions, which are slower on CPU", flush=True)
+        _built["path"] = path
+    return _built["path"]
+
+
+def _dnnl_dir():
+    """MindSpore's lib folder when it holds libdnnl.so.3, else None."""
+    lib = os.path.join(os.path.dirname(ms.__file__), "lib")
+    return lib if os.path.isfile(os.path.join(lib, "libdnnl.so.3")) else None
+
+
+def _cpu_features() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            return next((line for line in info if line.startswith("flags")), "")
+    except OSError:
+        return platform.processor()
+
+
+def _build():
+    """(path, None) of the library, built or found in the cache; (None, reason) on failure."""
+    if platform.system() != "Linux":
+        return None, f"built only on Linux, this is {platform.system()}"
+    compiler = shutil.which(os.environ.get("CXX", "g++"))
+    if compiler is None:
+        return None, f"no C++ compiler {os.environ.get('CXX', 'g++')!r} on PATH; set CXX to one"
+    dnnl = _dnnl_dir()
+    command = [compiler, *FLAGS]
+    if dnnl:
+        command += ["-DZOO_WITH_DNNL", f"-L{dnnl}", "-l:libdnnl.so.3", f"-Wl,-rpath,{dnnl}"]
+    with open(SOURCE, "rb") as src:
+        key = hashlib.sha256(src.read() + " ".join(command).encode() + _cpu_features().encode())
+    folder = os.environ.get("ZOO_KERNEL_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "mobile_cnn_zoo")
+    path = os.path.join(folder, f"cpu_kernels-{key.hexdigest()[:16]}.so")
+    if os.path.isfile(path):
+        return path, None
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, partial = tempfile.mkstemp(suffix=".so", prefix=".partial-", dir=folder)
+        os.close(fd)
+    except OSError as err:
+        return None, f"cannot write to {folder}: {err.strerror}; set ZOO_KERNEL_DIR"
+    # Source and options first, libraries last (the linker resolves left to right).
+    command = command[:len(FLAGS) + 1] + [SOURCE, "-o", partial] + command[len(FLAGS) + 1:]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        os.unlink(partial)
+        return None, f"{compiler} did not run: {err}"
+    if done.returncode != 0:
+        os.unlink(partial)
+        lines = [line for line in done.stderr.splitlines() if "error" in line] or [""]
+        return None, f"{os.path.basename(compiler)} failed: {lines[0].strip()[:200]}"
+    os.replace(partial, path)  # concurrent builds (msrun ranks) each replace atomically
+    print(f"built fast CPU conv kernels: {path}", file=sys.stderr, flush=True)
+    return path, None
+
+
+def _op(name, out_shape, bprop=None):
+    return ops.Custom(f"{library()}:{name}", out_shape=out_shape,
+                      out_dtype=lambda first, *_: first, func_type="aot", bprop=bprop)
+
+
+def _gradient_ops(prefix):
+    """The bprop of a (x, w) -> y kernel: its input gradient and weight gradient kernels."""
+    grad_input = _op(f"{prefix}GradInput", lambda dy, w, x: x)
+    grad_weight = _op(f"{prefix}GradWeight", lambda dy, x, w: w)
+
+    def bprop(x, w, _out, dout):
+        return grad_input(dout, w, x), grad_weight(dout, x, w)
+    return bprop
+
+
+def _padded_shape(stride, channels):
+    """out_shape of a k x k conv with padding k // 2 and ``channels(x, w)`` output channels."""
+    def out_shape(x, w):
+        k = w[2]
+        return [x[0], channels(x, w), (x[2] + 2 * (k // 2) - k) // stride + 1,
+                (x[3] + 2 * (k // 2) - k) // stride + 1]
+    return out_shape
+
+
+def depthwise_op(stride: int):
+    """(x (N, C, H, W), w (C, 1, k, k)) -> the depthwise conv with padding k // 2, with its
+    gradients; stride 1 or 2, odd k <= 7. Call only when ``library()`` is not None."""
+    if stride not in STRIDES:
+        raise ValueError(f"fast depthwise conv takes stride {STRIDES}, not {stride}")
+    return _op(f"DepthwiseS{stride}Forward", _padded_shape(stride, lambda x, w: x[1]),
+               _gradient_ops(f"DepthwiseS{stride}"))
+
+
+def dense_op(stride: int):
+    """(x (N, Cin, H, W), w (Cout, Cin, k, k)) -> the dense conv with padding k // 2, with its
+    gradients; stride 1 or 2, odd k. Call only when ``library()`` is not None."""
+    if stride not in STRIDES:
+        raise ValueError(f"fast dense conv takes stride {STRIDES}, not {stride}")
+    return _op(f"DenseS{stride}Forward", _padded_shape(stride, lambda x, w: w[0]),
+               _gradient_ops(f"DenseS{stride}"))
+
+
+def conv1x1_op():
+    """(x (N, Cin, H, W), w (Cout, Cin / g, 1, 1)) -> the 1x1 conv with g groups, with its
+    gradients. Call only when ``library()`` is not None."""
+    return _op("Conv1x1Forward", lambda x, w: [x[0], w[0], x[2], x[3]], _gradient_ops("Conv1x1"))

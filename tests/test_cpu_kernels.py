@@ -1,0 +1,148 @@
+"""Our CPU conv kernels (src/models/cpu_kernels.cc) against MindSpore's nn.Conv2d with group=:
+forward, input and weight gradients, every layer kind, stride 1 and 2, odd and even sizes;
+MindCV's weights and the training command with the kernels on and off; the fallback."""
+import os
+
+import numpy as np
+import mindspore as ms
+import pytest
+from mindspore import nn
+
+from helpers import run_entry, write_cifar_folder
+from src.models import cpu_kernels, create_network
+from src.models.layers import Conv1x1, ConvKxK, resolve_conv_impl
+
+# kind: (in channels, out channels, kernel, group)
+KINDS = {"depthwise": (12, 12, 3, 12), "dense stem": (3, 8, 3, 1),
+         "grouped 1x1 g3": (12, 24, 1, 3), "pointwise 1x1": (10, 6, 1, 1)}
+CASES = [(kind, stride, size) for kind in KINDS for stride in (1, 2) for size in ((9, 9), (8, 10))
+         if stride == 1 or KINDS[kind][2] > 1]  # the networks' 1x1 convs all have stride 1
+
+
+@pytest.fixture(params=["as built", "portable gemm"])
+def kernels(request, tmp_path, monkeypatch):
+    """The kernel library as this machine builds it (oneDNN's sgemm where MindSpore ships it),
+    and built with the portable GEMM loops a MindSpore without libdnnl gets."""
+    monkeypatch.setitem(cpu_kernels._built, "path", None)
+    del cpu_kernels._built["path"]
+    if request.param == "portable gemm":
+        monkeypatch.setattr(cpu_kernels, "_dnnl_dir", lambda: None)
+        monkeypatch.setenv("ZOO_KERNEL_DIR", str(tmp_path))
+    path = cpu_kernels.library()
+    assert path and os.path.isfile(path), "the kernels must build on the test machine"
+    return path
+
+
+class Probe(nn.Cell):
+    """sum(layer(x) * r): a random cotangent, so every output element's gradient counts."""
+
+    def __init__(self, layer, cotangent):
+        super().__init__()
+        self.layer, self.cotangent = layer, cotangent
+
+    def construct(self, x):
+        return (self.layer(x) * self.cotangent).sum()
+
+
+def forward_and_grads(layer, x, cotangent):
+    grad = ms.value_and_grad(Probe(layer, cotangent), grad_position=0, weights=[layer.weight])
+    _, (dx, (dw,)) = grad(x)
+    return layer(x).asnumpy(), dx.asnumpy(), dw.asnumpy()
+
+
+def relative(a, b):
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
+@pytest.mark.parametrize("kind, stride, size", CASES)
+def test_fast_layer_equals_grouped_conv2d(kernels, kind, stride, size, mode):
+    ms.set_context(mode=mode)
+    cin, cout, k, group = KINDS[kind]
+    if k == 1:
+        fast = Conv1x1(cin, cout, group, impl="fast")
+    else:
+        fast = ConvKxK(cin, cout, k, stride, group, impl="fast")
+    reference = nn.Conv2d(cin, cout, k, stride=stride, pad_mode="pad", padding=k // 2,
+                          group=group, has_bias=False)
+    assert fast.weight.shape == reference.weight.shape
+    assert getattr(fast, "impl", "fast" if getattr(fast, "fast", False) else "") == "fast"
+    rng = np.random.RandomState(stride * 100 + size[1])
+    reference.weight.set_data(ms.Tensor(rng.randn(*reference.weight.shape).astype(np.float32)))
+    fast.weight.set_data(reference.weight.data)
+    x = ms.Tensor(rng.randn(3, cin, *size).astype(np.float32))
+    y_ref, dx_ref, dw_ref = forward_and_grads(reference, x, 1)
+    cotangent = ms.Tensor(rng.randn(*y_ref.shape).astype(np.float32))
+    y_ref, dx_ref, dw_ref = forward_and_grads(reference, x, cotangent)
+    y, dx, dw = forward_and_grads(fast, x, cotangent)
+    assert y.shape == y_ref.shape
+    assert np.abs(y - y_ref).max() <= 1e-5
+    assert relative(dx, dx_ref) <= 1e-4
+    assert relative(dw, dw_ref) <= 1e-4
+
+
+@pytest.mark.parametrize("group", [2, 3, 8])
+def test_split_grouped_conv_equals_native(group):
+    rng = np.random.RandomState(group)
+    native = Conv1x1(24, 48, group, impl="native")
+    split = Conv1x1(24, 48, group, impl="split")
+    assert native.weight.shape == split.weight.shape == (48, 24 // group, 1, 1)
+    split.weight.set_data(native.weight.data)
+    x = ms.Tensor(rng.randn(2, 24, 5, 7).astype(np.float32))
+    reference = ms.ops.conv2d(x, native.weight, groups=group).asnumpy()
+    assert np.abs(native(x).asnumpy() - reference).max() <= 1e-5
+    assert np.abs(split(x).asnumpy() - reference).max() <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["shufflenet_v1_g3_05", "shufflenet_v2_x0_5", "mobilenet_v1_025"])
+def test_mindcv_weights_give_the_same_logits_with_fast_layers_on_and_off(name):
+    """MindCV 0.3.0's own network and weights: its logits, ours with our kernels, ours without."""
+    import mindcv
+    ms.set_context(mode=ms.GRAPH_MODE)
+    theirs = mindcv.create_model(name, num_classes=7)
+    theirs.set_train(False)
+    x = ms.Tensor(np.random.RandomState(0).rand(2, 3, 64, 64).astype(np.float32))
+    expected = theirs(x).asnumpy()
+    options = {"pool_pad": "same", "shuffle_order": "megvii"} if "v1_g" in name else \
+        {"pool_pad": "same"} if "v2" in name else {}
+    logits = {}
+    for impl in ("fast", "standard"):
+        ours = create_network(name, num_classes=7, conv_impl=impl, **options)
+        assert not ms.load_param_into_net(ours, theirs.parameters_dict())[0]
+        ours.set_train(False)
+        logits[impl] = ours(x).asnumpy()
+    scale = np.abs(expected).max()
+    assert np.abs(logits["fast"] - expected).max() <= 1e-5 * max(scale, 1)
+    assert np.abs(logits["standard"] - expected).max() <= 1e-5 * max(scale, 1)
+
+
+def test_auto_is_fast_on_cpu_and_standard_never_is():
+    assert resolve_conv_impl("auto") == "fast"
+    assert resolve_conv_impl("standard") == "split"
+    assert resolve_conv_impl("native") == "native"
+    net = create_network("shufflenet_v1_g3_05", conv_impl="standard")
+    assert all(not getattr(cell, "fast", False) and getattr(cell, "impl", "") != "fast"
+               for _, cell in net.cells_and_names())
+
+
+def test_without_a_compiler_training_falls_back_with_one_line(tmp_path, monkeypatch, capsys):
+    # In process: no kernels, "auto" falls back to MindSpore's convs, saying so once.
+    monkeypatch.setenv("CXX", "no-such-compiler-zoo")
+    monkeypatch.setitem(cpu_kernels._built, "path", None)
+    del cpu_kernels._built["path"]
+    assert cpu_kernels.library() is None
+    assert resolve_conv_impl("auto") == "split"
+    lines = [line for line in capsys.readouterr().out.splitlines() if "kernels" in line]
+    assert lines == ["warning: fast CPU conv kernels unavailable (no C++ compiler "
+                     "'no-such-compiler-zoo' on PATH; set CXX to one); using MindSpore's own "
+                     "convolutions, which are slower on CPU"]
+    # The training command: trains through the fallback and writes its checkpoint.
+    data = write_cifar_folder(str(tmp_path / "data"), train_count=64, test_count=16)
+    proc = run_entry("train.py", "--dataset_path", data, "--network", "shufflenet_v2_x0_5",
+                     "--num_classes", 4, "--epoch_size", 1, "--batch_size", 16,
+                     "--output_path", tmp_path / "out", "--image_size", 32,
+                     "--num_parallel_workers", 1)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "fast CPU conv kernels unavailable (no C++ compiler" in proc.stdout
+    ckpts = [f for _, _, files in os.walk(tmp_path / "out") for f in files if f.endswith(".ckpt")]
+    assert ckpts
