@@ -58,3 +58,22 @@ def write_image_folder(root, per_class=16, classes=3, size=48, val_name="val", s
             os.makedirs(folder, exist_ok=True)
             Image.fromarray(image).save(os.path.join(folder, f"{i}.jpg"), quality=95)
     return root
+
+
+def randomize_weights(net, seed=0):
+    """Random weights and BN statistics of a MindSpore network (not the defaults 0/1, which
+    would hide BN mistakes), scaled so that activations stay near 1 (as torch_models.randomize)."""
+    import mindspore as ms
+    rng = np.random.RandomState(seed)
+    for param in net.get_parameters():
+        shape = param.shape
+        if param.name.endswith("moving_variance"):
+            value = rng.rand(*shape) + 0.5
+        elif param.name.endswith(("moving_mean", "beta", "bias")):
+            value = rng.randn(*shape) * 0.1
+        elif param.name.endswith("gamma"):
+            value = rng.rand(*shape) * 0.4 + 0.2
+        else:
+            value = rng.randn(*shape) * (1 / np.prod(shape[1:])) ** 0.5
+        param.set_data(ms.Tensor(value.astype(np.float32)))
+    return net

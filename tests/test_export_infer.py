@@ -10,7 +10,8 @@ import pytest
 from src.models import create_network, list_networks
 from src.model_utils.config import get_config
 from src.predictor import Predictor, image_files, preprocess
-from tests.helpers import ROOT, run_entry, write_cifar_folder, write_image_folder
+from tests.helpers import (ROOT, randomize_weights, run_entry, write_cifar_folder,
+                           write_image_folder)
 
 pytestmark = pytest.mark.slow
 
@@ -76,15 +77,29 @@ def test_checkpoint_mindir_onnx_agree(name, size, tmp_path, photos):
     assert 0.0 <= probs[0] <= 1.0
 
 
-def test_every_variant_exports_to_onnx(tmp_path):
+def test_every_variant_exports_to_onnx_and_mindir_with_the_fast_layers_logits(tmp_path):
+    """Each variant as trained here (auto: our CPU kernels) and as export.py builds it (standard
+    operators, the same weights): ONNX (onnxruntime) and MINDIR give the trained net's logits."""
     import mindspore.onnx as ms_onnx
-    ms.set_context(mode=ms.GRAPH_MODE)
-    example = ms.Tensor(np.zeros((1, 3, 32, 32), np.float32))
+    import onnxruntime as ort
+    x = np.random.RandomState(0).rand(2, 3, 32, 32).astype(np.float32)
     for name in list_networks():
-        net = create_network(name, num_classes=10)
+        ms.set_context(mode=ms.PYNATIVE_MODE)  # no compile: the export compiles below
+        trained = randomize_weights(create_network(name, num_classes=10))
+        assert any(getattr(cell, "fast", False) for _, cell in trained.cells_and_names()), name
+        trained.set_train(False)
+        expected = trained(ms.Tensor(x)).asnumpy()
+        ms.set_context(mode=ms.GRAPH_MODE)
+        net = create_network(name, num_classes=10, conv_impl="standard")
+        assert not ms.load_param_into_net(net, trained.parameters_dict())[0]
         net.set_train(False)
-        path = str(tmp_path / f"{name}.onnx")
-        ms_onnx.export(net, example, file_name=path, input_names=["image"],
+        path = str(tmp_path / name)
+        ms_onnx.export(net, ms.Tensor(x), file_name=path + ".onnx", input_names=["image"],
                        output_names=["logits"])
-        with open(path, "rb") as f:
-            assert len(f.read()) > 10_000, name
+        ms.export(net, ms.Tensor(x), file_name=path, file_format="MINDIR")
+        onnx_logits = ort.InferenceSession(path + ".onnx").run(None, {"image": x})[0]
+        mindir_logits = ms.nn.GraphCell(ms.load(path + ".mindir"))(ms.Tensor(x)).asnumpy()
+        assert np.abs(expected).max() > 0.1, name  # logits that tell a wrong layer apart
+        tolerance = 1e-4 * np.abs(expected).max()
+        assert np.abs(onnx_logits - expected).max() <= tolerance, name
+        assert np.abs(mindir_logits - expected).max() <= tolerance, name

@@ -1,8 +1,9 @@
 """Our CPU kernels (cpu_kernels.cc) as MindSpore ops with their gradients.
 
-MindSpore 2.10's CPU depthwise conv is 12-40x slower than PyTorch's and its grouped conv up to
-100x (docs/PERFORMANCE.md). ``cpu_kernels.cc`` computes both, the plain 1x1 conv and the stems' dense 3x3 conv, with
-OpenMP, and the GEMMs of the 1x1 and dense convs with oneDNN's sgemm from the libdnnl that MindSpore ships (portable
+MindSpore 2.10's CPU depthwise conv is 12-40x slower than PyTorch's, its grouped conv up to
+100x, and its stem conv and BatchNorm were most of a training step once those were fixed
+(docs/PERFORMANCE.md). ``cpu_kernels.cc`` computes these layers with OpenMP, and the GEMMs of
+the 1x1 and dense convs with oneDNN's sgemm from the libdnnl that MindSpore ships (portable
 loops when a MindSpore build has none). It is compiled once per machine on first use, with
 ``$CXX`` (default g++) and ``-march=native``, into ``$ZOO_KERNEL_DIR`` (default
 ``~/.cache/mobile_cnn_zoo``), under a name hashed from the source, the flags and the CPU's
@@ -133,6 +134,22 @@ def dense_op(stride: int):
         raise ValueError(f"fast dense conv takes stride {STRIDES}, not {stride}")
     return _op(f"DenseS{stride}Forward", _padded_shape(stride, lambda x, w: w[0]),
                _gradient_ops(f"DenseS{stride}"))
+
+
+def batch_norm_op():
+    """(x (N, C, H, W), gamma, beta, eps (1,)) -> (y, batch mean, 1 / sqrt(var + eps), biased
+    batch variance): training-mode BatchNorm, with the gradient of y. Call only when
+    ``library()`` is not None."""
+    grad = ops.Custom(f"{library()}:BatchNormGrad",
+                      out_shape=lambda dy, x, gamma, mean, invstd: [x, gamma, gamma],
+                      out_dtype=lambda dy, x, *_: [x, x, x], func_type="aot")
+
+    def bprop(x, gamma, beta, eps, out, dout):
+        dx, dgamma, dbeta = grad(dout[0], x, gamma, out[1], out[2])
+        return dx, dgamma, dbeta, ops.zeros_like(eps)
+    return ops.Custom(f"{library()}:BatchNormForward",
+                      out_shape=lambda x, gamma, beta, eps: [x, gamma, gamma, gamma],
+                      out_dtype=lambda x, *_: [x, x, x, x], func_type="aot", bprop=bprop)
 
 
 def conv1x1_op():

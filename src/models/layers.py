@@ -116,9 +116,39 @@ def conv3x3(in_channels: int, out_channels: int, stride: int = 1, impl: str = "a
     return ConvKxK(in_channels, out_channels, 3, stride, 1, impl)
 
 
-def batch_norm(channels: int) -> nn.BatchNorm2d:
+class BatchNorm(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` with MindSpore's convention, momentum 0.9 (PyTorch's 0.1), eps 1e-5.
+
+    Same parameters. With ``impl`` "fast", training mode computes the batch statistics, the
+    normalisation and its gradient with our CPU kernel and updates the moving statistics as
+    MindSpore's does (the moving variance from the unbiased batch variance); eval mode, and
+    every other impl, is MindSpore's own.
+    """
+
+    def __init__(self, channels: int, impl: str = "auto"):
+        super().__init__(channels, momentum=0.9, eps=1e-5)
+        self.fast = resolve_conv_impl(impl) == "fast"
+        if self.fast:
+            self.fast_op = cpu_kernels.batch_norm_op()
+            self.eps_tensor = ms.Tensor([self.eps], ms.float32)
+
+    def construct(self, x):
+        if self.fast and self.training and x.dtype == ms.float32:
+            y, mean, _, variance = self.fast_op(x, self.gamma, self.beta, self.eps_tensor)
+            count = x.shape[0] * x.shape[2] * x.shape[3]
+            unbiased = ops.stop_gradient(variance) * (count / max(count - 1, 1))
+            keep = 1.0 - self.momentum  # nn.BatchNorm2d stores 1 - momentum
+            ops.assign(self.moving_mean,
+                       self.moving_mean * keep + ops.stop_gradient(mean) * self.momentum)
+            ops.assign(self.moving_variance,
+                       self.moving_variance * keep + unbiased * self.momentum)
+            return y
+        return super().construct(x)
+
+
+def batch_norm(channels: int, impl: str = "auto") -> BatchNorm:
     """BatchNorm with MindSpore's convention: momentum 0.9 (PyTorch's 0.1), eps 1e-5."""
-    return nn.BatchNorm2d(channels, momentum=0.9, eps=1e-5)
+    return BatchNorm(channels, impl)
 
 
 class ChannelShuffle(nn.Cell):

@@ -23,8 +23,10 @@ def stem_and_head(alpha: float) -> tuple:
 def separable_block(in_channels, out_channels, stride, act, conv_impl) -> nn.SequentialCell:
     """3x3 depthwise + BN + act, then 1x1 pointwise + BN + act."""
     return nn.SequentialCell([
-        depthwise_conv(in_channels, 3, stride, conv_impl), batch_norm(in_channels), act(),
-        conv1x1(in_channels, out_channels, impl=conv_impl), batch_norm(out_channels), act(),
+        depthwise_conv(in_channels, 3, stride, conv_impl), batch_norm(in_channels, conv_impl),
+        act(),
+        conv1x1(in_channels, out_channels, impl=conv_impl), batch_norm(out_channels, conv_impl),
+        act(),
     ])
 
 
@@ -43,7 +45,7 @@ class MobileNetV1(nn.Cell):
             raise ValueError(f"activation {activation!r} is not one of {tuple(ACTIVATIONS)}")
         act = ACTIVATIONS[activation]
         c = int(32 * alpha)
-        layers = [conv3x3(in_channels, c, 2, conv_impl), batch_norm(c), act()]
+        layers = [conv3x3(in_channels, c, 2, conv_impl), batch_norm(c, conv_impl), act()]
         for out, stride in BLOCKS:
             layers.append(separable_block(c, int(out * alpha), stride, act, conv_impl))
             c = int(out * alpha)

@@ -62,15 +62,15 @@ class ShuffleV1Block(nn.Cell):
         main_out = out_channels - in_channels if stride == 2 else out_channels
         self.branch_main_1 = nn.SequentialCell([
             conv1x1(in_channels, mid, 1 if first_group else group, conv_impl),
-            batch_norm(mid),
+            batch_norm(mid, conv_impl),
             nn.ReLU(),
         ])
         self.shuffle = ChannelShuffle(group, shuffle_order)
         self.branch_main_2 = nn.SequentialCell([
             depthwise_conv(mid, 3, stride, conv_impl),
-            batch_norm(mid),
+            batch_norm(mid, conv_impl),
             conv1x1(mid, main_out, group, conv_impl),
-            batch_norm(main_out),
+            batch_norm(main_out, conv_impl),
         ])
         if stride == 2:
             self.branch_proj = avg_pool_3x3_s2(pool_pad)
@@ -96,8 +96,8 @@ class ShuffleNetV1(nn.Cell):
         super().__init__()
         conv_impl = resolve_conv_impl(conv_impl)
         c1, *stages = stage_channels(group, width)
-        self.first_conv = nn.SequentialCell([conv3x3(in_channels, c1, 2, conv_impl), batch_norm(c1),
-                                             nn.ReLU()])
+        self.first_conv = nn.SequentialCell([conv3x3(in_channels, c1, 2, conv_impl),
+                                             batch_norm(c1, conv_impl), nn.ReLU()])
         self.max_pool = max_pool_3x3_s2(pool_pad)
         blocks, c_in = [], c1
         for stage, (repeats, c_out) in enumerate(zip(STAGE_REPEATS, stages)):

@@ -47,14 +47,16 @@ class ShuffleV2Block(nn.Cell):
         main_out = mid if self.torchvision else out_channels - main_in
         proj_out = mid if self.torchvision else in_channels
         self.branch_main = nn.SequentialCell([
-            conv1x1(main_in, mid, impl=conv_impl), batch_norm(mid), nn.ReLU(),
-            depthwise_conv(mid, 3, stride, conv_impl), batch_norm(mid),
-            conv1x1(mid, main_out, impl=conv_impl), batch_norm(main_out), nn.ReLU(),
+            conv1x1(main_in, mid, impl=conv_impl), batch_norm(mid, conv_impl), nn.ReLU(),
+            depthwise_conv(mid, 3, stride, conv_impl), batch_norm(mid, conv_impl),
+            conv1x1(mid, main_out, impl=conv_impl), batch_norm(main_out, conv_impl), nn.ReLU(),
         ])
         if stride == 2:
             self.branch_proj = nn.SequentialCell([
-                depthwise_conv(in_channels, 3, stride, conv_impl), batch_norm(in_channels),
-                conv1x1(in_channels, proj_out, impl=conv_impl), batch_norm(proj_out), nn.ReLU(),
+                depthwise_conv(in_channels, 3, stride, conv_impl),
+                batch_norm(in_channels, conv_impl),
+                conv1x1(in_channels, proj_out, impl=conv_impl), batch_norm(proj_out, conv_impl),
+                nn.ReLU(),
             ])
         self.shuffle = ChannelShuffle(2, "paper") if self.torchvision else None
 
@@ -89,8 +91,8 @@ class ShuffleNetV2(nn.Cell):
         super().__init__()
         conv_impl = resolve_conv_impl(conv_impl)
         c1, *stages, c5 = CHANNELS[width]
-        self.first_conv = nn.SequentialCell([conv3x3(in_channels, c1, 2, conv_impl), batch_norm(c1),
-                                             nn.ReLU()])
+        self.first_conv = nn.SequentialCell([conv3x3(in_channels, c1, 2, conv_impl),
+                                             batch_norm(c1, conv_impl), nn.ReLU()])
         self.max_pool = max_pool_3x3_s2(pool_pad)
         blocks, c_in = [], c1
         for repeats, c_out in zip(STAGE_REPEATS, stages):
@@ -99,8 +101,8 @@ class ShuffleNetV2(nn.Cell):
                                              layout=layout, conv_impl=conv_impl))
                 c_in = c_out
         self.features = nn.SequentialCell(blocks)
-        self.conv_last = nn.SequentialCell([conv1x1(c_in, c5, impl=conv_impl), batch_norm(c5),
-                                            nn.ReLU()])
+        self.conv_last = nn.SequentialCell([conv1x1(c_in, c5, impl=conv_impl),
+                                            batch_norm(c5, conv_impl), nn.ReLU()])
         self.pool = GlobalAvgPool()
         self.classifier = nn.Dense(c5, num_classes, has_bias=layout == "torchvision")
         init_shufflenet_weights(self)
