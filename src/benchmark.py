@@ -8,7 +8,11 @@ neighbouring rounds holds better than two separate runs. Modes:
 - infer: ours from the exported MINDIR (GraphCell), MindCV's network in graph mode, PyTorch
   eager under no_grad;
 - data: the ImageNet-folder training pipeline (decode, random crop, flip, colour, normalise)
-  with the configured workers, batches per second times the batch.
+  with the configured workers, batches per second times the batch;
+- layer / layer_infer: one layer (``--layer``) forward and backward / forward only, on the
+  tensor ANCHORS §4 and the fast-kernels issue measure (batch x 232 x 28 x 28, ShuffleNetV2
+  1.0x stage 3; the stem on the batch of images): ours (our kernels), standard (MindSpore's
+  operators as our layers use them without our kernels) and PyTorch's layer.
 """
 import importlib.util
 import json
@@ -27,12 +31,19 @@ from src.models.layers import CONV_IMPLS
 
 # "standard": ours built from standard operators only (our CPU kernels off), what export writes.
 IMPLEMENTATIONS = ("ours", "standard", "mindcv", "torch")
+# --layer: (in channels, out channels, kernel, stride, group, side); batch_norm: channels, side.
+LAYERS = {"depthwise": (232, 232, 3, 1, 232, 28), "depthwise_s2": (232, 232, 3, 2, 232, 28),
+          "grouped_g3": (231, 231, 1, 1, 3, 28), "pointwise": (232, 232, 1, 1, 1, 28),
+          "stem": (3, 24, 3, 2, 1, 224), "batch_norm": (232, 232, 1, 1, 1, 28)}
 
 
 def parser() -> ArgumentParser:
     p = ArgumentParser(prog="benchmark.py", allow_abbrev=False, description=__doc__.split("\n")[0])
     p.add_argument("--network", default="shufflenet_v2_x1_0")
-    p.add_argument("--mode", default="train", choices=("train", "infer", "data"))
+    p.add_argument("--mode", default="train",
+                   choices=("train", "infer", "data", "layer", "layer_infer"))
+    p.add_argument("--layer", default="depthwise", choices=tuple(LAYERS),
+                   help="layer modes: the layer timed")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--image_size", type=int, default=224)
     p.add_argument("--steps", type=int, default=3, help="timed steps per round")
@@ -68,6 +79,9 @@ def check(args) -> None:
     if unknown:
         raise UserError(f"unknown reference {unknown[0]!r}", "--compare",
                         "give standard, mindcv, torch")
+    if args.mode.startswith("layer") and "mindcv" in compared(args):
+        raise UserError("MindCV is not timed layer by layer", "--compare",
+                        "give standard, torch in the layer modes")
 
 
 def compared(args) -> list:
@@ -107,6 +121,61 @@ def _mindspore_setup(args, impl):
         ms.export(net, x, file_name=os.path.join(folder, "net"), file_format="MINDIR")
         net = nn.GraphCell(ms.load(os.path.join(folder, "net.mindir")))
     return lambda: net(x).asnumpy()
+
+
+def _layer_setup(args, impl):
+    """One layer's forward (layer_infer) or forward and backward (layer) for ``impl``."""
+    cin, cout, k, stride, group, side = LAYERS[args.layer]
+    x = np.random.rand(args.batch_size, cin, side, side).astype(np.float32)
+    wants_dx = args.layer != "stem"  # a stem's input is the data
+    if impl == "torch":
+        import torch
+        from src.dataset import cpu_count
+        torch.set_num_threads(cpu_count())
+        layer = torch.nn.BatchNorm2d(cin) if args.layer == "batch_norm" else \
+            torch.nn.Conv2d(cin, cout, k, stride, k // 2, groups=group, bias=False)
+        inputs = torch.from_numpy(x).requires_grad_(wants_dx and args.mode == "layer")
+        if args.mode == "layer_infer":
+            layer.eval()
+
+            def infer():
+                with torch.no_grad():
+                    return layer(inputs).numpy()
+            return infer
+
+        def step():
+            layer.zero_grad()
+            layer(inputs).sum().backward()
+            return float(layer.weight.grad[0].sum())
+        return step
+    import mindspore as ms
+    from mindspore import nn
+    from src.models.layers import BatchNorm, Conv1x1, ConvKxK
+    ms.set_device(args.device_target)
+    ms.set_context(mode=ms.GRAPH_MODE)
+    conv_impl = "fast" if impl == "ours" else "standard"
+    if args.layer == "batch_norm":
+        layer = BatchNorm(cin, conv_impl)
+    elif k == 1:
+        layer = Conv1x1(cin, cout, group, conv_impl)
+    else:
+        layer = ConvKxK(cin, cout, k, stride, group, conv_impl)
+    inputs = ms.Tensor(x)
+    if args.mode == "layer_infer":
+        layer.set_train(args.layer == "batch_norm")  # BatchNorm as training computes it
+        return lambda: layer(inputs).asnumpy()
+
+    class Loss(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.layer = layer
+
+        def construct(self, data):
+            return self.layer(data).sum()
+    layer.set_train(True)
+    grad = ms.value_and_grad(Loss(), grad_position=0 if wants_dx else None,
+                             weights=layer.trainable_params())
+    return lambda: grad(inputs)[0].asnumpy()
 
 
 def _torch_setup(args):
@@ -178,6 +247,8 @@ def _worker(args, impl, pipe):
         started = time.perf_counter()
         if args.mode == "data":
             run = _data_setup(args)
+        elif args.mode.startswith("layer"):
+            run = _layer_setup(args, impl)
         elif impl == "torch":
             run = _torch_setup(args)
         else:
@@ -219,6 +290,7 @@ def run_benchmark(args) -> dict:
                            "steps": args.steps, "rounds": args.rounds,
                            "device_target": args.device_target, "conv_impl": args.conv_impl,
                            "jit_level": args.jit_level or "default",
+                           "layer": args.layer if args.mode.startswith("layer") else "",
                            "machine": machine(), "results": {}, "ratios": {}}
     for impl in impls:
         why = available(impl)
@@ -283,8 +355,10 @@ def report(result: dict) -> None:
     unit = "batch" if result["mode"] == "data" else "step"
     for impl, figures in result["results"].items():
         label = "data pipeline" if result["mode"] == "data" else impl
-        print(f"{label}: {result['network']} {result['mode']} batch {result['batch_size']} at "
-              f"{result['image_size']}: {figures['images_per_s']} images/s, "
+        subject = f"{result['layer']} layer" if result["layer"] else \
+            f"{result['network']} at {result['image_size']}"
+        print(f"{label}: {subject} {result['mode']} batch {result['batch_size']}: "
+              f"{figures['images_per_s']} images/s, "
               f"{figures['ms_per_step']} ms per {unit} (median), compile "
               f"{figures['compile_s']} s, peak memory {figures['peak_rss_mb']} MB", flush=True)
     for name, ratio in result["ratios"].items():

@@ -120,6 +120,10 @@ CASES = {
     "benchmark unknown reference": (lambda w: ("benchmark.py", "--compare", "tensorflow"),
                                     "unknown reference 'tensorflow'"),
     "benchmark bad flag": (lambda w: ("benchmark.py", "--mode", "fly"), "invalid choice"),
+    "benchmark mindcv per layer": (
+        lambda w: ("benchmark.py", "--mode", "layer", "--compare", "mindcv"),
+        "MindCV is not timed layer by layer"),
+    "conv impl unknown": (lambda w: train(w, "--conv_impl", "turbo"), "turbo"),
     # weight conversion (more in test_convert.py)
     "convert source missing": (lambda w: ("convert_weights.py", "--source", "megvii", "--network",
                                           NET, "/no/such.pth", "/tmp/out.ckpt"),

@@ -10,19 +10,19 @@ pytestmark = pytest.mark.slow
 FIGURES = {"compile_s", "step_times", "ms_per_step", "images_per_s", "peak_rss_mb"}
 
 
-def test_train_against_mindcv_and_torch_writes_the_figures(tmp_path):
+def test_train_against_standard_mindcv_and_torch_writes_the_figures(tmp_path):
     out = tmp_path / "bench.json"
     proc = run_entry("benchmark.py", "--network", "shufflenet_v1_g3_05", "--mode", "train",
                      "--image_size", "32", "--batch_size", "2", "--steps", "2", "--rounds", "2",
-                     "--warmup", "0", "--compare", "mindcv,torch", "--json", out)
+                     "--warmup", "0", "--compare", "standard,mindcv,torch", "--json", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert set(result["results"]) == {"ours", "mindcv", "torch"}
+    assert set(result["results"]) == {"ours", "standard", "mindcv", "torch"}
     for figures in result["results"].values():
         assert FIGURES <= set(figures)
         assert len(figures["step_times"]) == 2 and all(len(r) == 2 for r in figures["step_times"])
         assert figures["images_per_s"] > 0 and figures["peak_rss_mb"] > 0
-    for name in ("ours/mindcv", "ours/torch"):
+    for name in ("ours/standard", "ours/mindcv", "ours/torch"):
         assert len(result["ratios"][name]["per_round"]) == 2
     assert result["machine"]["cpu_count"] >= 1
     assert "ratio ours/torch (images/s)" in proc.stdout
@@ -37,3 +37,15 @@ def test_infer_and_data_modes(tmp_path, mode):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["mode"] == mode and FIGURES <= set(result["results"]["ours"])
+
+
+@pytest.mark.parametrize("mode, layer", [("layer", "depthwise_s2"), ("layer_infer", "batch_norm")])
+def test_layer_modes_time_our_kernels_standard_and_torch(tmp_path, mode, layer):
+    out = tmp_path / "bench.json"
+    proc = run_entry("benchmark.py", "--mode", mode, "--layer", layer, "--batch_size", "2",
+                     "--steps", "2", "--rounds", "1", "--warmup", "0", "--compare",
+                     "standard,torch", "--json", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["layer"] == layer and set(result["results"]) == {"ours", "standard", "torch"}
+    assert f"ours: {layer} layer {mode} batch 2:" in proc.stdout
