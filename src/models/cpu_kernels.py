@@ -9,6 +9,8 @@ loops when a MindSpore build has none). It is compiled once per machine on first
 ``~/.cache/mobile_cnn_zoo``), under a name hashed from the source, the flags and the CPU's
 features, so a changed source or another CPU builds anew. When it cannot be built,
 ``library()`` returns None, says why in one line, and the layers use MindSpore's operators.
+Each kernel uses ``$ZOO_KERNEL_THREADS`` threads, by default every core the process may use
+(not OMP_NUM_THREADS, which importing MindSpore sets to 1).
 """
 import hashlib
 import os
