@@ -123,33 +123,45 @@ def _mindspore_setup(args, impl):
     return lambda: net(x).asnumpy()
 
 
+def _torch_defaults():
+    """PyTorch with its own threading defaults: every core (a process spawned by one that has
+    imported MindSpore starts with 1: MobileNetV1 inference 11.4 vs 17.2 images/s) and
+    OpenMP's default wait policy, not the one src/__init__.py sets for our kernels."""
+    if os.environ.pop("ZOO_OMP_WAIT_POLICY_SET", None):
+        os.environ.pop("OMP_WAIT_POLICY", None)
+    import torch
+    from src.dataset import cpu_count
+    torch.set_num_threads(cpu_count())
+    return torch
+
+
 def _layer_setup(args, impl):
     """One layer's forward (layer_infer) or forward and backward (layer) for ``impl``."""
     cin, cout, k, stride, group, side = LAYERS[args.layer]
     x = np.random.rand(args.batch_size, cin, side, side).astype(np.float32)
     wants_dx = args.layer != "stem"  # a stem's input is the data
     if impl == "torch":
-        import torch
-        from src.dataset import cpu_count
-        torch.set_num_threads(cpu_count())
+        torch = _torch_defaults()
         layer = torch.nn.BatchNorm2d(cin) if args.layer == "batch_norm" else \
             torch.nn.Conv2d(cin, cout, k, stride, k // 2, groups=group, bias=False)
         inputs = torch.from_numpy(x).requires_grad_(wants_dx and args.mode == "layer")
         if args.mode == "layer_infer":
-            layer.eval()
+            layer.train(args.layer == "batch_norm")  # BatchNorm as training computes it
 
             def infer():
                 with torch.no_grad():
                     return layer(inputs).numpy()
             return infer
 
+        cotangent = torch.rand(layer(inputs).shape)
+
         def step():
             layer.zero_grad()
-            layer(inputs).sum().backward()
+            layer(inputs).backward(cotangent)
             return float(layer.weight.grad[0].sum())
         return step
     import mindspore as ms
-    from mindspore import nn
+    from mindspore import nn, ops
     from src.models.layers import BatchNorm, Conv1x1, ConvKxK
     ms.set_device(args.device_target)
     ms.set_context(mode=ms.GRAPH_MODE)
@@ -161,30 +173,32 @@ def _layer_setup(args, impl):
     else:
         layer = ConvKxK(cin, cout, k, stride, group, conv_impl)
     inputs = ms.Tensor(x)
+    layer.set_train(args.mode == "layer" or args.layer == "batch_norm")  # BN: training's
     if args.mode == "layer_infer":
-        layer.set_train(args.layer == "batch_norm")  # BatchNorm as training computes it
         return lambda: layer(inputs).asnumpy()
+    # The backward from a given output gradient, as in a network, without a loss's own cost
+    # (MindSpore's CPU ReduceSum of this tensor alone takes 15 ms).
+    cotangent = ms.Tensor(np.random.rand(*layer(inputs).shape).astype(np.float32))
 
-    class Loss(nn.Cell):
+    class Backward(nn.Cell):
         def __init__(self):
             super().__init__()
-            self.layer = layer
+            self.layer, self.weights = layer, ms.ParameterTuple(layer.trainable_params())
+            self.grad = ops.GradOperation(get_all=wants_dx, get_by_list=True, sens_param=True)
 
-        def construct(self, data):
-            return self.layer(data).sum()
-    layer.set_train(True)
-    grad = ms.value_and_grad(Loss(), grad_position=0 if wants_dx else None,
-                             weights=layer.trainable_params())
-    return lambda: grad(inputs)[0].asnumpy()
+        def construct(self, data, dy):  # the output too: the backward alone would not need it
+            return self.layer(data), self.grad(self.layer, self.weights)(data, dy)
+    backward = Backward()
+
+    def step():
+        output, grads = backward(inputs, cotangent)  # grads: (inputs', weights') or weights'
+        return output.asnumpy(), (grads[1] if wants_dx else grads)[0].asnumpy()
+    return step
 
 
 def _torch_setup(args):
-    import torch
-    from src.dataset import cpu_count
+    torch = _torch_defaults()
     from src.torch_models import torch_network
-    # PyTorch's own default is one thread per core, but a process spawned by one that has
-    # imported MindSpore starts with 1 (measured: MobileNetV1 inference 11.4 vs 17.2 images/s).
-    torch.set_num_threads(cpu_count())
     net = torch_network(args.network)
     x = torch.rand(args.batch_size, 3, args.image_size, args.image_size)
     if args.mode == "train":
