@@ -23,8 +23,7 @@ CASES = [(kind, stride, size) for kind in KINDS for stride in (1, 2) for size in
 def kernels(request, tmp_path, monkeypatch):
     """The kernel library as this machine builds it (oneDNN's sgemm where MindSpore ships it),
     and built with the portable GEMM loops a MindSpore without libdnnl gets."""
-    monkeypatch.setitem(cpu_kernels._built, "path", None)
-    del cpu_kernels._built["path"]
+    monkeypatch.setattr(cpu_kernels, "_built", {})  # build (or fail) anew in this test
     if request.param == "portable gemm":
         monkeypatch.setattr(cpu_kernels, "_dnnl_dir", lambda: None)
         monkeypatch.setenv("ZOO_KERNEL_DIR", str(tmp_path))
@@ -162,8 +161,7 @@ def test_auto_is_fast_on_cpu_and_standard_never_is():
 def test_without_a_compiler_training_falls_back_with_one_line(tmp_path, monkeypatch, capsys):
     # In process: no kernels, "auto" falls back to MindSpore's convs, saying so once.
     monkeypatch.setenv("CXX", "no-such-compiler-zoo")
-    monkeypatch.setitem(cpu_kernels._built, "path", None)
-    del cpu_kernels._built["path"]
+    monkeypatch.setattr(cpu_kernels, "_built", {})  # build (or fail) anew in this test
     assert cpu_kernels.library() is None
     assert resolve_conv_impl("auto") == "split"
     lines = [line for line in capsys.readouterr().out.splitlines() if "kernels" in line]

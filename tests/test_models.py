@@ -4,7 +4,7 @@ import re
 import mindspore as ms
 import numpy as np
 import pytest
-from mindspore import nn, ops
+from mindspore import nn
 
 from src.models import create_network, list_networks
 from src.models.complexity import count_macs, count_params

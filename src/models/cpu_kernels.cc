@@ -176,12 +176,24 @@ void sgemm(char ta, char tb, int64_t m, int64_t n, int64_t k, const float *a, in
 #endif
 }
 
-// out[i] = the sum over threads of partial[t * size + i]: the per-thread weight gradients.
-void sum_partials(const std::vector<float> &partial, int parts, int64_t size, float *out) {
+// dw = the sum over n images of their weight gradients, which accumulate(b, buffer, scratch)
+// adds into a zeroed buffer of ``size`` floats. Each thread sums its share of the images into a
+// buffer of its own, with ``scratch`` floats of its own for im2col; then the buffers are added.
+template <typename Accumulate>
+void sum_over_batch(int64_t n, int64_t size, int64_t scratch, float *dw, Accumulate accumulate) {
+  const int workers = std::max<int64_t>(1, std::min<int64_t>(threads(), n));
+  std::vector<float> partial(static_cast<size_t>(workers * size), 0.0f);
+#pragma omp parallel num_threads(workers)
+  {
+    std::vector<float> own(static_cast<size_t>(scratch));
+    float *mine = partial.data() + omp_get_thread_num() * size;
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < n; ++b) accumulate(b, mine, own.data());
+  }
   for (int64_t i = 0; i < size; ++i) {
     float sum = 0.0f;
-    for (int t = 0; t < parts; ++t) sum += partial[t * size + i];
-    out[i] = sum;
+    for (int t = 0; t < workers; ++t) sum += partial[t * size + i];
+    dw[i] = sum;
   }
 }
 
@@ -195,42 +207,30 @@ Groups groups_of(const int64_t *x, const int64_t *wt) {
   return Groups{x[0], x[1], wt[0], x[2] * x[3], wt[1], wt[0] / g, g};
 }
 
-// y[n, group j] (co x hw) = w[j] (co x ci) . x[n, group j] (ci x hw)
-void conv1x1_forward(const Groups &s, const float *x, const float *wt, float *y) {
+// For every image n and group j, out[n, j] = op(w[j]) . in[n, j]: op the identity for the
+// forward (x[n, j] (ci x hw) -> y[n, j] (co x hw)), the transpose for the input gradient
+// (dy[n, j] -> dx[n, j]).
+void conv1x1_gemms(const Groups &s, bool transposed, const float *in, const float *wt,
+                   float *out) {
+  const int64_t rows = transposed ? s.ci : s.co, depth = transposed ? s.co : s.ci;
+  const int64_t in_channels = transposed ? s.cout : s.cin;
+  const int64_t out_channels = transposed ? s.cin : s.cout;
 #pragma omp parallel for schedule(static) num_threads(threads())
   for (int64_t t = 0; t < s.n * s.g; ++t) {
     const int64_t b = t / s.g, j = t % s.g;
-    sgemm('N', 'N', s.co, s.hw, s.ci, wt + j * s.co * s.ci, s.ci, x + (b * s.cin + j * s.ci) * s.hw,
-          s.hw, 0.0f, y + (b * s.cout + j * s.co) * s.hw, s.hw);
+    sgemm(transposed ? 'T' : 'N', 'N', rows, s.hw, depth, wt + j * s.co * s.ci, s.ci,
+          in + (b * in_channels + j * depth) * s.hw, s.hw, 0.0f,
+          out + (b * out_channels + j * rows) * s.hw, s.hw);
   }
 }
 
-// dx[n, j] (ci x hw) = w[j]^T . dy[n, j]
-void conv1x1_grad_input(const Groups &s, const float *dy, const float *wt, float *dx) {
-#pragma omp parallel for schedule(static) num_threads(threads())
-  for (int64_t t = 0; t < s.n * s.g; ++t) {
-    const int64_t b = t / s.g, j = t % s.g;
-    sgemm('T', 'N', s.ci, s.hw, s.co, wt + j * s.co * s.ci, s.ci, dy + (b * s.cout + j * s.co) * s.hw,
-          s.hw, 0.0f, dx + (b * s.cin + j * s.ci) * s.hw, s.hw);
-  }
-}
-
-// dw[j] (co x ci) = sum over n of dy[n, j] . x[n, j]^T; each thread sums its share of the
-// batch into its own buffer, then the buffers are added.
+// dw[j] (co x ci) = sum over n of dy[n, j] . x[n, j]^T
 void conv1x1_grad_weight(const Groups &s, const float *dy, const float *x, float *dw) {
-  const int64_t size = s.cout * s.ci;
-  const int workers = std::max<int64_t>(1, std::min<int64_t>(threads(), s.n));
-  std::vector<float> partial(static_cast<size_t>(workers * size), 0.0f);
-#pragma omp parallel num_threads(workers)
-  {
-    float *mine = partial.data() + omp_get_thread_num() * size;
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < s.n; ++b)
-      for (int64_t j = 0; j < s.g; ++j)
-        sgemm('N', 'T', s.co, s.ci, s.hw, dy + (b * s.cout + j * s.co) * s.hw, s.hw,
-              x + (b * s.cin + j * s.ci) * s.hw, s.hw, 1.0f, mine + j * s.co * s.ci, s.ci);
-  }
-  sum_partials(partial, workers, size, dw);
+  sum_over_batch(s.n, s.cout * s.ci, 0, dw, [&](int64_t b, float *mine, float *) {
+    for (int64_t j = 0; j < s.g; ++j)
+      sgemm('N', 'T', s.co, s.ci, s.hw, dy + (b * s.cout + j * s.co) * s.hw, s.hw,
+            x + (b * s.cin + j * s.ci) * s.hw, s.hw, 1.0f, mine + j * s.co * s.ci, s.ci);
+  });
 }
 
 
@@ -316,21 +316,12 @@ void dense_grad_input(const Dense &d, const float *dy, const float *wt, float *d
 }
 
 void dense_grad_weight(const Dense &d, const float *dy, const float *x, float *dw) {
-  const int64_t size = d.cout * d.taps();
-  const int workers = std::max<int64_t>(1, std::min<int64_t>(threads(), d.n));
-  std::vector<float> partial(static_cast<size_t>(workers * size), 0.0f);
-#pragma omp parallel num_threads(workers)
-  {
-    std::vector<float> col(static_cast<size_t>(d.taps() * d.ho * d.wo));
-    float *mine = partial.data() + omp_get_thread_num() * size;
-#pragma omp for schedule(static)
-    for (int64_t b = 0; b < d.n; ++b) {
-      im2col(d, x + b * d.cin * d.h * d.w, col.data());
-      sgemm('N', 'T', d.cout, d.taps(), d.ho * d.wo, dy + b * d.cout * d.ho * d.wo, d.ho * d.wo,
-            col.data(), d.ho * d.wo, 1.0f, mine, d.taps());
-    }
-  }
-  sum_partials(partial, workers, size, dw);
+  sum_over_batch(d.n, d.cout * d.taps(), d.taps() * d.ho * d.wo, dw,
+                 [&](int64_t b, float *mine, float *col) {
+    im2col(d, x + b * d.cin * d.h * d.w, col);
+    sgemm('N', 'T', d.cout, d.taps(), d.ho * d.wo, dy + b * d.cout * d.ho * d.wo, d.ho * d.wo,
+          col, d.ho * d.wo, 1.0f, mine, d.taps());
+  });
 }
 
 
@@ -449,14 +440,14 @@ ZOO_DEPTHWISE(2)
 // x, w -> y
 ZOO_AOT(Conv1x1Forward) {
   if (nparam != 3 || !all_float32(nparam, dtypes)) return 1;
-  conv1x1_forward(groups_of(shapes[0], shapes[1]), ZOO_F(0), ZOO_F(1), ZOO_F(2));
+  conv1x1_gemms(groups_of(shapes[0], shapes[1]), false, ZOO_F(0), ZOO_F(1), ZOO_F(2));
   return 0;
 }
 
 // dy, w, x (for its shape) -> dx
 ZOO_AOT(Conv1x1GradInput) {
   if (nparam != 4 || !all_float32(nparam, dtypes)) return 1;
-  conv1x1_grad_input(groups_of(shapes[2], shapes[1]), ZOO_F(0), ZOO_F(1), ZOO_F(3));
+  conv1x1_gemms(groups_of(shapes[2], shapes[1]), true, ZOO_F(0), ZOO_F(1), ZOO_F(3));
   return 0;
 }
 

@@ -111,31 +111,19 @@ def _gradient_ops(prefix):
     return bprop
 
 
-def _padded_shape(stride, channels):
-    """out_shape of a k x k conv with padding k // 2 and ``channels(x, w)`` output channels."""
+def conv_kxk_op(stride: int, depthwise: bool):
+    """(x (N, Cin, H, W), w) -> the k x k conv with padding k // 2, with its gradients:
+    depthwise with w (C, 1, k, k), or dense with w (Cout, Cin, k, k); stride 1 or 2, odd
+    k <= 7. Call only when ``library()`` is not None."""
+    if stride not in STRIDES:
+        raise ValueError(f"fast k x k conv takes stride {STRIDES}, not {stride}")
+
     def out_shape(x, w):
         k = w[2]
-        return [x[0], channels(x, w), (x[2] + 2 * (k // 2) - k) // stride + 1,
+        return [x[0], w[0], (x[2] + 2 * (k // 2) - k) // stride + 1,
                 (x[3] + 2 * (k // 2) - k) // stride + 1]
-    return out_shape
-
-
-def depthwise_op(stride: int):
-    """(x (N, C, H, W), w (C, 1, k, k)) -> the depthwise conv with padding k // 2, with its
-    gradients; stride 1 or 2, odd k <= 7. Call only when ``library()`` is not None."""
-    if stride not in STRIDES:
-        raise ValueError(f"fast depthwise conv takes stride {STRIDES}, not {stride}")
-    return _op(f"DepthwiseS{stride}Forward", _padded_shape(stride, lambda x, w: x[1]),
-               _gradient_ops(f"DepthwiseS{stride}"))
-
-
-def dense_op(stride: int):
-    """(x (N, Cin, H, W), w (Cout, Cin, k, k)) -> the dense conv with padding k // 2, with its
-    gradients; stride 1 or 2, odd k. Call only when ``library()`` is not None."""
-    if stride not in STRIDES:
-        raise ValueError(f"fast dense conv takes stride {STRIDES}, not {stride}")
-    return _op(f"DenseS{stride}Forward", _padded_shape(stride, lambda x, w: w[0]),
-               _gradient_ops(f"DenseS{stride}"))
+    kernel = f"{'Depthwise' if depthwise else 'Dense'}S{stride}"
+    return _op(f"{kernel}Forward", out_shape, _gradient_ops(kernel))
 
 
 def batch_norm_op():

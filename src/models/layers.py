@@ -92,7 +92,7 @@ class ConvKxK(nn.Conv2d):
             and kernel_size % 2 == 1 and kernel_size <= cpu_kernels.MAX_KERNEL
         self.fast = fits and resolve_conv_impl(impl) == "fast"
         if self.fast:
-            self.fast_op = (cpu_kernels.depthwise_op if depthwise else cpu_kernels.dense_op)(stride)
+            self.fast_op = cpu_kernels.conv_kxk_op(stride, depthwise)
 
     def construct(self, x):
         if self.fast:
