@@ -16,6 +16,7 @@ torch is needed by this tool only (``pip install torch==2.13.0``).
 """
 import os
 import re
+import warnings
 
 import mindspore as ms
 import numpy as np
@@ -123,11 +124,17 @@ def read_torch_state(path: str) -> dict:
                         "pip install torch==2.13.0 (CPU wheel; a plain 'torch' pulls CUDA)") from err
     if not os.path.isfile(path):
         raise UserError("source checkpoint not found", path, "give the PyTorch .pth/.pth.tar file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many kinds (pickle, zip, runtime) for a bad file
-        raise UserError("not a readable PyTorch checkpoint", path,
-                        "give the .pth/.pth.tar file the source published") from err
+    # A bad file can make torch warn (e.g. of an odd pickle protocol) before it fails: those
+    # warnings are held back so the user sees our one line; a file that loads gets them shown.
+    with warnings.catch_warnings(record=True) as held:
+        warnings.simplefilter("always")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises many kinds (pickle, zip, runtime) for a bad file
+            raise UserError("not a readable PyTorch checkpoint", path,
+                            "give the .pth/.pth.tar file the source published") from err
+    for warning in held:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -122,6 +122,7 @@ def test_mindcv_split_group_convs_are_merged(tmp_path):
 
 @pytest.mark.parametrize("case, expected", [
     ("garbage", "not a readable PyTorch checkpoint"),
+    ("garbage_pickle_header", "not a readable PyTorch checkpoint"),  # torch warns, then fails
     ("other_network", "match nothing"),
     ("wrong_width", "tensors have other shapes than ours"),
     ("wrong_family", "timm publishes no shufflenet_v2 weights"),
@@ -131,6 +132,8 @@ def test_bad_source_checkpoints_are_refused_and_nothing_is_written(case, expecte
     args = ["--source", "megvii", "--network", "shufflenet_v2_x1_0"]
     if case == "garbage":
         source_path.write_bytes(os.urandom(3000))
+    elif case == "garbage_pickle_header":
+        source_path.write_bytes(b"\x80\xae" + os.urandom(3000))
     elif case == "other_network":
         save_source(ref.MegviiShuffleNetV1(3, 0.5), "megvii", source_path)
         args = ["--source", "megvii", "--network", "shufflenet_v2_x0_5"]
