@@ -80,6 +80,37 @@ def test_fast_layer_equals_grouped_conv2d(kernels, kind, stride, size, mode):
     assert relative(dw, dw_ref) <= 1e-4
 
 
+@pytest.mark.parametrize("kind, stride", [("depthwise", 1), ("depthwise", 2), ("dense stem", 2),
+                                          ("grouped 1x1 g3", 1), ("pointwise 1x1", 1)])
+def test_fast_layer_under_mixed_precision_computes_in_float32(kind, stride):
+    """amp_level O2/O3 (the zoo configs' settings) set to_float(float16) on the conv cells: our
+    layer casts around the float32 kernel and returns float16, equal to the float32 conv of the
+    same float16 values to float16 precision, and so are its gradients."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    cin, cout, k, group = KINDS[kind]
+    fast = Conv1x1(cin, cout, group, impl="fast") if k == 1 else \
+        ConvKxK(cin, cout, k, stride, group, impl="fast")
+    reference = nn.Conv2d(cin, cout, k, stride=stride, pad_mode="pad", padding=k // 2,
+                          group=group, has_bias=False)
+    rng = np.random.RandomState(stride + k)
+    weight = rng.randn(*reference.weight.shape).astype(np.float16).astype(np.float32)
+    reference.weight.set_data(ms.Tensor(weight))
+    fast.weight.set_data(ms.Tensor(weight))
+    x = ms.Tensor(rng.randn(2, cin, 10, 10).astype(np.float16).astype(np.float32))
+    half = fast.to_float(ms.float16)
+    y_half = half(x)
+    assert y_half.dtype == ms.float16
+    cotangent = rng.randn(*y_half.shape).astype(np.float16).astype(np.float32)
+    y_ref, dx_ref, dw_ref = forward_and_grads(reference, x, ms.Tensor(cotangent))
+    grad = ms.value_and_grad(Probe(half, ms.Tensor(cotangent, ms.float16)), grad_position=0,
+                             weights=[fast.weight])
+    _, (dx, (dw,)) = grad(x)
+    fp16_step = 2.0 ** -10
+    assert relative(y_half.asnumpy().astype(np.float32), y_ref) <= fp16_step
+    assert relative(dx.asnumpy().astype(np.float32), dx_ref) <= 2 * fp16_step
+    assert relative(dw.asnumpy().astype(np.float32), dw_ref) <= 2 * fp16_step
+
+
 @pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
 @pytest.mark.parametrize("size", [(9, 9), (8, 10)])
 def test_fast_batch_norm_equals_mindspore_in_training(kernels, size, mode):

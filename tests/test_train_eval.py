@@ -92,6 +92,19 @@ def test_image_folder_train_and_eval(tmp_path):
                "--dataset_path", root)
 
 
+
+def test_mixed_precision_training_runs_through_the_fast_kernels(tmp_path):
+    """amp_level O2 with the default loss scale 1024, as the zoo configs train: float16 reaches
+    our kernels through their cast, the loss falls, the checkpoint's weights are finite."""
+    root = write_image_folder(str(tmp_path / "imgs"), per_class=22, classes=3, size=48)
+    out = tmp_path / "run"
+    proc = run_entry("train.py", *COMMON, "--dataset", "imagenet", "--dataset_path", root,
+                     "--num_classes", "3", "--epoch_size", "3", "--amp_level", "O2",
+                     "--output_path", out)
+    check_trained(proc, out / "ckpt_0", epochs=3, steps=4)
+    params, _ = read_checkpoint(str(out / "ckpt_0" / f"{NET}-3_4.ckpt"))
+    assert params and all(np.isfinite(p.asnumpy()).all() for p in params.values())
+
 PROGRESS = re.compile(r"^epoch: (\d+) step: (\d+), lr: ([\d.e+-]+), loss\(smoothed\): "
                       r"([\d.e+-]+), images/s: ([\d.]+|nan), eta: (\d\d:\d\d:\d\d|\?)$", re.M)
 EVAL = re.compile(r"^eval: epoch (\d+), top-1 ([\d.]+), top-5 ([\d.]+)", re.M)
