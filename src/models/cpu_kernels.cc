@@ -54,13 +54,21 @@ Plane plane_of(const int64_t *x, const int64_t *wt, const int64_t *y) {
   return Plane{x[0], x[1], x[2], x[3], y[2], y[3], wt[2], wt[2] / 2};
 }
 
-// The output columns [lo, hi) whose input column ow * S - pad + kw lies in [0, w).
-template <int S>
-inline void columns(const Plane &g, int64_t kw, int64_t *lo, int64_t *hi) {
-  const int64_t first = g.pad - kw;
-  const int64_t last = g.w - 1 + g.pad - kw;
-  *lo = first <= 0 ? 0 : (first + S - 1) / S;
-  *hi = last < 0 ? 0 : std::min(g.wo, last / S + 1);
+// Calls tap(ih, kh, kw, lo, hi) for each tap (kh, kw) of output row oh whose input row
+// ih = oh * S - pad + kh lies in [0, h); [lo, hi) are the output columns ow whose input column
+// ow * S - pad + kw lies in [0, w). The forward and both gradients walk the taps this way.
+template <int S, typename Tap>
+inline void for_each_tap(const Plane &g, int64_t oh, Tap &&tap) {
+  for (int64_t kh = 0; kh < g.k; ++kh) {
+    const int64_t ih = oh * S - g.pad + kh;
+    if (ih < 0 || ih >= g.h) continue;
+    for (int64_t kw = 0; kw < g.k; ++kw) {
+      const int64_t first = g.pad - kw, last = g.w - 1 + g.pad - kw;
+      const int64_t lo = first <= 0 ? 0 : (first + S - 1) / S;
+      const int64_t hi = last < 0 ? 0 : std::min(g.wo, last / S + 1);
+      tap(ih, kh, kw, lo, hi);
+    }
+  }
 }
 
 template <int S>
@@ -71,20 +79,15 @@ void depthwise_forward(const Plane &g, const float *x, const float *wt, float *y
     const float *wp = wt + (p % g.c) * g.k * g.k;
     float *yp = y + p * g.ho * g.wo;
     for (int64_t oh = 0; oh < g.ho; ++oh) {
-      float *__restrict yrow = yp + oh * g.wo;
+      float *yrow = yp + oh * g.wo;
       std::fill(yrow, yrow + g.wo, 0.0f);
-      for (int64_t kh = 0; kh < g.k; ++kh) {
-        const int64_t ih = oh * S - g.pad + kh;
-        if (ih < 0 || ih >= g.h) continue;
-        const float *__restrict xrow = xp + ih * g.w - g.pad;  // xrow[ow * S + kw] is x[ih][iw]
-        for (int64_t kw = 0; kw < g.k; ++kw) {
-          const float wv = wp[kh * g.k + kw];
-          int64_t lo, hi;
-          columns<S>(g, kw, &lo, &hi);
+      for_each_tap<S>(g, oh, [&](int64_t ih, int64_t kh, int64_t kw, int64_t lo, int64_t hi) {
+        const float wv = wp[kh * g.k + kw];
+        float *__restrict out = yrow;
+        const float *__restrict xrow = xp + ih * g.w - g.pad;  // xrow[ow * S + kw]: x[ih][iw]
 #pragma omp simd
-          for (int64_t ow = lo; ow < hi; ++ow) yrow[ow] += wv * xrow[ow * S + kw];
-        }
-      }
+        for (int64_t ow = lo; ow < hi; ++ow) out[ow] += wv * xrow[ow * S + kw];
+      });
     }
   }
 }
@@ -98,19 +101,14 @@ void depthwise_grad_input(const Plane &g, const float *dy, const float *wt, floa
     float *dxp = dx + p * g.h * g.w;
     std::fill(dxp, dxp + g.h * g.w, 0.0f);
     for (int64_t oh = 0; oh < g.ho; ++oh) {
-      const float *__restrict dyrow = dyp + oh * g.wo;
-      for (int64_t kh = 0; kh < g.k; ++kh) {
-        const int64_t ih = oh * S - g.pad + kh;
-        if (ih < 0 || ih >= g.h) continue;
+      const float *dyrow = dyp + oh * g.wo;
+      for_each_tap<S>(g, oh, [&](int64_t ih, int64_t kh, int64_t kw, int64_t lo, int64_t hi) {
+        const float wv = wp[kh * g.k + kw];
+        const float *__restrict in = dyrow;
         float *__restrict dxrow = dxp + ih * g.w - g.pad;
-        for (int64_t kw = 0; kw < g.k; ++kw) {
-          const float wv = wp[kh * g.k + kw];
-          int64_t lo, hi;
-          columns<S>(g, kw, &lo, &hi);
 #pragma omp simd
-          for (int64_t ow = lo; ow < hi; ++ow) dxrow[ow * S + kw] += wv * dyrow[ow];
-        }
-      }
+        for (int64_t ow = lo; ow < hi; ++ow) dxrow[ow * S + kw] += wv * in[ow];
+      });
     }
   }
 }
@@ -126,20 +124,15 @@ void depthwise_grad_weight(const Plane &g, const float *dy, const float *x, floa
       const float *xp = x + (n * g.c + c) * g.h * g.w;
       const float *dyp = dy + (n * g.c + c) * g.ho * g.wo;
       for (int64_t oh = 0; oh < g.ho; ++oh) {
-        const float *__restrict dyrow = dyp + oh * g.wo;
-        for (int64_t kh = 0; kh < g.k; ++kh) {
-          const int64_t ih = oh * S - g.pad + kh;
-          if (ih < 0 || ih >= g.h) continue;
+        const float *dyrow = dyp + oh * g.wo;
+        for_each_tap<S>(g, oh, [&](int64_t ih, int64_t kh, int64_t kw, int64_t lo, int64_t hi) {
+          const float *__restrict in = dyrow;
           const float *__restrict xrow = xp + ih * g.w - g.pad;
-          for (int64_t kw = 0; kw < g.k; ++kw) {
-            int64_t lo, hi;
-            columns<S>(g, kw, &lo, &hi);
-            float sum = 0.0f;
+          float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
-            for (int64_t ow = lo; ow < hi; ++ow) sum += dyrow[ow] * xrow[ow * S + kw];
-            acc[kh * g.k + kw] += sum;
-          }
-        }
+          for (int64_t ow = lo; ow < hi; ++ow) sum += in[ow] * xrow[ow * S + kw];
+          acc[kh * g.k + kw] += sum;
+        });
       }
     }
     for (int64_t i = 0; i < g.k * g.k; ++i) dw[c * g.k * g.k + i] = static_cast<float>(acc[i]);
