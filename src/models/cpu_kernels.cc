@@ -194,8 +194,8 @@ struct Groups {
   int64_t n, cin, cout, hw, ci, co, g;
 };
 
-// x (N, Cin, H, W), weight (Cout, Cin / g, 1, 1).
-Groups groups_of(const int64_t *x, const int64_t *wt) {
+// x (N, Cin, H, W), weight (Cout, Cin / g, 1, 1); y (N, Cout, H, W) adds nothing.
+Groups groups_of(const int64_t *x, const int64_t *wt, const int64_t *) {
   const int64_t g = x[1] / wt[1];
   return Groups{x[0], x[1], wt[0], x[2] * x[3], wt[1], wt[0] / g, g};
 }
@@ -217,6 +217,14 @@ void conv1x1_gemms(const Groups &s, bool transposed, const float *in, const floa
   }
 }
 
+void conv1x1_forward(const Groups &s, const float *x, const float *wt, float *y) {
+  conv1x1_gemms(s, false, x, wt, y);
+}
+
+void conv1x1_grad_input(const Groups &s, const float *dy, const float *wt, float *dx) {
+  conv1x1_gemms(s, true, dy, wt, dx);
+}
+
 // dw[j] (co x ci) = sum over n of dy[n, j] . x[n, j]^T
 void conv1x1_grad_weight(const Groups &s, const float *dy, const float *x, float *dw) {
   sum_over_batch(s.n, s.cout * s.ci, 0, dw, [&](int64_t b, float *mine, float *) {
@@ -236,9 +244,10 @@ struct Dense {
   int64_t taps() const { return cin * k * k; }
 };
 
-// x (N, Cin, H, W), weight (Cout, Cin, k, k), y (N, Cout, Ho, Wo); stride from the shapes.
-Dense dense_of(const int64_t *x, const int64_t *wt, const int64_t *y, int64_t stride) {
-  return Dense{x[0], x[1], x[2], x[3], wt[0], wt[2], y[2], y[3], stride, wt[2] / 2};
+// x (N, Cin, H, W), weight (Cout, Cin, k, k), y (N, Cout, Ho, Wo).
+template <int S>
+Dense dense_of(const int64_t *x, const int64_t *wt, const int64_t *y) {
+  return Dense{x[0], x[1], x[2], x[3], wt[0], wt[2], y[2], y[3], S, wt[2] / 2};
 }
 
 // col (Cin k k, Ho Wo) of one image: col[(ci k + kh) k + kw][oh Wo + ow] = x[ci][ih][iw].
@@ -407,72 +416,36 @@ void batch_norm_grad(int64_t n, int64_t c, int64_t hw, const float *dy, const fl
                       void *, void *)
 #define ZOO_F(i) static_cast<float *>(params[i])
 
-#define ZOO_DEPTHWISE(S)                                                                   \
+// The three entry points of the (x, w) -> y conv kernel Name: geometry(x, w, y shapes) describes
+// the conv for forward(geometry, x, w, y), grad_input(geometry, dy, w, dx) and
+// grad_weight(geometry, dy, x, dw). The gradients get one input only for its shape.
+#define ZOO_CONV(Name, geometry, forward, grad_input, grad_weight)                          \
   /* x, w -> y */                                                                          \
-  ZOO_AOT(DepthwiseS##S##Forward) {                                                          \
+  ZOO_AOT(Name##Forward) {                                                                 \
     if (nparam != 3 || !all_float32(nparam, dtypes)) return 1;                             \
-    depthwise_forward<S>(plane_of(shapes[0], shapes[1], shapes[2]), ZOO_F(0), ZOO_F(1), ZOO_F(2)); \
+    forward(geometry(shapes[0], shapes[1], shapes[2]), ZOO_F(0), ZOO_F(1), ZOO_F(2));      \
     return 0;                                                                              \
   }                                                                                        \
   /* dy, w, x (for its shape) -> dx */                                                     \
-  ZOO_AOT(DepthwiseS##S##GradInput) {                                                        \
+  ZOO_AOT(Name##GradInput) {                                                               \
     if (nparam != 4 || !all_float32(nparam, dtypes)) return 1;                             \
-    depthwise_grad_input<S>(plane_of(shapes[2], shapes[1], shapes[0]), ZOO_F(0), ZOO_F(1), ZOO_F(3)); \
+    grad_input(geometry(shapes[2], shapes[1], shapes[0]), ZOO_F(0), ZOO_F(1), ZOO_F(3));   \
     return 0;                                                                              \
   }                                                                                        \
   /* dy, x, w (for its shape) -> dw */                                                     \
-  ZOO_AOT(DepthwiseS##S##GradWeight) {                                                       \
+  ZOO_AOT(Name##GradWeight) {                                                              \
     if (nparam != 4 || !all_float32(nparam, dtypes)) return 1;                             \
-    depthwise_grad_weight<S>(plane_of(shapes[1], shapes[2], shapes[0]), ZOO_F(0), ZOO_F(1), ZOO_F(3)); \
+    grad_weight(geometry(shapes[1], shapes[2], shapes[0]), ZOO_F(0), ZOO_F(1), ZOO_F(3));  \
     return 0;                                                                              \
   }
 
-ZOO_DEPTHWISE(1)
-ZOO_DEPTHWISE(2)
-
-// x, w -> y
-ZOO_AOT(Conv1x1Forward) {
-  if (nparam != 3 || !all_float32(nparam, dtypes)) return 1;
-  conv1x1_gemms(groups_of(shapes[0], shapes[1]), false, ZOO_F(0), ZOO_F(1), ZOO_F(2));
-  return 0;
-}
-
-// dy, w, x (for its shape) -> dx
-ZOO_AOT(Conv1x1GradInput) {
-  if (nparam != 4 || !all_float32(nparam, dtypes)) return 1;
-  conv1x1_gemms(groups_of(shapes[2], shapes[1]), true, ZOO_F(0), ZOO_F(1), ZOO_F(3));
-  return 0;
-}
-
-// dy, x, w (for its shape) -> dw
-ZOO_AOT(Conv1x1GradWeight) {
-  if (nparam != 4 || !all_float32(nparam, dtypes)) return 1;
-  conv1x1_grad_weight(groups_of(shapes[1], shapes[2]), ZOO_F(0), ZOO_F(1), ZOO_F(3));
-  return 0;
-}
-
-#define ZOO_DENSE(S)                                                                       \
-  /* x, w -> y */                                                                          \
-  ZOO_AOT(DenseS##S##Forward) {                                                            \
-    if (nparam != 3 || !all_float32(nparam, dtypes)) return 1;                             \
-    dense_forward(dense_of(shapes[0], shapes[1], shapes[2], S), ZOO_F(0), ZOO_F(1), ZOO_F(2)); \
-    return 0;                                                                              \
-  }                                                                                        \
-  /* dy, w, x (for its shape) -> dx */                                                     \
-  ZOO_AOT(DenseS##S##GradInput) {                                                          \
-    if (nparam != 4 || !all_float32(nparam, dtypes)) return 1;                             \
-    dense_grad_input(dense_of(shapes[2], shapes[1], shapes[0], S), ZOO_F(0), ZOO_F(1), ZOO_F(3)); \
-    return 0;                                                                              \
-  }                                                                                        \
-  /* dy, x, w (for its shape) -> dw */                                                     \
-  ZOO_AOT(DenseS##S##GradWeight) {                                                         \
-    if (nparam != 4 || !all_float32(nparam, dtypes)) return 1;                             \
-    dense_grad_weight(dense_of(shapes[1], shapes[2], shapes[0], S), ZOO_F(0), ZOO_F(1), ZOO_F(3)); \
-    return 0;                                                                              \
-  }
-
-ZOO_DENSE(1)
-ZOO_DENSE(2)
+ZOO_CONV(DepthwiseS1, plane_of, depthwise_forward<1>, depthwise_grad_input<1>,
+         depthwise_grad_weight<1>)
+ZOO_CONV(DepthwiseS2, plane_of, depthwise_forward<2>, depthwise_grad_input<2>,
+         depthwise_grad_weight<2>)
+ZOO_CONV(Conv1x1, groups_of, conv1x1_forward, conv1x1_grad_input, conv1x1_grad_weight)
+ZOO_CONV(DenseS1, dense_of<1>, dense_forward, dense_grad_input, dense_grad_weight)
+ZOO_CONV(DenseS2, dense_of<2>, dense_forward, dense_grad_input, dense_grad_weight)
 
 // x, gamma, beta, eps (1,) -> y, batch mean, 1 / sqrt(var + eps), biased batch variance
 ZOO_AOT(BatchNormForward) {
