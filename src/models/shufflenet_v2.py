@@ -63,9 +63,9 @@ class ShuffleV2Block(nn.Cell):
     def construct(self, x):
         if self.stride == 2:
             out = ops.concat((self.branch_proj(x), self.branch_main(x)), axis=1)
-        elif self.torchvision:
-            half = x.shape[1] // 2
-            out = ops.concat((x[:, :half], self.branch_main(x[:, half:])), axis=1)
+        elif self.torchvision:  # first half passes, second half goes through main
+            passed, main = ops.split(x, x.shape[1] // 2, axis=1)  # split: see below
+            out = ops.concat((passed, self.branch_main(main)), axis=1)
         else:
             # Even channels pass, odd ones go through main. A split of the (N, C/2, 2 HW) view:
             # MindSpore's CPU StridedSlice of [:, :, 0] took 12x as long (docs/PERFORMANCE.md).
