@@ -54,8 +54,9 @@ class Conv1x1(nn.Conv2d):
         super().__init__(in_channels, out_channels, 1, stride=1, pad_mode="valid",
                          group=group, has_bias=False)
         impl = resolve_conv_impl(impl)
-        self.impl = "native" if impl == "split" and group == 1 else impl
-        if self.impl == "fast":
+        self.fast = impl == "fast"  # as ConvKxK and BatchNorm say it
+        self.split = impl == "split" and group > 1  # else, if not fast, the native kernel
+        if self.fast:
             self.fast_op = cpu_kernels.conv1x1_op()
         self.split_input = ops.Split(axis=1, output_num=group)
         self.split_weight = ops.Split(axis=0, output_num=group)
@@ -63,9 +64,9 @@ class Conv1x1(nn.Conv2d):
         self.group_conv = ops.Conv2D(out_channel=out_channels // group, kernel_size=(1, 1))
 
     def construct(self, x):
-        if self.impl == "fast":
+        if self.fast:
             return _fast_call(self.fast_op, x, self.weight)
-        if self.impl == "native":
+        if not self.split:
             return self.conv2d(x, self.weight)
         xs = self.split_input(x)
         ws = self.split_weight(self.weight)
