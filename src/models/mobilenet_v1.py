@@ -2,7 +2,7 @@
 from mindspore import nn
 from mindspore.common import initializer as init
 
-from .layers import GlobalAvgPool, batch_norm, conv1x1, conv3x3, depthwise_conv, resolve_conv_impl
+from .layers import GlobalAvgPool, batch_norm, conv1x1, conv3x3, depthwise_conv
 
 # (output channels at 1.0x, stride of the depthwise conv) of the 13 separable blocks.
 # The last depthwise conv has stride 1; the paper's Table 1 has a typo there.
@@ -40,7 +40,6 @@ class MobileNetV1(nn.Cell):
     def __init__(self, alpha=1.0, num_classes=1000, in_channels=3, activation="relu",
                  conv_impl="auto"):
         super().__init__()
-        conv_impl = resolve_conv_impl(conv_impl)
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation {activation!r} is not one of {tuple(ACTIVATIONS)}")
         act = ACTIVATIONS[activation]

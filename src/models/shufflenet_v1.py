@@ -6,7 +6,7 @@ from mindspore import nn, ops
 from mindspore.common import initializer as init
 
 from .layers import (ChannelShuffle, GlobalAvgPool, avg_pool_3x3_s2, batch_norm, conv1x1, conv3x3,
-                     depthwise_conv, max_pool_3x3_s2, resolve_conv_impl)
+                     depthwise_conv, max_pool_3x3_s2)
 
 STAGE_REPEATS = (4, 8, 4)
 # Paper Table 1, stage-2 output channels at 1.0x for each group count.
@@ -94,7 +94,6 @@ class ShuffleNetV1(nn.Cell):
     def __init__(self, group=3, width=1.0, num_classes=1000, in_channels=3,
                  pool_pad="pad", shuffle_order="paper", conv_impl="auto"):
         super().__init__()
-        conv_impl = resolve_conv_impl(conv_impl)
         c1, *stages = stage_channels(group, width)
         self.first_conv = nn.SequentialCell([conv3x3(in_channels, c1, 2, conv_impl),
                                              batch_norm(c1, conv_impl), nn.ReLU()])

@@ -3,7 +3,7 @@ torchvision's (a different network with the same name, whose weights need it).""
 from mindspore import nn, ops
 
 from .layers import (ChannelShuffle, GlobalAvgPool, batch_norm, conv1x1, conv3x3, depthwise_conv,
-                     max_pool_3x3_s2, resolve_conv_impl)
+                     max_pool_3x3_s2)
 from .shufflenet_v1 import init_shufflenet_weights
 
 STAGE_REPEATS = (4, 8, 4)
@@ -89,7 +89,6 @@ class ShuffleNetV2(nn.Cell):
     def __init__(self, width="1_0", num_classes=1000, in_channels=3, pool_pad="pad",
                  layout="megvii", conv_impl="auto"):
         super().__init__()
-        conv_impl = resolve_conv_impl(conv_impl)
         c1, *stages, c5 = CHANNELS[width]
         self.first_conv = nn.SequentialCell([conv3x3(in_channels, c1, 2, conv_impl),
                                              batch_norm(c1, conv_impl), nn.ReLU()])
