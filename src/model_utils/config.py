@@ -187,8 +187,10 @@ def get_config(argv=None, config_path=None):
     for key, value in config.items():
         if isinstance(value, (dict, list)):
             continue
+        # argparse formats help with %: a literal one (the yaml's "1%") must be doubled.
+        text = f"{helps.get(key, '')} (default: {value})".replace("%", "%%")
         parser.add_argument(f"--{key}", dest=key, default=None, metavar=kinds[key].__name__,
-                            help=f"{helps.get(key, '')} (default: {value})")
+                            help=text)
     flags, unknown = parser.parse_known_args(rest)
     if unknown:
         bad = next(u for u in unknown if u.startswith("--")) if any(
