@@ -60,6 +60,20 @@ def write_image_folder(root, per_class=16, classes=3, size=48, val_name="val", s
     return root
 
 
+def saved_checkpoint(path, network="shufflenet_v2_x0_5", num_classes=4, epoch=1, steps=2,
+                     net=None, **meta):
+    """A checkpoint of ``network`` as train.py writes it (random weights, our metadata, epoch and
+    step), without training for it; ``meta`` overrides the recorded values."""
+    from src.checkpoint import build_network, save_atomically
+    from src.model_utils.config import get_config
+    from src.checkpoint import network_meta
+    config = get_config(["--network", network, "--num_classes", str(num_classes)])
+    record = {**network_meta(config), **meta}
+    net = net or build_network(record, conv_impl="standard")
+    save_atomically(net, str(path), {**record, "epoch_num": epoch, "step_num": epoch * steps})
+    return str(path)
+
+
 def randomize_weights(net, seed=0):
     """Random weights and BN statistics of a MindSpore network (not the defaults 0/1, which
     would hide BN mistakes), scaled so that activations stay near 1 (as torch_models.randomize)."""

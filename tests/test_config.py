@@ -3,7 +3,6 @@ import pytest
 
 from src.errors import UserError
 from src.model_utils.config import get_config
-from tests.helpers import run_entry
 
 
 def test_import_parses_no_argv_and_defaults_load():
@@ -64,10 +63,10 @@ def test_unknown_key_in_a_yaml_is_refused(tmp_path):
     (["--network", "resnet50"], "network"),
     (["--config_path", "missing.yaml"], "missing.yaml"),
 ])
-def test_command_line_gives_one_line_and_exit_2(args, key):
-    for script in ("train.py", "eval.py"):
-        proc = run_entry(script, *args)
-        assert proc.returncode == 2, proc.stderr
-        lines = [l for l in proc.stderr.splitlines() if l.strip()]
-        assert len(lines) == 1 and lines[0].startswith("error: ") and key in lines[0], proc.stderr
-        assert "Traceback" not in proc.stderr + proc.stdout
+@pytest.mark.parametrize("script", ["train.py", "eval.py"])
+def test_command_line_gives_one_line_and_exit_2(cli, script, args, key):
+    result = cli(script, *args)
+    assert result.returncode == 2, result.stderr
+    lines = result.error_lines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and key in lines[0], result.stderr
+    assert "Traceback" not in result.stderr + result.stdout

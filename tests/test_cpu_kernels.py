@@ -19,14 +19,20 @@ CASES = [(kind, stride, size) for kind in KINDS for stride in (1, 2) for size in
          if stride == 1 or KINDS[kind][2] > 1]  # the networks' 1x1 convs all have stride 1
 
 
+@pytest.fixture(scope="session")
+def portable_kernel_dir(tmp_path_factory):
+    """One folder for the portable build, so the session compiles it once, not once a test."""
+    return str(tmp_path_factory.mktemp("portable_kernels"))
+
+
 @pytest.fixture(params=["as built", "portable gemm"])
-def kernels(request, tmp_path, monkeypatch):
+def kernels(request, portable_kernel_dir, monkeypatch):
     """The kernel library as this machine builds it (oneDNN's sgemm where MindSpore ships it),
     and built with the portable GEMM loops a MindSpore without libdnnl gets."""
-    monkeypatch.setattr(cpu_kernels, "_built", {})  # build (or fail) anew in this test
+    monkeypatch.setattr(cpu_kernels, "_built", {})  # find (or build) the library anew here
     if request.param == "portable gemm":
         monkeypatch.setattr(cpu_kernels, "_dnnl_dir", lambda: None)
-        monkeypatch.setenv("ZOO_KERNEL_DIR", str(tmp_path))
+        monkeypatch.setenv("ZOO_KERNEL_DIR", portable_kernel_dir)
     path = cpu_kernels.library()
     assert path and os.path.isfile(path), "the kernels must build on the test machine"
     return path
