@@ -198,7 +198,7 @@ def _layer_setup(args, impl):
 
 def _torch_setup(args):
     torch = _torch_defaults()
-    from src.torch_models import torch_network
+    from reference.torch_models import torch_network
     net = torch_network(args.network)
     x = torch.rand(args.batch_size, 3, args.image_size, args.image_size)
     if args.mode == "train":

@@ -13,7 +13,7 @@ from src.models import create_network
 from tests.helpers import RESULT, run_entry, write_image_folder
 
 torch = pytest.importorskip("torch", reason="torch==2.13.0 is in requirements-test.txt")
-from src import torch_models as ref  # noqa: E402  (needs torch)
+from reference import torch_models as ref  # noqa: E402  (needs torch)
 
 CASES = {
     "megvii_v1_g3_10": ("megvii", "shufflenet_v1_g3_10", lambda: ref.MegviiShuffleNetV1(3, 1.0)),

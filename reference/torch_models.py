@@ -1,8 +1,8 @@
-"""The sources' PyTorch networks, written here from their architecture descriptions (ANCHORS
-2.1-2.3): the same computation and the same state_dict key names and shapes as megvii's
-ShuffleNet-Series, torchvision's ShuffleNetV2 and timm's mobilenetv1_100. The conversion tests
-check our converted weights against them; the benchmark times them as the PyTorch reference
-(``torch_network``). Needs torch; nothing else in src/ imports this module."""
+"""The sources' PyTorch networks, written here from their published architectures: the same
+computation and the same state_dict key names and shapes as megvii's ShuffleNet-Series,
+torchvision's ShuffleNetV2 and timm's mobilenetv1_100. The conversion tests check our converted
+weights against them; the benchmark times them as the PyTorch reference (``torch_network``).
+Needs torch, so it lives outside src/: the zoo itself never imports it."""
 import torch
 from torch import nn
 from torch.nn import functional as F
