@@ -1,11 +1,21 @@
-"""MindSpore model zoo for efficient mobile CNNs: ShuffleNetV1, ShuffleNetV2, MobileNetV1."""
-import os
+"""MindSpore model zoo for efficient mobile CNNs: ShuffleNetV1, ShuffleNetV2, MobileNetV1.
 
-# Our CPU kernels (src/models/cpu_kernels.cc) run on OpenMP threads. Spinning between kernels,
-# they take the cores from MindSpore's own ops: ShuffleNetV2 training took 706 ms a step with
-# OpenMP's default wait policy and 509 ms with PASSIVE. libgomp reads the policy once, when
-# MindSpore's import loads it, so it is set here, before any module imports MindSpore. A value
-# the user set is kept; ZOO_OMP_WAIT_POLICY_SET marks ours, for processes that run PyTorch.
+Importing it sets two environment variables before MindSpore loads (every entry point imports
+``src`` first); a value the user set is kept:
+- ``GLOG_v=3``: MindSpore's own C++ log shows errors only. Its warnings (some 50 lines of
+  "ANALYZER ... side effect nodes were eliminated" at each compile) say nothing a user can act
+  on; ``--debug`` on any entry point, or ``GLOG_v=2`` (1 = info), shows them again.
+- ``OMP_WAIT_POLICY=PASSIVE``: our CPU kernels (src/models/cpu_kernels.cc) run on OpenMP threads.
+  Spinning between kernels, they take the cores from MindSpore's own ops: ShuffleNetV2 training
+  took 706 ms a step with OpenMP's default wait policy and 509 ms with PASSIVE. libgomp reads the
+  policy once, when MindSpore's import loads it. ZOO_OMP_WAIT_POLICY_SET marks ours, for
+  processes that run PyTorch.
+"""
+import os
+import sys
+
+if "GLOG_v" not in os.environ and "--debug" not in sys.argv:
+    os.environ["GLOG_v"] = "3"
 if "OMP_WAIT_POLICY" not in os.environ:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     os.environ["ZOO_OMP_WAIT_POLICY_SET"] = "1"

@@ -27,13 +27,25 @@ def lr_schedule(optimizer) -> np.ndarray:
     return optimizer.learning_rate.learning_rate.asnumpy()
 
 
-class ProgressMonitor(Callback):
-    """One progress line at each epoch's first step and every ``interval`` steps:
+def format_duration(seconds: float) -> str:
+    """``HH:MM:SS``, with a day count in front from 24 hours on (ImageNet runs take days):
+    ``1d 06:00:00`` for 30 hours."""
+    seconds = int(round(seconds))
+    days, seconds = divmod(seconds, 86400)
+    hours, seconds = divmod(seconds, 3600)
+    minutes, seconds = divmod(seconds, 60)
+    clock = f"{hours:02d}:{minutes:02d}:{seconds:02d}"
+    return f"{days}d {clock}" if days else clock
 
-    ``epoch: E step: S, lr: X, loss(smoothed): L, images/s: R, eta: H:MM:SS``. The lr is read
-    from the optimizer's own step counter and lr array, so after a resume it is what training
-    really used. Plain text, no terminal control codes, so a log file reads the same.
-    It also keeps every step's (loss, lr) for metrics.csv and the curves.
+
+class ProgressMonitor(Callback):
+    """One progress line at each epoch's first step and every ``interval`` steps, the run's only
+    loss line:
+
+    ``epoch: E step: S, loss: L, loss(smoothed): M, lr: X, images/s: R, eta: [Dd ]HH:MM:SS``.
+    The lr is read from the optimizer's own step counter and lr array, so after a resume it is
+    what training really used. Plain text, no terminal control codes, so a log file reads the
+    same. It also keeps every step's (loss, lr) for metrics.csv and the curves.
     """
 
     def __init__(self, optimizer, steps_per_epoch: int, interval: int, total_epochs: int,
@@ -45,6 +57,9 @@ class ProgressMonitor(Callback):
         self.images_per_step = images_per_step
         self.smoothed, self.history = None, []
         self.last_time, self.last_step, self.step_times = None, None, []
+
+    def on_train_epoch_begin(self, run_context):
+        self.last_time = None  # a step time must not span the eval and the save between epochs
 
     def on_train_step_end(self, run_context):
         params = run_context.original_args()
@@ -61,13 +76,14 @@ class ProgressMonitor(Callback):
         if step_in_epoch != 1 and step_in_epoch % self.interval:
             return
         recent = self.step_times[-self.interval:]
-        step_time = float(np.median(recent)) if recent else float("nan")
-        rate = self.images_per_step / step_time if recent else float("nan")
-        eta = "?" if not recent else time.strftime(
-            "%H:%M:%S", time.gmtime(step_time * (self.total_steps - used - 1)))
-        print(f"epoch: {params.cur_epoch_num} step: {step_in_epoch}, lr: {lr:.8f}, "
-              f"loss(smoothed): {self.smoothed:.4f}, images/s: {rate:.1f}, eta: {eta}",
-              flush=True)
+        rate, eta = "?", "?"
+        if recent:
+            step_time = float(np.median(recent))
+            rate = f"{self.images_per_step / step_time:.1f}"
+            eta = format_duration(step_time * (self.total_steps - used - 1))
+        print(f"epoch: {params.cur_epoch_num} step: {step_in_epoch}, loss: {loss:.6f}, "
+              f"loss(smoothed): {self.smoothed:.4f}, lr: {lr:.8f}, images/s: {rate}, "
+              f"eta: {eta}", flush=True)
 
 
 class NonFiniteLossGuard(Callback):
@@ -139,7 +155,8 @@ class EvalMonitor(Callback):
         super().__init__()
         self.model, self.dataset, self.interval = model, dataset, interval
         self.directory, self.network, self.meta, self.progress = directory, network, meta, progress
-        self.evals, self.best, self.warned = [], None, False
+        self.evals, self.best, self.best_epoch, self.warned = [], None, None, False
+        self.best_path = os.path.join(directory, f"{network}-best.ckpt")
 
     def on_train_epoch_end(self, run_context):
         params = run_context.original_args()
@@ -150,10 +167,9 @@ class EvalMonitor(Callback):
             self.evals.append((epoch, params.cur_step_num, top1, top5))
             line = f"eval: epoch {epoch}, top-1 {top1:.4f}, top-5 {top5:.4f}"
             if self.best is None or top1 > self.best:
-                self.best = top1
-                save_atomically(params.train_network, os.path.join(
-                    self.directory, f"{self.network}-best.ckpt"),
-                    {**self.meta, "epoch_num": epoch, "step_num": params.cur_step_num})
+                self.best, self.best_epoch = top1, epoch
+                save_atomically(params.train_network, self.best_path,
+                                {**self.meta, "epoch_num": epoch, "step_num": params.cur_step_num})
                 line += f" (best so far: {self.network}-best.ckpt)"
             print(line, flush=True)
             self.write()

@@ -6,7 +6,7 @@ import time
 import mindspore as ms
 import numpy as np
 from mindspore import nn
-from mindspore.train import FixedLossScaleManager, LossMonitor, Model, TimeMonitor
+from mindspore.train import FixedLossScaleManager, Model, TimeMonitor
 
 from src.callbacks import EpochCheckpoint, EvalMonitor, NonFiniteLossGuard, ProgressMonitor
 from src.checkpoint import (build_network, load_weights, network_meta, partial_path,
@@ -151,14 +151,16 @@ def train(config) -> str:
     progress = ProgressMonitor(opt, steps, config.log_interval, config.epoch_size,
                                config.batch_size * group_size)
     callbacks = [NonFiniteLossGuard(opt, steps, net.trainable_params()[0]), TimeMonitor(steps),
-                 LossMonitor(config.log_interval), progress]
+                 progress]
+    evaluator = saver = None
     if watch:
-        callbacks.append(EvalMonitor(model, create_dataset(config, training=False),
-                                     config.eval_interval, ckpt_dir, config.network, meta,
-                                     progress))
+        evaluator = EvalMonitor(model, create_dataset(config, training=False),
+                                config.eval_interval, ckpt_dir, config.network, meta, progress)
+        callbacks.append(evaluator)
     if config.save_checkpoint and rank == 0:
-        callbacks.append(EpochCheckpoint(config.network, ckpt_dir, config.save_checkpoint_epochs,
-                                         config.keep_checkpoint_max, meta))
+        saver = EpochCheckpoint(config.network, ckpt_dir, config.save_checkpoint_epochs,
+                                config.keep_checkpoint_max, meta)
+        callbacks.append(saver)
     print(f"train: {config.network}, {steps} steps/epoch, epochs {start_epoch + 1}.."
           f"{config.epoch_size}, rank {rank}/{group_size}, checkpoints in {ckpt_dir}", flush=True)
     started = time.time()
@@ -166,6 +168,23 @@ def train(config) -> str:
                 dataset_sink_mode=config.dataset_sink_mode, initial_epoch=start_epoch)
     # Data-parallel ranks must end with the same weights: this lets a log show that they do.
     checksum = sum(float(np.abs(p.asnumpy()).astype(np.float64).sum()) for p in net.trainable_params())
-    print(f"train: done in {time.time() - started:.1f} s, rank {rank} weights checksum "
-          f"{checksum:.10e}", flush=True)
+    elapsed = time.time() - started
+    print(f"train: done in {elapsed:.1f} s, rank {rank} weights checksum {checksum:.10e}",
+          flush=True)
+    if rank == 0:
+        print(closing_line(config.network, start_epoch, config.epoch_size, elapsed, evaluator,
+                           saver), flush=True)
     return ckpt_dir
+
+
+def closing_line(network, start_epoch, epochs, elapsed, evaluator, saver) -> str:
+    """What the run gave and where it is: the best top-1, its epoch and the best checkpoint when
+    it evaluated, else the last checkpoint."""
+    line = f"train: finished {network} epochs {start_epoch + 1}..{epochs} in {elapsed:.1f} s"
+    if evaluator is not None and evaluator.best is not None:
+        return line + (f"; best top-1 {evaluator.best:.4f} at epoch {evaluator.best_epoch}: "
+                       f"{evaluator.best_path}")
+    if saver is not None and saver.saved:
+        return line + (f"; last checkpoint {saver.saved[-1]} (no top-1: give --eval_interval N "
+                       "to score the validation set every N epochs)")
+    return line + "; no checkpoint saved (save_checkpoint is False)"

@@ -1,8 +1,6 @@
 """Shared test set-up: MindSpore on CPU, PyNative unless a test asks for graph mode; the entry
-points run in-process (``cli``); subprocesses share one compile cache per test session."""
+points run in-process (``cli``)."""
 import importlib
-import os
-import tempfile
 from typing import NamedTuple
 
 import mindspore as ms
@@ -12,11 +10,9 @@ from src.errors import run_main
 
 ms.set_device("CPU")
 
-# Every process a test starts compiles the same few graphs (ShuffleNetV2 0.5x trains in ~14 s
-# of compile, ~1.3 s from this cache). A fresh folder per session: the code cannot change within
-# it, so no stale graph is ever read.
-os.environ.setdefault("MS_COMPILER_CACHE_ENABLE", "1")
-os.environ.setdefault("MS_COMPILER_CACHE_PATH", tempfile.mkdtemp(prefix="zoo-compile-cache-"))
+# Not MindSpore's compile cache (MS_COMPILER_CACHE_ENABLE), though it cut a repeated ShuffleNetV2
+# compile from 14 s to 1.3 s: its key ignores parameter shapes, so a 10-class fine-tune ran the
+# 4-class graph of an earlier run (ApplyMomentum: gradient 16384 bytes, variable 40960).
 
 
 @pytest.fixture(autouse=True)

@@ -12,8 +12,13 @@ from src.dataset import write_cifar10
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULT = re.compile(r"result: \{'Loss': ([\d.e+-]+), 'Top_1_Acc': ([\d.e+-]+), "
                     r"'Top_5_Acc': ([\d.e+-]+)\}, ckpt: '([^']+)', time: ")
-LOSS = re.compile(r"^epoch: (\d+) step: (\d+), loss is ([\d.e+-]+)", re.M)
-LR = re.compile(r"^epoch: (\d+) step: (\d+), lr: ([\d.e+-]+)", re.M)
+# The progress line, the run's one loss line: epoch, step, loss, smoothed loss, lr, images/s, eta.
+PROGRESS = re.compile(r"^epoch: (\d+) step: (\d+), loss: ([\d.e+-]+), loss\(smoothed\): "
+                      r"([\d.e+-]+), lr: ([\d.e+-]+), images/s: ([\d.]+|\?), "
+                      r"eta: ((?:\d+d )?\d\d:\d\d:\d\d|\?)$", re.M)
+LOSS = re.compile(r"^epoch: (\d+) step: (\d+), loss: ([\d.e+-]+),", re.M)
+LR = re.compile(r"^epoch: (\d+) step: (\d+), loss: [^,]+, loss\(smoothed\): [^,]+, "
+                r"lr: ([\d.e+-]+),", re.M)
 
 
 def run_entry(script, *args, cwd=None, timeout=600):
