@@ -29,7 +29,7 @@ def main(argv):
         chunk = files[start:start + batch_size]
         probs = softmax(predictor.logits(preprocess(
             chunk, predictor.meta["dataset"], size, predictor.meta["input_norm"])))
-        labels = read_labels(args.labels, probs.shape[1])
+        labels = read_labels(args.labels, probs.shape[1], predictor.meta.get("class_names"))
         for name, row in zip(chunk, probs):
             top = row.argsort()[::-1][:5]
             print(f"{name}: " + ", ".join(f"{labels[i]} {row[i]:.4f}" for i in top), flush=True)

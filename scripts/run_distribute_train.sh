@@ -6,16 +6,18 @@
 # train_parallel{RANK_ID}/log.txt. msrun's --rank_table_file does not start a rank-table job on
 # MindSpore 2.10 (its own help says so), so this is the env-var launch the zoo uses.
 # If one process fails, the others are stopped and the script exits with its code.
+# EXTRA_ARGS="--key value ..." adds train.py flags; they are checked before any process starts.
 # DRY_RUN=1 prints each planned command and its environment and starts nothing.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 usage_unless 2 3 $# "bash $0 [RANK_TABLE_FILE] [DATA_PATH] [CONFIG_PATH](opt)"
 RANK_TABLE_FILE=$(abspath "$1")
 DATA_PATH=$(abspath "$2")
-CONFIG_PATH=$(abspath "${3:-$ROOT/default_config_imagenet.yaml}")
+CONFIG_PATH=$(abspath "${3:-$DEFAULT_CONFIG}")
 need_path "data path" "$DATA_PATH"
 need_path "config file" "$CONFIG_PATH"
 PLAN=$(cd "$ROOT" && python3 -m src.launch "$RANK_TABLE_FILE") || exit 2
+preflight --config_path "$CONFIG_PATH" --dataset_path "$DATA_PATH" ${EXTRA_ARGS:-}
 RANK_SIZE=$(echo "$PLAN" | wc -l)
 export RANK_TABLE_FILE RANK_SIZE
 
@@ -23,7 +25,7 @@ pids=()
 while read -r RANK_ID DEVICE_ID; do
     dir="$PWD/train_parallel$RANK_ID"
     cmd=(python3 "$ROOT/train.py" --config_path "$CONFIG_PATH" --device_target Ascend
-         --dataset_path "$DATA_PATH" --is_distributed True)
+         --dataset_path "$DATA_PATH" --is_distributed True ${EXTRA_ARGS:-})
     if [ "${DRY_RUN:-0}" = "1" ]; then
         echo "rank $RANK_ID: cd $dir && RANK_TABLE_FILE=$RANK_TABLE_FILE RANK_SIZE=$RANK_SIZE RANK_ID=$RANK_ID DEVICE_ID=$DEVICE_ID ${cmd[*]} > $dir/log.txt"
         continue
@@ -40,10 +42,11 @@ for _ in "${pids[@]}"; do
     if ! wait -n; then
         status=1
         echo "error: a training process failed: stopping the others; see train_parallel*/log.txt" >&2
-        grep -l -E "^error:|Error|Traceback" train_parallel*/log.txt 2>/dev/null | head -1 | xargs -r tail -n 5 >&2
+        show_failure train_parallel*/log.txt
         kill "${pids[@]}" 2>/dev/null || true
         break
     fi
 done
 wait 2>/dev/null || true
+[ "$status" = 0 ] && show_result train_parallel0/log.txt
 exit $status

@@ -4,16 +4,19 @@
 # Runs in ./train_parallel/: msrun's logs are train_parallel/worker_{rank}.log (and
 # scheduler.log), checkpoints train_parallel/output/ckpt_0/ (rank 0 only).
 # When one worker fails, msrun stops the job and this script exits non-zero.
+# EXTRA_ARGS="--key value ..." adds train.py flags; they are checked before msrun starts.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 usage_unless 2 3 $# "bash $0 [DEVICE_NUM] [DATA_PATH] [CONFIG_PATH](opt)"
 DEVICE_NUM=$1
 DATA_PATH=$(abspath "$2")
-CONFIG_PATH=$(abspath "${3:-$ROOT/default_config.yaml}")
+CONFIG_PATH=$(abspath "${3:-$DEFAULT_CONFIG}")
 DEVICE_TARGET=${DEVICE_TARGET:-GPU}
 case "$DEVICE_NUM" in ''|*[!0-9]*|0) echo "error: device count '$DEVICE_NUM' is not a positive integer (DEVICE_NUM): give e.g. 8" >&2; exit 2 ;; esac
 need_path "data path" "$DATA_PATH"
 need_path "config file" "$CONFIG_PATH"
+preflight --config_path "$CONFIG_PATH" --device_target "$DEVICE_TARGET" --dataset_path "$DATA_PATH" \
+    ${EXTRA_ARGS:-}
 PORT=${MASTER_PORT:-$((8118 + RANDOM % 1000))}
 mkdir -p train_parallel
 cd train_parallel
@@ -23,7 +26,8 @@ msrun --worker_num "$DEVICE_NUM" --local_worker_num "$DEVICE_NUM" --master_port 
     "$ROOT/train.py" --config_path "$CONFIG_PATH" --device_target "$DEVICE_TARGET" \
     --dataset_path "$DATA_PATH" --is_distributed True ${EXTRA_ARGS:-} > msrun.log 2>&1 || {
     status=$?
-    echo "error: the job failed (exit $status); the failing worker's last lines:" >&2
-    grep -l -E "^error:|Error|Traceback" worker_*.log 2>/dev/null | head -1 | xargs -r tail -n 5 >&2
+    echo "error: the job failed (exit $status): see $PWD/worker_*.log" >&2
+    show_failure worker_*.log
     exit "$status"
 }
+show_result worker_0.log

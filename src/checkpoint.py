@@ -4,6 +4,7 @@ Every checkpoint we write records the network name, num_classes and layout optio
 export and resume rebuild exactly the network that was trained (the zoo's ShuffleNetV2 eval
 silently built 1.0x whatever the checkpoint).
 """
+import json
 import os
 import re
 import time
@@ -14,6 +15,8 @@ from src.errors import UserError
 from src.models import create_network, family_of, list_networks, options_of, stem_and_head
 
 META_KEYS = ("network", "num_classes", "pool_pad", "shuffle_order", "activation", "layout")
+# The class-folder names of an image-folder run, label order, as a JSON list (infer prints them).
+CLASS_NAMES = "class_names"
 # What eval transforms the network was trained with (see dataset.eval_image_ops).
 PREPROCESS_KEYS = ("dataset", "image_size", "input_norm")
 TRAIN_STATE_KEYS = ("epoch_num", "step_num")
@@ -65,6 +68,8 @@ def read_checkpoint(path: str) -> tuple:
         if key in params:
             value = params.pop(key)
             meta[key] = value if isinstance(value, str) else int(value.asnumpy())
+    if CLASS_NAMES in params:
+        meta[CLASS_NAMES] = json.loads(params.pop(CLASS_NAMES))
     if "network" not in meta:
         meta = identify_network(merge_split_groups(params))
         if meta:
@@ -150,7 +155,8 @@ def meta_for_eval(config, meta: dict, path: str) -> dict:
             raise UserError(f"--{key} {chosen[key]} contradicts the checkpoint's {meta[key]}", path,
                             f"drop --{key}: the checkpoint says which network it holds")
     merged = {**chosen, **meta}
-    keep = ("network", "num_classes") + options_of(merged["network"]) + PREPROCESS_KEYS
+    keep = ("network", "num_classes") + options_of(merged["network"]) + PREPROCESS_KEYS + \
+        (CLASS_NAMES,)
     return {k: merged[k] for k in keep if k in merged}
 
 

@@ -44,6 +44,25 @@ def worker_count(requested: int = 0) -> int:
     return max(1, min(requested or cores, cores))
 
 
+def check_layout(dataset: str, path: str) -> None:
+    """Refuse a data folder laid out for the other ``dataset`` value, naming the right one, before
+    anything expensive starts (a process group, a network, a scan of the images)."""
+    if not os.path.isdir(path) or dataset not in ("cifar10", "imagenet"):
+        return  # a missing folder gets its own error where the data is read
+    folders = [n + "/" for n in ("train",) + EVAL_FOLDERS if os.path.isdir(os.path.join(path, n))]
+    binaries = any(glob.glob(os.path.join(folder, pattern))
+                   for folder in (path, os.path.join(path, "cifar-10-batches-bin"))
+                   for pattern in ("data_batch_*.bin", "test_batch.bin"))
+    if dataset == "cifar10" and folders and not binaries:
+        raise UserError(f"the data folder holds {' and '.join(folders)} (an image-folder data "
+                        "set), not CIFAR-10 binary files", path,
+                        "give --dataset imagenet (default_config_imagenet.yaml sets it)")
+    if dataset == "imagenet" and binaries and not folders:
+        raise UserError("the data folder holds CIFAR-10 binary files (data_batch_*.bin), not "
+                        "train/ and val/ class folders", path,
+                        "give --dataset cifar10 (default_config.yaml sets it)")
+
+
 def cifar10_files(path: str, training: bool) -> list:
     """The CIFAR-10 binary files of one split under ``path`` (or its cifar-10-batches-bin/)."""
     if not os.path.isdir(path):
@@ -96,6 +115,14 @@ def imagenet_folder(path: str, training: bool) -> str:
     if not class_names(folder):
         raise UserError("no class folders", folder, "put each class's images in a folder of its own")
     return folder
+
+
+def dataset_classes(config, training: bool = True):
+    """The class names of an image-folder data set (label i is the i-th), None for the others
+    (CIFAR-10 files carry indices only)."""
+    if config.dataset != "imagenet":
+        return None
+    return class_names(imagenet_folder(config.dataset_path, training))
 
 
 def class_names(folder: str) -> list:

@@ -7,7 +7,7 @@ from mindspore.train import Model
 from src.checkpoint import (build_network, load_weights, meta_for_eval, read_checkpoint,
                             use_checkpoint_preprocess)
 from src.CrossEntropySmooth import CrossEntropySmooth
-from src.dataset import create_dataset
+from src.dataset import check_layout, create_dataset
 from src.device import use_device
 from src.errors import UserError
 
@@ -30,6 +30,7 @@ def evaluate(config) -> dict:
     params, meta = read_checkpoint(config.checkpoint_path)
     meta = meta_for_eval(config, meta, config.checkpoint_path)
     use_checkpoint_preprocess(config, meta)
+    check_layout(config.dataset, config.dataset_path)
     net = build_network(meta, conv_impl=config.conv_impl)
     load_weights(net, params, config.checkpoint_path)
     net.set_train(False)
@@ -39,7 +40,7 @@ def evaluate(config) -> dict:
     model = Model(net, loss_fn=loss, metrics=eval_metrics(meta["num_classes"]))
     started = time.time()
     result = model.eval(dataset, dataset_sink_mode=False)
-    line = (f"result: {result}, ckpt: '{config.checkpoint_path}', "
+    line = (f"result: {result}, network: {meta['network']}, ckpt: '{config.checkpoint_path}', "
             f"time: {time.time() - started:.1f} s")
     print(line, flush=True)
     with open(EVAL_LOG, "a", encoding="utf-8") as log:

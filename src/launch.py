@@ -1,8 +1,11 @@
-"""Launch planning for scripts/run_distribute_train.sh: read and check an Ascend rank table.
+"""What the launch scripts ask before they start workers.
 
-``python -m src.launch RANK_TABLE_FILE`` prints one line per device, ``RANK_ID DEVICE_ID``,
-sorted by rank, or one ``error:`` line and exit code 2 when the table is malformed or disagrees
-with ``RANK_SIZE`` (when that is set).
+- ``python -m src.launch RANK_TABLE_FILE`` (scripts/run_distribute_train.sh) prints one line per
+  device of an Ascend rank table, ``RANK_ID DEVICE_ID``, sorted by rank, or one ``error:`` line
+  and exit code 2 when the table is malformed or disagrees with ``RANK_SIZE`` (when that is set).
+- ``python -m src.launch check TRAIN_ARGS...`` makes the checks train.py makes before it starts
+  anything (the config and its values, the data folder's layout), so a bad argument stops a
+  multi-process job with one line before any worker starts.
 """
 import json
 import os
@@ -39,7 +42,18 @@ def read_rank_table(path: str) -> list:
     return plan
 
 
+def check_train_args(argv) -> None:
+    """train.py's checks that need no device: the config, then the data folder's layout."""
+    from src.dataset import check_layout
+    from src.model_utils.config import get_config
+    config = get_config(argv)
+    check_layout(config.dataset, config.dataset_path)
+
+
 def main(argv):
+    if argv[:1] == ["check"]:
+        check_train_args(argv[1:])
+        return
     if len(argv) != 1:
         raise UserError("usage: python -m src.launch RANK_TABLE_FILE", "command line",
                         "give the rank table path")

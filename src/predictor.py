@@ -107,9 +107,12 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-def read_labels(path: str, num_classes: int) -> list:
-    """Class names, one per line; the class index when no file is given."""
+def read_labels(path: str, num_classes: int, recorded=None) -> list:
+    """Class names: a file's (one per line), else the ones the model recorded (the class folders
+    it was trained on), else the class indices."""
     if not path:
+        if recorded and len(recorded) == num_classes:
+            return list(recorded)
         return [str(i) for i in range(num_classes)]
     if not os.path.isfile(path):
         raise UserError("label file not found", path, "give a text file of one class name a line")

@@ -1,5 +1,6 @@
 """Training: builds data, network, loss, lr, optimizer and callbacks from a config and runs them."""
 import glob
+import json
 import os
 import time
 
@@ -9,10 +10,10 @@ from mindspore import nn
 from mindspore.train import FixedLossScaleManager, Model, TimeMonitor
 
 from src.callbacks import EpochCheckpoint, EvalMonitor, NonFiniteLossGuard, ProgressMonitor
-from src.checkpoint import (build_network, load_weights, network_meta, partial_path,
+from src.checkpoint import (CLASS_NAMES, build_network, load_weights, network_meta, partial_path,
                             read_checkpoint)
 from src.CrossEntropySmooth import CrossEntropySmooth
-from src.dataset import create_dataset
+from src.dataset import check_layout, create_dataset, dataset_classes
 from src.device import use_device
 from src.errors import UserError, writable_folder
 from src.evaluator import eval_metrics
@@ -77,6 +78,7 @@ def newest_loadable_checkpoint(directory: str, network: str) -> str:
 
 def train(config) -> str:
     """Train ``config.network`` as ``config`` says; returns the checkpoint folder."""
+    check_layout(config.dataset, config.dataset_path)  # before a process group starts
     rank, group_size = set_up(config)
     ckpt_dir = checkpoint_dir(config, rank)
     if rank == 0:  # the rank that writes checkpoints, metrics and curves
@@ -104,6 +106,11 @@ def train(config) -> str:
 
     if config.pretrained:
         pretrained, pretrained_meta = read_checkpoint(config.pretrained)
+        if pretrained_meta.get("network", config.network) != config.network:
+            raise UserError(f"checkpoint is of {pretrained_meta['network']}, not "
+                            f"{config.network}", config.pretrained,
+                            f"give --network {pretrained_meta['network']} to fine-tune it, or a "
+                            f"checkpoint of {config.network}")
         # The weights need the layout and the pixels they were trained with.
         for key in options_of(config.network) + ("input_norm",):
             value = pretrained_meta.get(key, getattr(config, key))
@@ -113,6 +120,9 @@ def train(config) -> str:
     dataset = create_dataset(config, training=True, rank_id=rank, rank_size=group_size)
     steps = dataset.get_dataset_size()
     meta = network_meta(config)
+    classes = dataset_classes(config, training=True)
+    if classes:
+        meta[CLASS_NAMES] = json.dumps(classes)
     net = build_network(meta, conv_impl=config.conv_impl)
     if config.pretrained:
         load_weights(net, pretrained, config.pretrained, skip=("classifier",))

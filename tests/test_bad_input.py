@@ -65,6 +65,14 @@ CASES = {
         "2 of 8 files are not whole images"),
     "batch larger than the data": (lambda w: train(w, "--batch_size", "64"),
                                    "batch size 64 is larger than the 32 images"),
+    "image folders given to a cifar10 config": (
+        lambda w: train(w, "--dataset_path", w["images"]),
+        "holds train/ and val/ (an image-folder data set), not CIFAR-10 binary files"),
+    "cifar files given to an imagenet config": (
+        lambda w: train(w, "--dataset", "imagenet"), "give --dataset cifar10"),
+    "eval of image folders with a cifar10 config": (
+        lambda w: ("eval.py", "--checkpoint_path", w["ckpt"], "--dataset_path", w["images"]),
+        "give --dataset imagenet"),
     # checkpoints
     "no checkpoint given": (lambda w: ("eval.py", "--dataset_path", w["cifar"]),
                             "no checkpoint given"),
@@ -84,6 +92,9 @@ CASES = {
     "checkpoint of another num_classes": (
         lambda w: train(w, "--num_classes", "7", "--resume", w["ckpt"]),
         "trained for 4 classes, not 7: use --pretrained"),
+    "pretrained checkpoint of another network": (
+        lambda w: train(w, "--network", "mobilenet_v1_025", "--pretrained", w["ckpt"]),
+        f"checkpoint is of {NET}, not mobilenet_v1_025"),
     "eval network contradicts checkpoint": (
         lambda w: ("eval.py", "--checkpoint_path", w["ckpt"], "--network", "mobilenet_v1_025",
                    "--dataset_path", w["cifar"]), "contradicts the checkpoint's"),

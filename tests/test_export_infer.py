@@ -97,3 +97,23 @@ def test_every_variant_exports_to_onnx_and_mindir_with_the_fast_layers_logits(tm
     tolerance = 1e-4 * np.abs(expected).max()
     assert np.abs(onnx_logits - expected).max() <= tolerance, name
     assert np.abs(mindir_logits - expected).max() <= tolerance, name
+
+
+def test_class_names_reach_the_export_and_infer(tmp_path, photos, cli):
+    """A checkpoint of an image-folder run records its class folders; the export's sidecar keeps
+    them and infer.py prints them (not indices) for the checkpoint and for the exported file."""
+    names = ["cat", "dog", "bird", "fish"]
+    ckpt = saved_checkpoint(tmp_path / "mobilenet_v1_025-1_2.ckpt", "mobilenet_v1_025",
+                            num_classes=4, dataset="imagenet", class_names=json.dumps(names))
+    result = cli("export.py", "--checkpoint_path", ckpt, "--file_format", "ONNX", "--file_name",
+                 tmp_path / "pets")
+    assert result.returncode == 0, result.stderr
+    assert json.load(open(tmp_path / "pets.onnx.json"))["class_names"] == names
+    for model in (ckpt, tmp_path / "pets.onnx"):
+        result = cli("infer.py", "--model", model, *photos)
+        assert result.returncode == 0, result.stderr
+        lines = [l for l in result.stdout.splitlines() if l.startswith(tuple(photos))]
+        assert len(lines) == len(photos)
+        for line in lines:
+            top = [entry.split()[0] for entry in line.split(": ", 1)[1].split(", ")]
+            assert sorted(top) == sorted(names), line

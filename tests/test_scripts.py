@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.helpers import ROOT, write_cifar_folder
+from tests.helpers import ROOT, write_cifar_folder, write_image_folder
 
 pytestmark = pytest.mark.slow
 SMALL = ["--network", "shufflenet_v2_x0_5", "--num_classes", "4", "--epoch_size", "2",
@@ -110,6 +110,20 @@ def test_script_arguments_are_checked(tmp_path):
     assert proc.returncode == 2 and "model not found" in proc.stderr
 
 
+def test_an_image_folder_to_the_cifar_default_is_refused_before_any_worker(tmp_path):
+    """Every script's default config is CIFAR-10's; an ImageNet-style folder is refused in one line
+    naming the right dataset value, before msrun starts a worker."""
+    images = write_image_folder(str(tmp_path / "imgs"), per_class=1, classes=2)
+    started = time.time()
+    proc = run_script("run_distribute_train_cpu.sh", 2, images, cwd=tmp_path,
+                      env={"EXTRA_ARGS": "--epoch_size 1"})
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stdout + proc.stderr
+    assert lines[0].startswith("error: ") and "give --dataset imagenet" in lines[0]
+    assert not (tmp_path / "train_parallel").exists()
+    assert time.time() - started < 60
+
+
 def test_killing_one_worker_fails_the_job_quickly(tmp_path):
     data = write_cifar_folder(str(tmp_path / "cifar"), train_count=64, test_count=8)
     args = SMALL[:]
@@ -145,10 +159,14 @@ def test_standalone_train_then_eval_scripts(tmp_path):
     config = tmp_path / "tiny.yaml"
     config.write_text("network: shufflenet_v2_x0_5\nnum_classes: 4\nepoch_size: 1\n"
                       "batch_size: 8\noutput_path: output\nlog_interval: 1\n")
-    proc = run_script("run_standalone_train.sh", "CPU", data, config, cwd=tmp_path)
+    proc = run_script("run_standalone_train.sh", "CPU", data, config, cwd=tmp_path,
+                      env={"EXTRA_ARGS": "--seed 3"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"log: {tmp_path}/train_standalone/log.txt" in proc.stdout
     ckpt = tmp_path / "train_standalone" / "output" / "ckpt_0" / "shufflenet_v2_x0_5-1_4.ckpt"
+    # It ends saying where the checkpoints went.
+    assert proc.stdout.splitlines()[-1].startswith(
+        "train: finished shufflenet_v2_x0_5 epochs 1..1") and str(ckpt) in proc.stdout
     assert ckpt.exists() and "loss: " in (tmp_path / "train_standalone" / "log.txt").read_text()
     proc = run_script("run_eval.sh", "CPU", data, ckpt, config, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr

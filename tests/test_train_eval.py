@@ -38,7 +38,8 @@ def check_eval(tmp_path, ckpt, *args):
     assert proc.returncode == 0, proc.stderr[-3000:]
     match = RESULT.search(proc.stdout)
     assert match, proc.stdout
-    loss, top1, top5, path = match.groups()
+    loss, top1, top5, network, path = match.groups()
+    assert network == NET
     assert path == ckpt and 0.0 <= float(top1) <= float(top5) <= 1.0
     assert np.isfinite(float(loss))
     assert RESULT.search((tmp_path / "eval_log.txt").read_text())
@@ -89,6 +90,8 @@ def test_image_folder_train_and_eval(tmp_path):
     proc = run_entry("train.py", *COMMON, "--dataset", "imagenet", "--dataset_path", root,
                      "--num_classes", "3", "--epoch_size", "3", "--output_path", out)
     check_trained(proc, out / "ckpt_0", epochs=3, steps=4)
+    _, meta = read_checkpoint(str(out / "ckpt_0" / f"{NET}-3_4.ckpt"))
+    assert meta["class_names"] == ["class_0", "class_1", "class_2"]  # the class folders
     check_eval(tmp_path, str(out / "ckpt_0" / f"{NET}-3_4.ckpt"), "--dataset", "imagenet",
                "--dataset_path", root)
 
@@ -136,3 +139,8 @@ def test_watchable_run_progress_metrics_curves_best(tmp_path):
     best_epoch = max(evals, key=lambda row: (row[1], -row[0]))[0]
     _, meta = read_checkpoint(str(folder / f"{NET}-best.ckpt"))
     assert meta["epoch_num"] == best_epoch
+    # The run ends with its best top-1, that epoch and the best checkpoint's path.
+    best = max(t1 for _, t1, _ in evals)
+    assert re.fullmatch(rf"train: finished {NET} epochs 1\.\.4 in [\d.]+ s; best top-1 "
+                        rf"{best:.4f} at epoch {best_epoch}: "
+                        + re.escape(str(folder / f"{NET}-best.ckpt")), proc.stdout.splitlines()[-1])
