@@ -251,8 +251,9 @@ def create_dataset(config, training: bool, rank_id: int = 0, rank_size: int = 1,
         if training:
             ops = [V.RandomCropDecodeResize(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)),
                    V.RandomHorizontalFlip(0.5)]
-            if config.network.startswith("shufflenet"):
-                ops.append(V.RandomColorAdjust(0.4, 0.4, 0.4))
+            if config.color_jitter:
+                jitter = config.color_jitter
+                ops.append(V.RandomColorAdjust(jitter, jitter, jitter))
             ops += normalize_ops(config.input_norm)
         else:
             ops = [V.Decode()] + eval_image_ops("imagenet", size, config.input_norm)

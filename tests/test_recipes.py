@@ -43,3 +43,22 @@ def test_recipe_holds_its_sources_numbers_and_builds(name):
     assert np.all(lr >= 0)
     net = create_network(config.network, num_classes=config.num_classes)
     assert net.classifier.weight.shape[0] == config.num_classes
+
+
+def test_imagenet_default_is_the_zoo_recipe_with_its_lr_scaled():
+    """default_config_imagenet.yaml is the zoo ShuffleNetV1 recipe in float32: the same values but
+    amp_level, and its lr follows the global batch (lr 0.5 at batch 1024 diverged at batch 16)."""
+    default = vars(get_config(["--config_path", "default_config_imagenet.yaml"]))
+    recipe = vars(get_config(["--config_path", "configs/shufflenet_v1_g3_20_zoo_imagenet.yaml"]))
+    differ = {k for k in recipe if recipe[k] != default[k]} - {"config_path", "explicit"}
+    assert differ <= {"amp_level", "dataset_path", "keep_checkpoint_max", "eval_batch_size"}, \
+        differ
+    assert default["amp_level"] == "O0"
+    assert (default["lr_scaling"], default["lr_base_batch"]) == ("linear", 1024)
+    assert default["color_jitter"] == 0.4
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_shufflenet_recipes_jitter_colours_and_mobilenet_ones_do_not(name):
+    config = get_config(["--config_path", f"configs/{name}"])
+    assert config.color_jitter == (0.4 if config.network.startswith("shufflenet") else 0.0)

@@ -18,7 +18,7 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
 
 # Keys whose values are real numbers even where a yaml writes them as 0 or 1.
 FLOAT_KEYS = {"lr_init", "lr_max", "lr_end", "warmup_epochs", "momentum", "weight_decay",
-              "label_smooth_factor", "loss_scale", "bad_image_limit"}
+              "label_smooth_factor", "loss_scale", "bad_image_limit", "color_jitter"}
 
 
 def _networks():
@@ -61,6 +61,7 @@ RULES = {
     "loss_scale": ("range", 1.0, None, True),
     "seed": ("range", 0, None, True),
     "bad_image_limit": ("range", 0.0, 1.0, True),
+    "color_jitter": ("range", 0.0, 1.0, True),
 }
 
 
