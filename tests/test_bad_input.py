@@ -37,6 +37,11 @@ def world(tmp_path_factory):
             f.write(whole[:len(whole) // 2] if i == 0 else b"<html>404</html>")
     paths["images"] = images
     (root / "a_file").write_text("x")
+    for name, text in (("yaml_list", b"batch_size: [16, 32]\n"),
+                       ("yaml_latin1", "network: caf\xe9\n".encode("latin-1")),
+                       ("yaml_twice", b"lr_max: 0.1\nlr_max: 0.2\n")):
+        (root / f"{name}.yaml").write_bytes(text)
+        paths[name] = str(root / f"{name}.yaml")
     paths["root"] = str(root)
     return paths
 
@@ -105,6 +110,22 @@ CASES = {
     "batch size 0": (lambda w: train(w, "--batch_size", "0"), "batch_size"),
     "negative lr": (lambda w: train(w, "--lr_max", "-0.1"), "lr_max"),
     "smoothing 1": (lambda w: ("eval.py", "--label_smooth_factor", "1.0"), "label_smooth_factor"),
+    "NaN in a float key": (lambda w: train(w, "--momentum", "nan"),
+                           "momentum must be a finite number"),
+    "Inf loss scale": (lambda w: train(w, "--loss_scale", "inf"), "loss_scale must be a finite"),
+    "seed past 32 bits": (lambda w: train(w, "--seed", "4294967296"), "seed = 4294967296"),
+    "image size not a multiple of 32": (lambda w: train(w, "--image_size", "33"),
+                                        "a multiple of 32"),
+    "image size too large": (lambda w: train(w, "--image_size", "100000"),
+                             "image_size = 100000 is out of range"),
+    "eval batch 0": (lambda w: ("eval.py", "--checkpoint_path", w["ckpt"], "--dataset_path",
+                                w["cifar"], "--eval_batch_size", "0"), "eval_batch_size = 0"),
+    "yaml value a list": (lambda w: train(w, "--config_path", w["yaml_list"]),
+                          "batch_size must be an integer, got [16, 32]"),
+    "yaml not UTF-8": (lambda w: train(w, "--config_path", w["yaml_latin1"]),
+                       "config is not UTF-8 text"),
+    "yaml key twice": (lambda w: train(w, "--config_path", w["yaml_twice"]),
+                       "key 'lr_max' is written twice"),
     # output, device, export
     "output folder not writable": (
         lambda w: train(w, "--output_path", os.path.join(w["root"], "a_file", "run")),

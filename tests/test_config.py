@@ -1,4 +1,6 @@
 """The config loader: types, flags, refusals; and the command line's one-line errors."""
+import re
+
 import pytest
 
 from src.errors import UserError
@@ -38,11 +40,51 @@ def test_other_yaml_overrides_the_defaults():
     (["--label_smooth_factor", "1.0"], "label_smooth_factor = 1.0 is out of range"),
     (["--amp_level", "O4"], "amp_level 'O4' is not allowed"),
     (["--network", "shufflenet_v2_x3_0"], "network 'shufflenet_v2_x3_0' is not allowed"),
+    # NaN and Inf compare false with every bound: refused as not finite, for every float key.
+    (["--momentum", "nan"], "momentum must be a finite number, got 'nan'"),
+    (["--warmup_epochs", "nan"], "warmup_epochs must be a finite number"),
+    (["--weight_decay", "nan"], "weight_decay must be a finite number"),
+    (["--loss_scale", "inf"], "loss_scale must be a finite number"),
+    (["--lr_max", "1e400"], "lr_max must be a finite number"),
+    (["--epoch_size", "nan"], "epoch_size must be an integer"),
+    (["--seed", "4294967296"], "seed = 4294967296 is out of range"),
+    (["--seed", "-1"], "seed = -1 is out of range"),
+    (["--image_size", "100000"], "image_size = 100000 is out of range"),
+    (["--image_size", "33"], "a multiple of 32"),
+    (["--eval_batch_size", "0"], "eval_batch_size = 0 is out of range"),
+    (["--color_jitter", "2"], "color_jitter = 2.0 is out of range"),
 ])
 def test_bad_values_are_refused_naming_the_key(argv, message):
     with pytest.raises(UserError, match=message) as err:
         get_config(argv)
     assert err.value.line().startswith("error: ")
+
+
+def test_every_number_and_choice_has_a_rule():
+    """One rule table: a numeric key without a rule would take NaN, 0 or -1 silently."""
+    from src.model_utils.config import RULES, Range
+    config = vars(get_config([]))
+    numeric = {k for k, v in config.items() if isinstance(v, (int, float))
+               and not isinstance(v, bool)}
+    assert numeric <= {k for k, rule in RULES.items() if isinstance(rule, Range)}, \
+        numeric - set(RULES)
+    assert get_config(["--seed", str(2 ** 32 - 1), "--image_size", "1024"]).seed == 2 ** 32 - 1
+
+
+@pytest.mark.parametrize("text, message", [
+    (b"batch_size: [16, 32]\n", "batch_size must be an integer, got [16, 32]"),
+    (b"lr_max: {a: 1}\n", "lr_max must be a finite number, got {'a': 1}"),
+    (b"dataset_path: [a, b]\n", "dataset_path must be one text value"),
+    (b"lr_max: .nan\n", "lr_max must be a finite number"),
+    ("network: caf\xe9\n".encode("latin-1"), "config is not UTF-8 text (byte 0xe9"),
+    (b"lr_max: 0.1\nepoch_size: 3\nlr_max: 0.2\n", "key 'lr_max' is written twice (line 3)"),
+])
+def test_yaml_values_of_the_wrong_kind_are_refused(tmp_path, text, message):
+    path = tmp_path / "my.yaml"
+    path.write_bytes(text)
+    with pytest.raises(UserError, match=re.escape(message)) as err:
+        get_config(["--config_path", str(path)])
+    assert err.value.where == str(path)
 
 
 def test_unknown_key_in_a_yaml_is_refused(tmp_path):

@@ -6,8 +6,10 @@ see FLOAT_KEYS), and every value is checked against RULES; an unknown key, a wro
 an out-of-range value or a bad choice raises UserError naming the key and what is allowed.
 """
 import argparse
+import math
 import os
 from types import SimpleNamespace
+from typing import NamedTuple, Optional
 
 import yaml
 
@@ -26,42 +28,61 @@ def _networks():
     return list_networks()
 
 
-# key -> ("choice", allowed values) or ("range", low, high, high_inclusive).
+class Choice(NamedTuple):
+    """The value must be one of ``values`` (or of what calling it returns)."""
+    values: object
+
+
+class Range(NamedTuple):
+    """low <= value <= high (value < high when not high_inclusive), and a multiple of
+    ``multiple``; high None is unbounded."""
+    low: float
+    high: Optional[float] = None
+    high_inclusive: bool = True
+    multiple: int = 1
+
+
+# The largest image side a run takes (a multiple of 32, as the networks' five stride-2 stages
+# need): 1024 is 21x the pixels of ImageNet's 224; beyond it a batch outgrows most memory.
+MAX_IMAGE_SIZE = 1024
+
+# Every key that is not free text has a rule (tests check that each number and choice does).
 RULES = {
-    "device_target": ("choice", ("Ascend", "GPU", "CPU")),
-    "dataset": ("choice", ("cifar10", "imagenet", "synthetic")),
-    "network": ("choice", _networks),
-    "pool_pad": ("choice", ("pad", "same")),
-    "shuffle_order": ("choice", ("paper", "megvii")),
-    "activation": ("choice", ("relu", "relu6")),
-    "layout": ("choice", ("megvii", "torchvision")),
-    "conv_impl": ("choice", ("auto", "standard", "fast", "split", "native")),
-    "input_norm": ("choice", ("imagenet", "megvii_bgr", "inception")),
-    "lr_decay_mode": ("choice", ("steps", "poly", "cosine", "linear")),
-    "amp_level": ("choice", ("O0", "O1", "O2", "O3")),
-    "lr_scaling": ("choice", ("none", "linear")),
-    "lr_base_batch": ("range", 0, None, True),
-    "eval_interval": ("range", 0, None, True),
-    "num_classes": ("range", 1, None, True),
-    "image_size": ("range", 32, None, True),
-    "batch_size": ("range", 1, None, True),
-    "epoch_size": ("range", 1, None, True),
-    "num_parallel_workers": ("range", 0, None, True),
-    "synthetic_size": ("range", 1, None, True),
-    "save_checkpoint_epochs": ("range", 1, None, True),
-    "keep_checkpoint_max": ("range", 1, None, True),
-    "log_interval": ("range", 1, None, True),
-    "lr_init": ("range", 0.0, None, True),
-    "lr_max": ("range", 0.0, None, True),
-    "lr_end": ("range", 0.0, None, True),
-    "warmup_epochs": ("range", 0.0, None, True),
-    "momentum": ("range", 0.0, 1.0, True),
-    "weight_decay": ("range", 0.0, None, True),
-    "label_smooth_factor": ("range", 0.0, 1.0, False),
-    "loss_scale": ("range", 1.0, None, True),
-    "seed": ("range", 0, None, True),
-    "bad_image_limit": ("range", 0.0, 1.0, True),
-    "color_jitter": ("range", 0.0, 1.0, True),
+    "device_target": Choice(("Ascend", "GPU", "CPU")),
+    "dataset": Choice(("cifar10", "imagenet", "synthetic")),
+    "network": Choice(_networks),
+    "pool_pad": Choice(("pad", "same")),
+    "shuffle_order": Choice(("paper", "megvii")),
+    "activation": Choice(("relu", "relu6")),
+    "layout": Choice(("megvii", "torchvision")),
+    "conv_impl": Choice(("auto", "standard", "fast", "split", "native")),
+    "input_norm": Choice(("imagenet", "megvii_bgr", "inception")),
+    "lr_decay_mode": Choice(("steps", "poly", "cosine", "linear")),
+    "amp_level": Choice(("O0", "O1", "O2", "O3")),
+    "lr_scaling": Choice(("none", "linear")),
+    "seed": Range(0, 2 ** 32 - 1),  # numpy's and MindSpore's seeds are unsigned 32-bit
+    "log_interval": Range(1),
+    "image_size": Range(32, MAX_IMAGE_SIZE, multiple=32),
+    "num_parallel_workers": Range(0),
+    "synthetic_size": Range(1),
+    "bad_image_limit": Range(0.0, 1.0),
+    "color_jitter": Range(0.0, 1.0),
+    "num_classes": Range(1),
+    "epoch_size": Range(1),
+    "batch_size": Range(1),
+    "lr_init": Range(0.0),
+    "lr_max": Range(0.0),
+    "lr_end": Range(0.0),
+    "warmup_epochs": Range(0.0),
+    "momentum": Range(0.0, 1.0),
+    "weight_decay": Range(0.0),
+    "label_smooth_factor": Range(0.0, 1.0, high_inclusive=False),
+    "loss_scale": Range(1.0),
+    "save_checkpoint_epochs": Range(1),
+    "keep_checkpoint_max": Range(1),
+    "lr_base_batch": Range(0),
+    "eval_interval": Range(0),
+    "eval_batch_size": Range(1),
 }
 
 
@@ -87,6 +108,8 @@ def _kind(key, default):
 def _convert(key, value, kind, where):
     """Turn a yaml or command-line value into ``kind``, or raise a UserError."""
     try:
+        if isinstance(value, (list, dict)):  # no key takes a yaml list or mapping
+            raise ValueError(value)
         if kind is bool:
             if isinstance(value, bool):
                 return value
@@ -96,36 +119,38 @@ def _convert(key, value, kind, where):
                 raise ValueError(value)
             return int(str(value)) if not isinstance(value, (int, float)) else int(value)
         if kind is float:
-            if isinstance(value, bool):
-                raise ValueError(value)
+            if isinstance(value, bool) or not math.isfinite(float(value)):
+                raise ValueError(value)  # NaN and Inf compare false with every bound
             return float(value)
         return "" if value is None else str(value)
-    except ValueError:
-        allowed = {bool: "True or False", int: "an integer", float: "a number"}[kind]
+    except (ValueError, TypeError):
+        allowed = {bool: "True or False", int: "an integer", float: "a finite number",
+                   str: "one text value"}[kind]
+        flag = f"--{key}" if where.startswith("--") else key
         raise UserError(f"{key} must be {allowed}, got {value!r}", where,
-                        f"give --{key} {allowed}") from None
+                        f"give {flag} {allowed}") from None
 
 
 def check_value(key, value, where=""):
     """Raise UserError if ``value`` breaks the rule for ``key``."""
     rule = RULES.get(key)
-    if rule is None:
-        return
-    if rule[0] == "choice":
-        allowed = rule[1]() if callable(rule[1]) else rule[1]
+    if isinstance(rule, Choice):
+        allowed = rule.values() if callable(rule.values) else rule.values
         if value not in allowed:
             shown = ", ".join(allowed) if len(allowed) <= 8 else \
                 f"{_close(str(value), allowed).replace('--', '')} or another of the " \
                 f"{len(allowed)} names `python -m src.models.complexity` lists"
             raise UserError(f"{key} {value!r} is not allowed", where, f"choose {shown}")
-        return
-    _, low, high, high_inclusive = rule
-    too_high = high is not None and (value > high if high_inclusive else value >= high)
-    if value < low or too_high:
-        bound = f"at least {low}"
-        if high is not None:
-            bound += f" and {'at most' if high_inclusive else 'below'} {high}"
-        raise UserError(f"{key} = {value} is out of range", where, f"give a value {bound}")
+    elif isinstance(rule, Range):
+        too_high = rule.high is not None and (
+            value > rule.high if rule.high_inclusive else value >= rule.high)
+        if value < rule.low or too_high or (rule.multiple > 1 and value % rule.multiple):
+            bound = f"at least {rule.low}"
+            if rule.high is not None:
+                bound += f" and {'at most' if rule.high_inclusive else 'below'} {rule.high}"
+            if rule.multiple > 1:
+                bound = f"a multiple of {rule.multiple}, {bound}"
+            raise UserError(f"{key} = {value} is out of range", where, f"give a value {bound}")
 
 
 def _close(key, keys) -> str:
@@ -134,13 +159,37 @@ def _close(key, keys) -> str:
     return ", ".join(f"--{k}" for k in close) if close else "see --help"
 
 
+class _RepeatedKey(Exception):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's safe loader, except that a key written twice in one mapping is an error (plain
+    yaml keeps the last value without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise _RepeatedKey(f"key {key!r} is written twice (line "
+                                   f"{key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def load_yaml(path):
     """(values, help) from a config yaml; UserError if it is missing or malformed."""
     if not os.path.isfile(path):
         raise UserError("config file not found", path, "give --config_path an existing yaml")
     try:
         with open(path, encoding="utf-8") as f:
-            docs = [d for d in yaml.safe_load_all(f)]
+            docs = list(yaml.load_all(f, Loader=_UniqueKeyLoader))
+    except UnicodeDecodeError as err:
+        raise UserError(f"config is not UTF-8 text (byte {err.object[err.start]:#04x} at "
+                        f"offset {err.start})", path, "save the yaml as UTF-8") from None
+    except _RepeatedKey as err:
+        raise UserError(f"config {err}", path, "keep one of the two values") from None
     except yaml.YAMLError as err:
         raise UserError(f"config is not valid yaml: {str(err).splitlines()[0]}", path,
                         "fix the yaml syntax") from None
@@ -174,20 +223,13 @@ def get_config(argv=None, config_path=None):
         values = {**values, **overrides}
         helps = {**helps, **more_help}
 
-    config = {}
-    for key, value in values.items():
-        if isinstance(value, (dict, list)):
-            config[key] = value
-            continue
-        config[key] = _convert(key, value, kinds[key], path)
+    config = {key: _convert(key, value, kinds[key], path) for key, value in values.items()}
 
     parser = argparse.ArgumentParser(
         description=f"Every key of {os.path.basename(path)} is a flag.", add_help=True,
         allow_abbrev=False)
     parser.add_argument("--config_path", default=path, help="the yaml to start from")
     for key, value in config.items():
-        if isinstance(value, (dict, list)):
-            continue
         # argparse formats help with %: a literal one (the yaml's "1%") must be doubled.
         text = f"{helps.get(key, '')} (default: {value})".replace("%", "%%")
         parser.add_argument(f"--{key}", dest=key, default=None, metavar=kinds[key].__name__,
