@@ -10,7 +10,7 @@ from src.errors import ArgumentParser, run_main
 
 def main(argv):
     from src.device import use_device
-    from src.model_utils.config import get_config
+    from src.model_utils.config import get_config, split_config_args
     from src.predictor import Predictor, image_files, preprocess, read_labels, softmax
 
     parser = ArgumentParser(description=__doc__, allow_abbrev=False)
@@ -18,8 +18,9 @@ def main(argv):
     parser.add_argument("--labels", default="", help="text file: one class name per line")
     parser.add_argument("--batch_size", type=int, default=8, help="images per forward pass")
     parser.add_argument("images", nargs="+", help="image files or folders")
-    args, rest = parser.parse_known_args(argv)
-    config = get_config(rest)
+    config_args, rest = split_config_args(argv)  # config keys may stand anywhere on the line
+    args = parser.parse_args(rest)
+    config = get_config(config_args)
     use_device(config.device_target)
     predictor = Predictor(args.model, config)
     files = image_files(args.images)

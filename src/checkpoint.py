@@ -4,12 +4,17 @@ Every checkpoint we write records the network name, num_classes and layout optio
 export and resume rebuild exactly the network that was trained (the zoo's ShuffleNetV2 eval
 silently built 1.0x whatever the checkpoint).
 """
+import contextlib
+import errno
 import json
+import logging
 import os
 import re
+import shutil
 import time
 
 import mindspore as ms
+import numpy as np
 
 from src.errors import UserError
 from src.models import create_network, family_of, list_networks, options_of, stem_and_head
@@ -116,7 +121,8 @@ def identify_network(params: dict) -> dict:
 def load_weights(net, params: dict, path: str, skip=()) -> None:
     """Load ``params`` into ``net``, every parameter of it except those starting with ``skip``.
 
-    Refuses, naming the first offending parameter, when one is missing or has another shape.
+    Refuses, naming the first offending parameter, when one is missing, has another shape or
+    holds NaN or Inf.
     """
     wanted = {p.name: p for p in net.get_parameters() if not p.name.startswith(tuple(skip))}
     for name, param in wanted.items():
@@ -130,6 +136,11 @@ def load_weights(net, params: dict, path: str, skip=()) -> None:
                         f"{param.shape[0]}: use --pretrained to fine-tune it with a new head")
             raise UserError(f"parameter {name!r} has shape {tuple(params[name].shape)} in the "
                             f"checkpoint but {tuple(param.shape)} in the network", path, hint)
+    broken = [name for name in wanted if not np.isfinite(params[name].asnumpy()).all()]
+    if broken:
+        more = f" and {len(broken) - 1} more" if len(broken) > 1 else ""
+        raise UserError(f"checkpoint holds NaN or Inf weights ({broken[0]!r}{more})", path,
+                        "use an earlier checkpoint of the run: this one would give NaN scores")
     ms.load_param_into_net(net, {n: params[n] for n in wanted}, strict_load=True)
 
 
@@ -172,15 +183,56 @@ def save_atomically(network, path: str, append: dict) -> None:
     The weights go to ``.partial-<name>`` beside it (hidden, so no glob of checkpoints sees it),
     are flushed to disk, and only then renamed to ``path``
     (a rename within a folder is atomic), so a run killed at any moment leaves every earlier
-    checkpoint, and this one if it exists, loadable. Test hook: with the environment variable
-    ZOO_TEST_HANG_IN_SAVE=E the save of epoch E stops for 10 minutes between the write and the
-    rename, so a test can kill the run inside the save.
+    checkpoint, and this one if it exists, loadable. A full disk or another write error is one
+    UserError naming the folder (and the free and needed space), with nothing half-written left
+    behind. Test hook: with the environment variable ZOO_TEST_HANG_IN_SAVE=E the save of epoch E
+    stops for 10 minutes between the write and the rename, so a test can kill the run inside
+    the save.
     """
     tmp = partial_path(path)
-    ms.save_checkpoint(network, tmp, append_dict=append)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
+    try:
+        with _mindspore_log_muted():  # it logs a CRITICAL line of its own before raising
+            ms.save_checkpoint(network, tmp, append_dict=append)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+    except OSError as err:
+        for leftover in (tmp, os.path.splitext(tmp)[0] + ".tmp"):  # ours, and MindSpore's own
+            if os.path.exists(leftover):
+                os.remove(leftover)
+        raise write_error(err, path, checkpoint_bytes(network)) from err
     if os.environ.get("ZOO_TEST_HANG_IN_SAVE") == str(append.get("epoch_num")):
         print(f"test hook: hanging inside the save of {tmp}", flush=True)
         time.sleep(600)
     os.replace(tmp, path)
+
+
+def write_error(err: OSError, path: str, needed: int) -> UserError:
+    """The one line for a file that could not be written: for a full disk, the folder, its free
+    space and what the file needs."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if err.errno == errno.ENOSPC:
+        free = shutil.disk_usage(folder).free
+        return UserError(f"disk full writing {os.path.basename(path)}: {free / 2**20:.1f} MB free, "
+                         f"about {needed / 2**20:.1f} MB needed", folder,
+                         "free that much space (what was saved before is whole and loads) or "
+                         "give another folder, then --resume auto")
+    return UserError(f"cannot write {os.path.basename(path)} ({err.strerror})", folder,
+                     "give a folder you can write to")
+
+
+def checkpoint_bytes(network) -> int:
+    """About what a checkpoint of ``network`` (a Cell, or a list of {"name", "data"}) takes."""
+    tensors = [p["data"] for p in network] if isinstance(network, list) else \
+        network.get_parameters()
+    return sum(int(np.prod(t.shape)) * t.itemsize for t in tensors)
+
+
+@contextlib.contextmanager
+def _mindspore_log_muted():
+    """Silence MindSpore's Python logger (named ME.mindspore.log.<pid> in 2.10) for a moment."""
+    log = logging.getLogger(f"ME.mindspore.log.{os.getpid()}")
+    was, log.disabled = log.disabled, True
+    try:
+        yield
+    finally:
+        log.disabled = was

@@ -223,6 +223,10 @@ def convert_command(argv) -> str:
     parser.add_argument("checkpoint", help="the PyTorch .pth / .pth.tar file")
     parser.add_argument("output", help="the MindSpore .ckpt to write")
     args = parser.parse_args(argv)
+    if not args.output.endswith(".ckpt"):
+        raise UserError("the output name does not end in .ckpt", args.output,
+                        "give a name like shufflenet_v2_x1_0_tv.ckpt: MindSpore reads only "
+                        ".ckpt files (nothing was written)")
     params, meta = convert(read_torch_state(args.checkpoint), args.source, args.network,
                            args.checkpoint)
     write_converted(params, meta, args.output)

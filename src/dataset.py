@@ -6,6 +6,7 @@ bytes per record), because ``mindspore.dataset.Cifar10Dataset`` accepts only fil
 """
 import glob
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import mindspore.dataset as ds
@@ -13,6 +14,7 @@ import mindspore.dataset.transforms as T
 import mindspore.dataset.vision as V
 import numpy as np
 from mindspore.common import dtype as mstype
+from PIL import Image
 
 from src.errors import UserError
 
@@ -77,8 +79,10 @@ def cifar10_files(path: str, training: bool) -> list:
                     "give --dataset_path the folder of the CIFAR-10 binary version")
 
 
-def read_cifar10(files) -> tuple:
-    """(images uint8 (N, 32, 32, 3), labels int32 (N,)) from CIFAR-10 binary files."""
+def read_cifar10(files, num_classes: int = 256) -> tuple:
+    """(images uint8 (N, 32, 32, 3), labels int32 (N,)) from CIFAR-10 binary files; UserError
+    for a file that is not whole records or holds a label the network has no class for (such
+    samples would add no loss and train nothing, without a word)."""
     images, labels = [], []
     for name in files:
         raw = np.fromfile(name, dtype=np.uint8)
@@ -87,6 +91,13 @@ def read_cifar10(files) -> tuple:
                             f"{CIFAR_RECORD}-byte records", name,
                             "replace the truncated or foreign file with the real binary batch")
         records = raw.reshape(-1, CIFAR_RECORD)
+        outside = int((records[:, 0] >= num_classes).sum())
+        if outside:
+            raise UserError(f"{outside} of {len(records)} records have a label of {num_classes} "
+                            f"or more (largest {records[:, 0].max()}), but the network has "
+                            f"{num_classes} classes", name,
+                            f"give --num_classes {int(records[:, 0].max()) + 1}, or data "
+                            f"labelled 0..{num_classes - 1}")
         labels.append(records[:, 0].astype(np.int32))
         images.append(records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
     return np.concatenate(images), np.concatenate(labels)
@@ -130,45 +141,67 @@ def class_names(folder: str) -> list:
     return sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
 
 
-# Leading bytes of the formats MindSpore's Decode reads.
-IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG", b"BM", b"GIF8", b"II*\x00", b"MM\x00*", b"RIFF")
+# The formats MindSpore 2.10's Decode reads, as PIL names them (measured: JPEG in every mode,
+# PNG, BMP, TIFF, PNM; not GIF, WebP or ICO, which stop an epoch with a pipeline error).
+DECODED_FORMATS = {"JPEG", "MPO", "PNG", "BMP", "TIFF", "PPM"}
+# The largest image a data set may hold: 16,384 pixels a side and PIL's own decompression-bomb
+# limit in all (89.5 million pixels). A header that claims more is broken or hostile, and would
+# take gigabytes to decode.
+MAX_IMAGE_SIDE = 16384
+MAX_IMAGE_PIXELS = 89_478_485
 
 
-def looks_whole(path: str) -> bool:
-    """True if ``path`` starts like an image and, for JPEG and PNG, ends like one.
+def image_problem(path: str) -> str:
+    """Why the training decoder would not read ``path`` ('' if it would).
 
-    Reads 16 bytes at each end: a file cut off mid-copy lacks JPEG's end marker (FF D9) or PNG's
-    IEND chunk, and a text or HTML file saved as .jpg lacks the magic. Cheap enough for ImageNet.
+    Reads the header (PIL, without decoding): the format must be one MindSpore decodes and the
+    size sane; and 16 bytes at the end, where a JPEG or PNG cut off mid-copy lacks its end marker
+    (FF D9) or IEND chunk. A folder, a link that does not resolve or a link loop is no image.
+    Cheap enough for ImageNet.
     """
+    if not os.path.isfile(path):
+        return "not a file (a folder, or a link that does not resolve)"
     try:
-        with open(path, "rb") as f:
-            head = f.read(16)
-            f.seek(max(0, os.fstat(f.fileno()).st_size - 16))
-            tail = f.read(16).rstrip(b"\x00")  # some writers pad with zeros
-    except OSError:
-        return False
-    if not head.startswith(IMAGE_MAGIC):
-        return False
-    if head.startswith(b"\xff\xd8"):
-        return tail.endswith(b"\xff\xd9")
-    if head.startswith(b"\x89PNG"):
-        return b"IEND" in tail
-    return True
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                fmt, (width, height) = image.format, image.size
+    except Image.DecompressionBombError:
+        return f"its header claims more than {MAX_IMAGE_PIXELS:,} pixels"
+    except (OSError, ValueError, SyntaxError):
+        return "not an image"
+    if fmt not in DECODED_FORMATS:
+        return f"{fmt}, which MindSpore's decoder does not read (JPEG, PNG, BMP, TIFF, PNM)"
+    if not (0 < width <= MAX_IMAGE_SIDE and 0 < height <= MAX_IMAGE_SIDE) \
+            or width * height > MAX_IMAGE_PIXELS:
+        return f"its header claims {width}x{height} pixels"
+    if fmt in ("JPEG", "MPO", "PNG"):
+        try:
+            with open(path, "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - 16))
+                tail = f.read(16).rstrip(b"\x00")  # some writers pad with zeros
+        except OSError:
+            return "not readable"
+        if (fmt == "PNG" and b"IEND" not in tail) or (fmt != "PNG" and
+                                                       not tail.endswith(b"\xff\xd9")):
+            return "cut short"
+    return ""
 
 
 def scan_image_folder(folder: str) -> tuple:
-    """(files, labels, bad files) of an image folder: every file of each class folder, with the
-    ones that are not whole images (``looks_whole``) left out of files and labels."""
+    """(files, labels, bad) of an image folder: every entry of each class folder, with the ones
+    the decoder would not read (``image_problem``) left out of files and labels and listed in
+    bad as (path, why)."""
     files, labels = [], []
     for label, name in enumerate(class_names(folder)):
         root = os.path.join(folder, name)
-        entries = sorted(e for e in os.listdir(root) if os.path.isfile(os.path.join(root, e)))
+        entries = sorted(os.listdir(root))
         files += [os.path.join(root, e) for e in entries]
         labels += [label] * len(entries)
     with ThreadPoolExecutor(16) as pool:  # I/O bound: threads hide the file system's latency
-        whole = list(pool.map(looks_whole, files))
-    bad = [f for f, ok in zip(files, whole) if not ok]
-    keep = [i for i, ok in enumerate(whole) if ok]
+        problems = list(pool.map(image_problem, files))
+    bad = [(f, why) for f, why in zip(files, problems) if why]
+    keep = [i for i, why in enumerate(problems) if not why]
     return [files[i] for i in keep], [labels[i] for i in keep], bad
 
 
@@ -186,13 +219,14 @@ def image_folder_dataset(folder: str, config, training: bool, workers: int, shar
         if total == 0:
             raise UserError("no image files in the class folders", folder,
                             "put the images in them")
+        first = f"first: {bad[0][0]}: {bad[0][1]}" if bad else ""
         if len(bad) / total > config.bad_image_limit:
-            raise UserError(f"{len(bad)} of {total} files are not whole images (first: {bad[0]})",
-                            folder, f"repair or remove them, or raise --bad_image_limit above "
-                            f"{len(bad) / total:.3g}")
+            raise UserError(f"{len(bad)} of {total} files are not whole images MindSpore decodes "
+                            f"({first})", folder, f"repair or remove them, or raise "
+                            f"--bad_image_limit above {len(bad) / total:.3g}")
         if bad:
-            print(f"warning: skipping {len(bad)} of {total} files that are not whole images in "
-                  f"{folder} (first: {bad[0]})", flush=True)
+            print(f"warning: skipping {len(bad)} of {total} files that are not whole images "
+                  f"MindSpore decodes in {folder} ({first})", flush=True)
     if not bad:
         return ds.ImageFolderDataset(folder, shuffle=training, num_parallel_workers=workers,
                                      decode=False, **shard)
@@ -225,19 +259,44 @@ def _shard_args(rank_id: int, rank_size: int) -> dict:
     return {"num_shards": rank_size, "shard_id": rank_id} if rank_size > 1 else {}
 
 
+def check_classes(folder: str, num_classes: int, expected=None) -> list:
+    """The class folders of an image folder, checked against the network: no more than its
+    ``num_classes`` (the labels past them would train nothing and score as wrong), and the same
+    names as ``expected`` (train's for its val/, a checkpoint's for eval), since labels are
+    positions in the sorted list and any difference moves them."""
+    names = class_names(folder)
+    if len(names) > num_classes:
+        raise UserError(f"{len(names)} class folders for a network of {num_classes} classes",
+                        folder, f"give --num_classes {len(names)}, or a checkpoint or data of "
+                        f"{num_classes} classes")
+    if expected is not None and list(expected) != names:
+        only_here = [n for n in names if n not in expected]
+        only_there = [n for n in expected if n not in names]
+        diff = "; ".join(part for part in (
+            f"only here: {', '.join(only_here[:5])}" if only_here else "",
+            f"only in training: {', '.join(only_there[:5])}" if only_there else "") if part) \
+            or "the same names in another order"
+        raise UserError(f"the class folders differ from the ones the network was trained on "
+                        f"({diff})", folder, "give both train/ and val/ (and eval) the same "
+                        "class folders")
+    return names
+
+
 def create_dataset(config, training: bool, rank_id: int = 0, rank_size: int = 1,
-                   batch_size: int = None):
+                   batch_size: int = None, classes=None):
     """The batched dataset of ``config.dataset`` for training or evaluation.
 
     Training shuffles, augments and (with ``drop_remainder``) drops the last partial batch;
-    evaluation scores every image. Each of ``rank_size`` ranks reads its own shard.
+    evaluation scores every image. Each of ``rank_size`` ranks reads its own shard. Labels must
+    fit ``config.num_classes``; an image folder's classes must be ``classes`` when given.
     """
     batch_size = batch_size or (config.batch_size if training else config.eval_batch_size)
     workers = worker_count(config.num_parallel_workers)
     shard = _shard_args(rank_id, rank_size)
     size = config.image_size
     if config.dataset == "cifar10":
-        images, labels = read_cifar10(cifar10_files(config.dataset_path, training))
+        images, labels = read_cifar10(cifar10_files(config.dataset_path, training),
+                                      config.num_classes)
         data = ds.NumpySlicesDataset({"image": images, "label": labels}, shuffle=training,
                                      num_parallel_workers=workers, **shard)
         ops = eval_image_ops("cifar10", size)
@@ -247,6 +306,7 @@ def create_dataset(config, training: bool, rank_id: int = 0, rank_size: int = 1,
             ops = [V.RandomCrop(32, padding=4), V.RandomHorizontalFlip(0.5)] + ops
     elif config.dataset == "imagenet":
         folder = imagenet_folder(config.dataset_path, training)
+        check_classes(folder, config.num_classes, classes)
         data = image_folder_dataset(folder, config, training, workers, shard)
         if training:
             ops = [V.RandomCropDecodeResize(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)),

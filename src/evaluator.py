@@ -5,11 +5,12 @@ from mindspore import nn
 from mindspore.train import Model
 
 from src.checkpoint import (build_network, load_weights, meta_for_eval, read_checkpoint,
-                            use_checkpoint_preprocess)
+                            use_checkpoint_preprocess, write_error)
 from src.CrossEntropySmooth import CrossEntropySmooth
 from src.dataset import check_layout, create_dataset
 from src.device import use_device
 from src.errors import UserError
+from src.model_utils.config import with_values
 
 EVAL_LOG = "eval_log.txt"
 
@@ -34,7 +35,8 @@ def evaluate(config) -> dict:
     net = build_network(meta, conv_impl=config.conv_impl)
     load_weights(net, params, config.checkpoint_path)
     net.set_train(False)
-    dataset = create_dataset(config, training=False)
+    data_config = with_values(config, num_classes=int(meta["num_classes"]))
+    dataset = create_dataset(data_config, training=False, classes=meta.get("class_names"))
     loss = CrossEntropySmooth(sparse=True, reduction="mean", smooth_factor=0.0,
                               num_classes=int(meta["num_classes"]))
     model = Model(net, loss_fn=loss, metrics=eval_metrics(meta["num_classes"]))
@@ -43,6 +45,9 @@ def evaluate(config) -> dict:
     line = (f"result: {result}, network: {meta['network']}, ckpt: '{config.checkpoint_path}', "
             f"time: {time.time() - started:.1f} s")
     print(line, flush=True)
-    with open(EVAL_LOG, "a", encoding="utf-8") as log:
-        log.write(line + "\n")
+    try:
+        with open(EVAL_LOG, "a", encoding="utf-8") as log:
+            log.write(line + "\n")
+    except OSError as err:  # the result is printed above; the log line is what is lost
+        raise write_error(err, EVAL_LOG, len(line)) from err
     return result

@@ -8,7 +8,7 @@ import numpy as np
 from src.checkpoint import build_network, load_weights, meta_for_eval, read_checkpoint
 from src.device import use_device
 from src.errors import ArgumentParser, UserError, writable_folder
-from src.model_utils.config import get_config
+from src.model_utils.config import MAX_IMAGE_SIZE, get_config, parse_bool
 
 FORMATS = ("MINDIR", "ONNX", "AIR")
 SUFFIX = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
@@ -46,7 +46,7 @@ def export(argv) -> str:
     if fmt == "AIR" and config.device_target != "Ascend":
         raise UserError(f"AIR export needs Ascend, not {config.device_target}", "--file_format",
                         "export MINDIR or ONNX here, or run on an Ascend machine")
-    dynamic = str(args.dynamic_batch).lower() in ("true", "1", "yes")
+    dynamic = parse_bool(args.dynamic_batch, "dynamic_batch")
     if args.batch_size < 1:
         raise UserError(f"batch_size = {args.batch_size} is out of range", "--batch_size",
                         "give a value at least 1")
@@ -58,11 +58,12 @@ def export(argv) -> str:
     # The side the network was trained at (recorded in our checkpoints, else the config's).
     default_side = config.image_size if "image_size" in config.explicit else \
         int(meta["image_size"])
-    width, height = args.width or default_side, args.height or args.width or default_side
+    width = default_side if args.width is None else args.width
+    height = width if args.height is None else args.height
     for name, side in (("--width", width), ("--height", height)):
-        if side < 32 or side % 32:
-            raise UserError(f"input side {side} is not a multiple of 32", name,
-                            "give 224, 192, 160, 128, 32, ...")
+        if side < 32 or side % 32 or side > MAX_IMAGE_SIZE:
+            raise UserError(f"input side {side} is not a multiple of 32 from 32 to "
+                            f"{MAX_IMAGE_SIZE}", name, "give 224, 192, 160, 128, 32, ...")
     use_device(config.device_target)
     net = build_network(meta, conv_impl="standard")  # export: standard operators only
     load_weights(net, params, config.checkpoint_path)

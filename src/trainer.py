@@ -164,7 +164,7 @@ def train(config) -> str:
                  progress]
     evaluator = saver = None
     if watch:
-        evaluator = EvalMonitor(model, create_dataset(config, training=False),
+        evaluator = EvalMonitor(model, create_dataset(config, training=False, classes=classes),
                                 config.eval_interval, ckpt_dir, config.network, meta, progress)
         callbacks.append(evaluator)
     if config.save_checkpoint and rank == 0:

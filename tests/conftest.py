@@ -3,10 +3,11 @@ points run in-process (``cli``)."""
 import importlib
 from typing import NamedTuple
 
-import mindspore as ms
-import pytest
+import src  # noqa: F401  (first: it quiets MindSpore's C++ warnings before MindSpore loads)
+import mindspore as ms  # noqa: E402
+import pytest  # noqa: E402
 
-from src.errors import run_main
+from src.errors import run_main  # noqa: E402
 
 ms.set_device("CPU")
 

@@ -2,10 +2,14 @@
 ``error: <what> (<where>): <what to do>`` line, no traceback. One case per entry point also runs
 as a real process, where MindSpore's own C++ logging could add lines. (The launch scripts' own
 cases, rank tables included, are in test_scripts.py.)"""
+import json
 import os
 
+import mindspore as ms
+import numpy as np
 import pytest
 
+from src.checkpoint import build_network
 from tests.helpers import run_entry, saved_checkpoint, write_cifar_folder, write_image_folder
 
 NET = "shufflenet_v2_x0_5"
@@ -37,6 +41,27 @@ def world(tmp_path_factory):
             f.write(whole[:len(whole) // 2] if i == 0 else b"<html>404</html>")
     paths["images"] = images
     (root / "a_file").write_text("x")
+    # labels outside the network: CIFAR records labelled 200, a 2-class checkpoint
+    bad_labels = write_cifar_folder(str(root / "badlabels"), train_count=32, test_count=8)
+    records = np.fromfile(os.path.join(bad_labels, "data_batch_2.bin"), np.uint8).reshape(-1, 3073)
+    records[::5, 0] = 200
+    records.tofile(os.path.join(bad_labels, "data_batch_2.bin"))
+    paths["badlabels"] = bad_labels
+    paths["ckpt_2_classes"] = saved_checkpoint(root / "two-1_2.ckpt", NET, num_classes=2)
+    # train and val with other class folders; a checkpoint that records its class names
+    pets = write_image_folder(str(root / "pets"), per_class=2, classes=2, size=32)
+    for split, names in (("train", ("cat", "dog")), ("val", ("bird", "dog"))):
+        for i, name in enumerate(names):
+            os.rename(os.path.join(pets, split, f"class_{i}"), os.path.join(pets, split, name))
+    paths["pets"] = pets
+    paths["ckpt_pets"] = saved_checkpoint(root / "pets-1_2.ckpt", NET, num_classes=2,
+                                          dataset="imagenet", image_size=32,
+                                          class_names=json.dumps(["cat", "dog"]))
+    # non-finite weights
+    net = build_network({"network": NET, "num_classes": 4}, conv_impl="standard")
+    weight = net.first_conv[0].weight  # not the classifier, which --pretrained does not load
+    weight.set_data(ms.Tensor(np.full(weight.shape, np.nan, np.float32)))
+    paths["ckpt_nan"] = saved_checkpoint(root / "nan-1_2.ckpt", NET, num_classes=4, net=net)
     for name, text in (("yaml_list", b"batch_size: [16, 32]\n"),
                        ("yaml_latin1", "network: caf\xe9\n".encode("latin-1")),
                        ("yaml_twice", b"lr_max: 0.1\nlr_max: 0.2\n")):
@@ -78,6 +103,35 @@ CASES = {
     "eval of image folders with a cifar10 config": (
         lambda w: ("eval.py", "--checkpoint_path", w["ckpt"], "--dataset_path", w["images"]),
         "give --dataset imagenet"),
+    # labels the network has no class for, classes that differ between train and val
+    "cifar labels past the classes": (
+        lambda w: train(w, "--dataset_path", w["badlabels"]),
+        "data_batch_2.bin): give --num_classes 201"),
+    "more class folders than classes": (
+        lambda w: train(w, "--dataset", "imagenet", "--dataset_path", w["images"],
+                        "--num_classes", "1", "--image_size", "32"),
+        "2 class folders for a network of 1 classes"),
+    "checkpoint of fewer classes than the data": (
+        lambda w: ("eval.py", "--checkpoint_path", w["ckpt_2_classes"], "--dataset_path",
+                   w["cifar"]), "have a label of 2 or more (largest 3)"),
+    "train and val with other classes": (
+        lambda w: train(w, "--dataset", "imagenet", "--dataset_path", w["pets"], "--num_classes",
+                        "2", "--image_size", "32", "--batch_size", "2", "--eval_interval", "1"),
+        "class folders differ from the ones the network was trained on (only here: bird; only "
+        "in training: cat)"),
+    "eval folder with other classes than the checkpoint's": (
+        lambda w: ("eval.py", "--checkpoint_path", w["ckpt_pets"], "--dataset_path", w["pets"]),
+        "only here: bird; only in training: cat"),
+    # non-finite weights, wherever a checkpoint is read
+    "eval of NaN weights": (lambda w: ("eval.py", "--checkpoint_path", w["ckpt_nan"],
+                                       "--dataset_path", w["cifar"]),
+                            "checkpoint holds NaN or Inf weights ('first_conv.0.weight')"),
+    "export of NaN weights": (lambda w: ("export.py", "--checkpoint_path", w["ckpt_nan"]),
+                              "checkpoint holds NaN or Inf weights"),
+    "infer with NaN weights": (lambda w: ("infer.py", "--model", w["ckpt_nan"], w["images"]),
+                               "checkpoint holds NaN or Inf weights"),
+    "pretrained NaN weights": (lambda w: train(w, "--pretrained", w["ckpt_nan"]),
+                               "checkpoint holds NaN or Inf weights"),
     # checkpoints
     "no checkpoint given": (lambda w: ("eval.py", "--dataset_path", w["cifar"]),
                             "no checkpoint given"),
@@ -138,6 +192,14 @@ CASES = {
     "export format not on this backend": (
         lambda w: ("export.py", "--checkpoint_path", w["ckpt"], "--file_format", "AIR"),
         "AIR export needs Ascend"),
+    "export boolean typo": (
+        lambda w: ("export.py", "--checkpoint_path", w["ckpt"], "--dynamic_batch", "Ture"),
+        "dynamic_batch must be True or False, got 'Ture'"),
+    "export width 0": (lambda w: ("export.py", "--checkpoint_path", w["ckpt"], "--width", "0"),
+                       "input side 0 is not a multiple of 32"),
+    "export height not a multiple of 32": (
+        lambda w: ("export.py", "--checkpoint_path", w["ckpt"], "--height", "100"),
+        "input side 100 is not a multiple of 32"),
     "export format unknown": (
         lambda w: ("export.py", "--checkpoint_path", w["ckpt"], "--file_format", "TFLITE"),
         "TFLITE"),
@@ -157,7 +219,13 @@ CASES = {
     "convert source missing": (lambda w: ("convert_weights.py", "--source", "megvii", "--network",
                                           NET, "/no/such.pth", "/tmp/out.ckpt"),
                                "source checkpoint not found"),
+    "convert output not .ckpt": (
+        lambda w: ("convert_weights.py", "--source", "megvii", "--network", NET, w["ckpt"],
+                   os.path.join(w["root"], "out.bin")), "the output name does not end in .ckpt"),
     # inference
+    "infer unknown flag after the images": (
+        lambda w: ("infer.py", "--model", w["ckpt"], w["images"], "--bogus", "3"),
+        "unrecognized arguments: --bogus"),
     "infer model missing": (lambda w: ("infer.py", "--model", "/no/such.onnx", w["cifar"]),
                             "model file not found"),
     "infer not an image": (lambda w: ("infer.py", "--model", w["ckpt"],
@@ -199,3 +267,12 @@ def test_a_few_bad_images_are_skipped_with_a_count(world, cli):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "warning: skipping 2 of 8 files that are not whole images" in result.stdout
     assert "3 steps/epoch" in result.stdout  # the 6 whole images in batches of 2
+
+
+def test_an_unwritable_eval_log_is_one_line_after_the_result(world, cli):
+    """The result line is printed; appending it to eval_log.txt fails (here a folder of that
+    name: root writes through permission bits) with one line instead of a traceback."""
+    os.makedirs("eval_log.txt")  # cli's working folder
+    result = cli("eval.py", "--checkpoint_path", world["ckpt"], "--dataset_path", world["cifar"])
+    assert_one_error_line(result, "cannot write eval_log.txt (Is a directory)")
+    assert result.stdout.count("result: {'Loss'") == 1

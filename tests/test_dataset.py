@@ -81,3 +81,62 @@ def test_batch_larger_than_the_data_is_refused(tmp_path):
     config = get_config(["--dataset_path", folder, "--batch_size", "16"])
     with pytest.raises(UserError, match="batch size 16 is larger than the 8 images"):
         create_dataset(config, training=True)
+
+
+def png_header_claiming(width, height):
+    """A PNG of one IHDR chunk that claims width x height pixels, and an IEND: a header the
+    scan must refuse without decoding it."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + \
+            struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_the_scan_passes_exactly_what_mindspore_decodes(tmp_path, monkeypatch):
+    """Every format and mode MindSpore 2.10's Decode reads passes; a GIF, WebP or ICO named .jpg,
+    an absurd header, text, a cut-off JPEG, a folder, a broken link and a link loop do not, each
+    with its reason."""
+    import mindspore.dataset.vision as V
+    from PIL import Image
+
+    from src.dataset import scan_image_folder
+    monkeypatch.chdir(tmp_path)  # a failing Decode drops unsupported_image.* into the cwd
+    root = tmp_path / "train" / "cat"
+    root.mkdir(parents=True)
+    rgb = Image.fromarray(np.random.RandomState(0).randint(0, 255, (40, 50, 3), np.uint8))
+    good = {"a.jpg": (rgb, "JPEG"), "grey.jpg": (rgb.convert("L"), "JPEG"),
+            "cmyk.jpg": (rgb.convert("CMYK"), "JPEG"), "b.png": (rgb.convert("RGBA"), "PNG"),
+            "c.bmp": (rgb, "BMP"), "d.tif": (rgb, "TIFF"), "e.ppm": (rgb, "PPM")}
+    for name, (image, fmt) in good.items():
+        image.save(root / name, format=fmt)
+    for name, fmt in (("gif.jpg", "GIF"), ("webp.jpg", "WEBP"), ("ico.jpg", "ICO")):
+        rgb.save(root / name, format=fmt)
+    (root / "huge.png").write_bytes(png_header_claiming(60000, 60000))
+    (root / "wide.png").write_bytes(png_header_claiming(20000, 10))
+    (root / "page.jpg").write_text("<html>404</html>")
+    whole = (root / "a.jpg").read_bytes()
+    (root / "cut.jpg").write_bytes(whole[:len(whole) // 2])
+    (root / "folder").mkdir()
+    (root / "broken.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (root / "loop.jpg").symlink_to(root / "loop.jpg")
+    files, labels, bad = scan_image_folder(str(tmp_path / "train"))
+    assert sorted(os.path.basename(f) for f in files) == sorted(good) and set(labels) == {0}
+    why = {os.path.basename(path): reason for path, reason in bad}
+    assert why["gif.jpg"].startswith("GIF, which MindSpore's decoder does not read")
+    assert why["webp.jpg"].startswith("WEBP") and why["ico.jpg"].startswith("ICO")
+    assert "header claims more than" in why["huge.png"]
+    assert why["wide.png"] == "its header claims 20000x10 pixels"
+    assert why["page.jpg"] == "not an image" and why["cut.jpg"] == "cut short"
+    for name in ("folder", "broken.jpg", "loop.jpg"):
+        assert why[name].startswith("not a file"), name
+    assert len(why) == 10
+    # The premise: MindSpore decodes every file that passed, and none of the refused formats.
+    for path in files:
+        assert V.Decode()(np.fromfile(path, np.uint8)).shape[2] == 3, path
+    for name in ("gif.jpg", "webp.jpg", "ico.jpg"):
+        with pytest.raises(RuntimeError):
+            V.Decode()(np.fromfile(root / name, np.uint8))

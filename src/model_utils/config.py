@@ -95,6 +95,12 @@ def _parse_bool(text: str) -> bool:
     raise ValueError(text)
 
 
+def parse_bool(text: str, key: str) -> bool:
+    """True/False (also true, 1, yes / false, 0, no) as every boolean flag takes it; a typo is a
+    UserError, not a silent False."""
+    return _convert(key, text, bool, f"--{key}")
+
+
 def _kind(key, default):
     if isinstance(default, bool):
         return bool
@@ -252,3 +258,27 @@ def get_config(argv=None, config_path=None):
     for key, value in config.items():
         check_value(key, value, f"--{key}" if key in explicit else path)
     return SimpleNamespace(**config, config_path=path, explicit=explicit)
+
+
+def with_values(config, **values):
+    """A copy of ``config`` with ``values`` set: layers derive a config rather than change the
+    one they were handed."""
+    return SimpleNamespace(**{**vars(config), **values})
+
+
+def split_config_args(argv) -> tuple:
+    """(config flags, the rest) of a command line: every ``--key value`` or ``--key=value`` whose
+    key is a config key (or config_path), wherever it stands, so an entry point with its own
+    flags and positional arguments takes config keys anywhere on the line."""
+    keys = set(load_yaml(DEFAULT_CONFIG)[0]) | {"config_path"}
+    config_args, rest, argv = [], [], list(argv)
+    while argv:
+        token = argv.pop(0)
+        name = token[2:].split("=", 1)[0] if token.startswith("--") else None
+        if name in keys:
+            config_args.append(token)
+            if "=" not in token and argv:
+                config_args.append(argv.pop(0))
+        else:
+            rest.append(token)
+    return config_args, rest
