@@ -24,13 +24,13 @@ def main(argv):
     use_device(config.device_target)
     predictor = Predictor(args.model, config)
     files = image_files(args.images)
-    size = int(predictor.meta["image_size"])
+    record = predictor.record
     started, batch_size = time.time(), max(1, args.batch_size)
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
-        probs = softmax(predictor.logits(preprocess(
-            chunk, predictor.meta["dataset"], size, predictor.meta["input_norm"])))
-        labels = read_labels(args.labels, probs.shape[1], predictor.meta.get("class_names"))
+        probs = softmax(predictor.logits(preprocess(chunk, record.dataset, predictor.size,
+                                                    record.input_norm)))
+        labels = read_labels(args.labels, probs.shape[1], record.class_names)
         for name, row in zip(chunk, probs):
             top = row.argsort()[::-1][:5]
             print(f"{name}: " + ", ".join(f"{labels[i]} {row[i]:.4f}" for i in top), flush=True)

@@ -12,11 +12,10 @@ CONFIG = os.path.join(HERE, "configs", "quick_start_digits.yaml")
 
 
 def main(argv):
-    import glob
-
     from src.digits import write_digits_cifar
     from src.evaluator import evaluate
-    from src.model_utils.config import get_config
+    from src.model_utils.config import get_config, with_values
+    from src.run_state import RunState
     from src.trainer import train
 
     config = get_config(["--config_path", CONFIG] + list(argv))
@@ -27,11 +26,10 @@ def main(argv):
         run = 1
         while os.path.exists(f"{config.output_path}_{run}"):
             run += 1
-        config.output_path = f"{config.output_path}_{run}"
+        config = with_values(config, output_path=f"{config.output_path}_{run}")
     ckpt_dir = train(config)
-    config.checkpoint_path = sorted(glob.glob(os.path.join(ckpt_dir, "*.ckpt")),
-                                    key=os.path.getmtime)[-1]
-    result = evaluate(config)
+    last = RunState.load(ckpt_dir).checkpoints()[-1][1]  # the final epoch's checkpoint
+    result = evaluate(with_values(config, checkpoint_path=os.path.join(ckpt_dir, last)))
     print(f"quick start: top-1 {result['Top_1_Acc']:.3f}, top-5 {result['Top_5_Acc']:.3f} on "
           f"{test_count} held-out digit scans (chance 0.100)", flush=True)
 

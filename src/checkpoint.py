@@ -1,10 +1,13 @@
-"""Checkpoints: the network metadata they carry, reading them safely, loading them into networks.
+"""Checkpoints: the record of network and pixels they carry, reading them safely, loading them.
 
-Every checkpoint we write records the network name, num_classes and layout options, so eval,
-export and resume rebuild exactly the network that was trained (the zoo's ShuffleNetV2 eval
-silently built 1.0x whatever the checkpoint).
+Every checkpoint we write records a NetworkRecord (network, classes, layout options, the pixels
+its weights expect, the class names), so eval, export, infer and resume rebuild exactly the
+network that was trained (the zoo's ShuffleNetV2 eval silently built 1.0x whatever the
+checkpoint). ``resolve`` is the one rule for which value wins: a command-line flag, then the
+checkpoint's record, then the yaml; a flag that contradicts what the weights fix is refused.
 """
 import contextlib
+import dataclasses
 import errno
 import json
 import logging
@@ -17,47 +20,129 @@ import mindspore as ms
 import numpy as np
 
 from src.errors import UserError
-from src.models import create_network, family_of, list_networks, options_of, stem_and_head
+from src.model_utils.config import with_values
+from src.models import (create_network, list_networks, mindcv_layout, options_of,
+                        stem_and_head)
 
-META_KEYS = ("network", "num_classes", "pool_pad", "shuffle_order", "activation", "layout")
+# What the weights fix: the network, its classes, and the layout options of its family
+# (pool_pad, shuffle_order, activation, layout).
+WEIGHT_KEYS = ("network", "num_classes")
+OPTION_KEYS = ("pool_pad", "shuffle_order", "activation", "layout")
+# What eval transforms feed the weights (see dataset.eval_image_ops).
+PIXEL_KEYS = ("dataset", "image_size", "input_norm")
 # The class-folder names of an image-folder run, label order, as a JSON list (infer prints them).
 CLASS_NAMES = "class_names"
-# What eval transforms the network was trained with (see dataset.eval_image_ops).
-PREPROCESS_KEYS = ("dataset", "image_size", "input_norm")
-TRAIN_STATE_KEYS = ("epoch_num", "step_num")
-# A checkpoint without our metadata is read as MindCV's: its networks are ours with these
-# options (tested against MindCV 0.3.0's own), trained on ImageNet at 224.
-MINDCV_META = {"pool_pad": "same", "shuffle_order": "megvii", "activation": "relu",
-               "layout": "megvii", "dataset": "imagenet", "image_size": 224,
-               "input_norm": "imagenet"}
-# Parameters each family's checkpoints have, and the stem conv whose outputs tell widths apart.
-FAMILY_KEYS = {"shufflenet_v1": ("features.0.branch_main_1.0.weight", "first_conv.0.weight"),
-               "shufflenet_v2": ("features.0.branch_main.0.weight", "first_conv.0.weight"),
-               "mobilenet_v1": ("features.3.0.weight", "features.0.weight")}
+# Where a checkpoint stands in its run: the epoch and step of its name, and the optimizer's own
+# step counter (``global_step``, saved with the train network), which a resume continues from.
+TRAIN_STATE_KEYS = ("epoch_num", "step_num", "global_step")
 
 
-def network_meta(config) -> dict:
-    """The metadata that rebuilds ``config``'s network: name, num_classes and its layout options."""
-    meta = {"network": config.network, "num_classes": int(config.num_classes)}
-    for option in options_of(config.network):
-        meta[option] = getattr(config, option)
-    meta.update({"dataset": config.dataset, "image_size": int(config.image_size),
-                 "input_norm": config.input_norm})
-    return meta
+@dataclasses.dataclass(frozen=True)
+class NetworkRecord:
+    """What network and what pixels: everything a checkpoint (or an export's sidecar json)
+    records for its weights to be used again, and what every consumer of weights builds from.
+
+    ``options`` holds the family's layout options (options_of(network)) as sorted pairs.
+    """
+    network: str
+    num_classes: int
+    options: tuple = ()
+    dataset: str = "imagenet"
+    image_size: int = 224
+    input_norm: str = "imagenet"
+    class_names: tuple = ()
+
+    @classmethod
+    def from_values(cls, values: dict) -> "NetworkRecord":
+        """The record of ``values`` (a config's attributes, or a checkpoint's metadata)."""
+        options = tuple(sorted((k, values[k]) for k in options_of(values["network"])))
+        return cls(values["network"], int(values["num_classes"]), options, values["dataset"],
+                   int(values["image_size"]), values["input_norm"],
+                   tuple(values.get(CLASS_NAMES) or ()))
+
+    @classmethod
+    def from_config(cls, config, class_names=()) -> "NetworkRecord":
+        return cls.from_values({**vars(config), CLASS_NAMES: class_names})
+
+    def as_dict(self) -> dict:
+        """Flat metadata: network, num_classes, each option, the pixel keys, class names."""
+        out = {"network": self.network, "num_classes": self.num_classes, **dict(self.options),
+               "dataset": self.dataset, "image_size": self.image_size,
+               "input_norm": self.input_norm}
+        if self.class_names:
+            out[CLASS_NAMES] = list(self.class_names)
+        return out
+
+    def as_checkpoint_meta(self) -> dict:
+        """as_dict() in the form save_checkpoint's append_dict takes (class names as JSON)."""
+        meta = self.as_dict()
+        if self.class_names:
+            meta[CLASS_NAMES] = json.dumps(list(self.class_names))
+        return meta
+
+    def build(self, **kwargs):
+        """The network this record describes (``kwargs``: conv_impl, in_channels)."""
+        return build_network(self.as_dict(), **kwargs)
+
+    def data_config(self, config):
+        """``config`` with this record's pixels and classes, for the data pipeline."""
+        return with_values(config, dataset=self.dataset, image_size=self.image_size,
+                           input_norm=self.input_norm, num_classes=self.num_classes)
 
 
 def build_network(meta: dict, **kwargs):
-    """The network that ``meta`` (network_meta or a checkpoint's) describes."""
+    """The network that ``meta`` (a record's or a checkpoint's metadata) names: its network,
+    classes and whichever of its family's options it gives (``kwargs``: conv_impl, ...)."""
     options = {k: meta[k] for k in options_of(meta["network"]) if k in meta}
     return create_network(meta["network"], num_classes=int(meta["num_classes"]), **options,
                           **kwargs)
 
 
+def resolve(config, recorded: dict, where: str, fixed=None, carried=PIXEL_KEYS) -> NetworkRecord:
+    """The one rule for what network and what pixels: a flag given on the command line wins,
+    then what the checkpoint (or export) records, then the yaml. It returns a record and changes
+    nothing it was handed.
+
+    ``fixed``: the keys the weights fix (default: network, num_classes and the network's layout
+    options): the recorded value is used, and a flag that contradicts it is refused. ``carried``:
+    the recorded keys that apply unless a flag says otherwise (the pixels). Keys in neither come
+    from ``config``. Only what the checkpoint records is used: a checkpoint without a record (and
+    not identified by its shapes) leaves every value to the flags and the yaml.
+    """
+    def value(key, is_fixed):
+        given = getattr(config, key)
+        if key not in recorded:
+            return given
+        if is_fixed and key in config.explicit and str(given) != str(recorded[key]):
+            raise UserError(f"--{key} {given} contradicts the checkpoint's {recorded[key]}", where,
+                            f"drop --{key}: the checkpoint says which {key} its weights are for")
+        if is_fixed or (key in carried and key not in config.explicit):
+            return recorded[key]
+        return given
+
+    fixed = WEIGHT_KEYS + OPTION_KEYS if fixed is None else fixed
+    values = {"network": value("network", "network" in fixed)}
+    for key in ("num_classes",) + options_of(values["network"]) + PIXEL_KEYS:
+        values[key] = value(key, key in fixed)
+    values[CLASS_NAMES] = recorded.get(CLASS_NAMES, ())
+    return NetworkRecord.from_values(values)
+
+
+def require_network(config, recorded: dict, path: str, use: str) -> None:
+    """Training weights (``use``: "resume", "fine-tune") must be of the network being trained:
+    the checkpoint does not silently change which network a run trains."""
+    if recorded.get("network", config.network) != config.network:
+        raise UserError(f"checkpoint is of {recorded['network']}, not {config.network}", path,
+                        f"give --network {recorded['network']} to {use} it, or a checkpoint of "
+                        f"{config.network}")
+
+
 def read_checkpoint(path: str) -> tuple:
     """(parameters, metadata) of a checkpoint; UserError if it is missing or unreadable.
 
-    metadata holds the META_KEYS, PREPROCESS_KEYS and TRAIN_STATE_KEYS the file has; for a file
-    without them whose shapes are one of our networks, MindCV's (``identify_network``).
+    metadata holds the record keys (WEIGHT_KEYS, OPTION_KEYS, PIXEL_KEYS, class names) and the
+    TRAIN_STATE_KEYS the file has; for a file without them whose shapes are one of our networks,
+    what those shapes prove (``identify_network``).
     """
     if not path or not os.path.isfile(path):
         raise UserError("checkpoint not found", path or "--checkpoint_path",
@@ -69,10 +154,10 @@ def read_checkpoint(path: str) -> tuple:
                         "give a complete .ckpt file (an earlier one of the run, if this one "
                         "was cut off)") from err
     meta = {}
-    for key in META_KEYS + PREPROCESS_KEYS + TRAIN_STATE_KEYS:
+    for key in WEIGHT_KEYS + OPTION_KEYS + PIXEL_KEYS + TRAIN_STATE_KEYS:
         if key in params:
             value = params.pop(key)
-            meta[key] = value if isinstance(value, str) else int(value.asnumpy())
+            meta[key] = value if isinstance(value, str) else int(value.asnumpy().reshape(-1)[0])
     if CLASS_NAMES in params:
         meta[CLASS_NAMES] = json.loads(params.pop(CLASS_NAMES))
     if "network" not in meta:
@@ -98,23 +183,23 @@ def merge_split_groups(params: dict) -> dict:
 
 
 def identify_network(params: dict) -> dict:
-    """Metadata for a checkpoint that has none (MindCV's): which of our networks has exactly
-    these parameter shapes in MindCV's layout, and how many classes. {} if none has."""
+    """The record of a checkpoint that has none (MindCV's), as far as its shapes prove it: which
+    of our networks has exactly these parameter shapes in MindCV's layout, its classes, and the
+    layout options that compute what MindCV's code computes. Not the pixels: those are the
+    user's flags and yaml. {} if no network matches."""
     shapes = {name: tuple(p.shape) for name, p in params.items()}
     if "classifier.weight" not in shapes:
         return {}
     classes, features = shapes["classifier.weight"]
-    for family, (marker, stem) in FAMILY_KEYS.items():
-        if marker not in shapes:
+    for name in list_networks():
+        layout = mindcv_layout(name)
+        if layout["marker"] not in shapes or \
+                stem_and_head(name) != (shapes[layout["stem"]][0], features):
             continue
-        for name in list_networks():
-            if family_of(name) != family or stem_and_head(name) != (shapes[stem][0], features):
-                continue
-            meta = {"network": name, "num_classes": classes,
-                    **{k: MINDCV_META[k] for k in options_of(name)}}
-            net = build_network(meta, conv_impl="standard")
-            if all(shapes.get(p.name) == tuple(p.shape) for p in net.get_parameters()):
-                return {**meta, **{k: MINDCV_META[k] for k in PREPROCESS_KEYS}}
+        meta = {"network": name, "num_classes": classes, **layout["options"]}
+        net = create_network(name, num_classes=classes, conv_impl="standard", **layout["options"])
+        if all(shapes.get(p.name) == tuple(p.shape) for p in net.get_parameters()):
+            return meta
     return {}
 
 
@@ -142,33 +227,6 @@ def load_weights(net, params: dict, path: str, skip=()) -> None:
         raise UserError(f"checkpoint holds NaN or Inf weights ({broken[0]!r}{more})", path,
                         "use an earlier checkpoint of the run: this one would give NaN scores")
     ms.load_param_into_net(net, {n: params[n] for n in wanted}, strict_load=True)
-
-
-def use_checkpoint_preprocess(config, meta: dict) -> None:
-    """Set the config's data set, image size and input normalisation to the ones the checkpoint
-    was trained with, except those given on the command line."""
-    for key in PREPROCESS_KEYS:
-        if key in meta and key not in config.explicit:
-            setattr(config, key, meta[key])
-
-
-def meta_for_eval(config, meta: dict, path: str) -> dict:
-    """The network to evaluate: the checkpoint's own metadata, else the config's.
-
-    A network or num_classes given on the command line that contradicts the checkpoint is an
-    error rather than a silently wrong network.
-    """
-    chosen = network_meta(config)
-    if "network" not in meta:
-        return chosen
-    for key in ("network", "num_classes"):
-        if key in config.explicit and str(chosen[key]) != str(meta[key]):
-            raise UserError(f"--{key} {chosen[key]} contradicts the checkpoint's {meta[key]}", path,
-                            f"drop --{key}: the checkpoint says which network it holds")
-    merged = {**chosen, **meta}
-    keep = ("network", "num_classes") + options_of(merged["network"]) + PREPROCESS_KEYS + \
-        (CLASS_NAMES,)
-    return {k: merged[k] for k in keep if k in merged}
 
 
 def partial_path(path: str) -> str:

@@ -230,10 +230,18 @@ def image_folder_dataset(folder: str, config, training: bool, workers: int, shar
     if not bad:
         return ds.ImageFolderDataset(folder, shuffle=training, num_parallel_workers=workers,
                                      decode=False, **shard)
-    data = ds.NumpySlicesDataset({"image": np.array(files), "label": np.array(labels, np.int32)},
-                                 shuffle=training, num_parallel_workers=workers, **shard)
+    data = numpy_dataset({"image": np.array(files), "label": np.array(labels, np.int32)},
+                         shuffle=training, **shard)
     return data.map(operations=lambda path: np.fromfile(str(path), np.uint8),
                     input_columns="image", num_parallel_workers=workers)
+
+
+def numpy_dataset(columns: dict, **kwargs):
+    """A dataset of in-memory arrays, sliced in this process: with more than one source worker
+    MindSpore forks worker processes, and a SIGTERM or Ctrl-C that reaches the whole process
+    group kills one, after which MindSpore ends the main process before it can save (see
+    SignalStop). Slicing is cheap; the transforms after it still run on the map's threads."""
+    return ds.NumpySlicesDataset(columns, num_parallel_workers=1, **kwargs)
 
 
 def normalize_ops(input_norm: str) -> list:
@@ -243,16 +251,20 @@ def normalize_ops(input_norm: str) -> list:
     return ops + [V.Normalize(mean, std), V.HWC2CHW()]
 
 
-def eval_image_ops(dataset: str, size: int, input_norm: str = "imagenet") -> list:
-    """Eval transforms of a decoded RGB HWC uint8 image, as the data set ``dataset`` trained it.
+def eval_image_ops(dataset: str, size, input_norm: str = "imagenet") -> list:
+    """Eval transforms of a decoded RGB HWC uint8 image, as the data set ``dataset`` trained it;
+    ``size`` is the side, or (height, width) for a non-square input.
 
-    cifar10: resize to size x size, rescale, CIFAR mean/std; imagenet (and synthetic):
-    resize the short side to size * 256 / 224, centre crop, then ``normalize_ops(input_norm)``.
+    cifar10: resize to height x width, rescale, CIFAR mean/std; imagenet (and synthetic): resize
+    the short side to the longer of height and width x 256 / 224, centre crop height x width,
+    then ``normalize_ops(input_norm)``.
     """
+    height, width = (size, size) if isinstance(size, int) else size
     if dataset == "cifar10":
-        return [V.Resize((size, size)), V.Rescale(1.0 / 255.0, 0.0),
+        return [V.Resize((height, width)), V.Rescale(1.0 / 255.0, 0.0),
                 V.Normalize(CIFAR_MEAN, CIFAR_STD), V.HWC2CHW()]
-    return [V.Resize(int(size * 256 / 224)), V.CenterCrop(size)] + normalize_ops(input_norm)
+    return [V.Resize(int(max(height, width) * 256 / 224)), V.CenterCrop((height, width))] + \
+        normalize_ops(input_norm)
 
 
 def _shard_args(rank_id: int, rank_size: int) -> dict:
@@ -297,8 +309,7 @@ def create_dataset(config, training: bool, rank_id: int = 0, rank_size: int = 1,
     if config.dataset == "cifar10":
         images, labels = read_cifar10(cifar10_files(config.dataset_path, training),
                                       config.num_classes)
-        data = ds.NumpySlicesDataset({"image": images, "label": labels}, shuffle=training,
-                                     num_parallel_workers=workers, **shard)
+        data = numpy_dataset({"image": images, "label": labels}, shuffle=training, **shard)
         ops = eval_image_ops("cifar10", size)
         if size == 32:
             ops = ops[1:]  # the 32x32 images need no resize
@@ -322,8 +333,7 @@ def create_dataset(config, training: bool, rank_id: int = 0, rank_size: int = 1,
         count = config.synthetic_size
         images = rng.rand(count, 3, size, size).astype(np.float32)
         labels = rng.randint(0, config.num_classes, count).astype(np.int32)
-        data = ds.NumpySlicesDataset({"image": images, "label": labels}, shuffle=training,
-                                     **shard)
+        data = numpy_dataset({"image": images, "label": labels}, shuffle=training, **shard)
         ops = []
     if ops:
         data = data.map(operations=ops, input_columns="image", num_parallel_workers=workers)

@@ -24,8 +24,19 @@ class UserError(Exception):
         return text
 
 
+class Stopped(Exception):
+    """A run that a signal ended after saving what it needs to continue: its one line, and the
+    shell's exit code for that signal (128 + the signal's number: 143 for SIGTERM, 130 for
+    SIGINT)."""
+
+    def __init__(self, signum: int, line: str):
+        self.code, self.text = 128 + signum, line
+        super().__init__(line)
+
+
 def run_main(main, argv=None) -> int:
-    """Run an entry point's ``main(argv)``; turn a UserError into one line and exit code 2.
+    """Run an entry point's ``main(argv)``; turn a UserError into one line and exit code 2, a
+    Stopped run into its line and its signal's exit code.
 
     ``--debug`` anywhere in argv re-raises instead, so the traceback is shown.
     """
@@ -40,6 +51,9 @@ def run_main(main, argv=None) -> int:
             raise
         print(err.line(), file=sys.stderr, flush=True)
         return 2
+    except Stopped as stop:
+        print(stop.text, file=sys.stderr, flush=True)
+        return stop.code
     return 0
 
 

@@ -4,13 +4,11 @@ import time
 from mindspore import nn
 from mindspore.train import Model
 
-from src.checkpoint import (build_network, load_weights, meta_for_eval, read_checkpoint,
-                            use_checkpoint_preprocess, write_error)
+from src.checkpoint import load_weights, read_checkpoint, resolve, write_error
 from src.CrossEntropySmooth import CrossEntropySmooth
 from src.dataset import check_layout, create_dataset
 from src.device import use_device
 from src.errors import UserError
-from src.model_utils.config import with_values
 
 EVAL_LOG = "eval_log.txt"
 
@@ -29,20 +27,19 @@ def evaluate(config) -> dict:
                         "give --checkpoint_path CKPT (evaluating random weights is never useful)")
     use_device(config.device_target)
     params, meta = read_checkpoint(config.checkpoint_path)
-    meta = meta_for_eval(config, meta, config.checkpoint_path)
-    use_checkpoint_preprocess(config, meta)
-    check_layout(config.dataset, config.dataset_path)
-    net = build_network(meta, conv_impl=config.conv_impl)
+    record = resolve(config, meta, config.checkpoint_path)
+    check_layout(record.dataset, config.dataset_path)
+    net = record.build(conv_impl=config.conv_impl)
     load_weights(net, params, config.checkpoint_path)
     net.set_train(False)
-    data_config = with_values(config, num_classes=int(meta["num_classes"]))
-    dataset = create_dataset(data_config, training=False, classes=meta.get("class_names"))
+    dataset = create_dataset(record.data_config(config), training=False,
+                             classes=record.class_names or None)
     loss = CrossEntropySmooth(sparse=True, reduction="mean", smooth_factor=0.0,
-                              num_classes=int(meta["num_classes"]))
-    model = Model(net, loss_fn=loss, metrics=eval_metrics(meta["num_classes"]))
+                              num_classes=record.num_classes)
+    model = Model(net, loss_fn=loss, metrics=eval_metrics(record.num_classes))
     started = time.time()
     result = model.eval(dataset, dataset_sink_mode=False)
-    line = (f"result: {result}, network: {meta['network']}, ckpt: '{config.checkpoint_path}', "
+    line = (f"result: {result}, network: {record.network}, ckpt: '{config.checkpoint_path}', "
             f"time: {time.time() - started:.1f} s")
     print(line, flush=True)
     try:

@@ -5,7 +5,7 @@ import os
 import mindspore as ms
 import numpy as np
 
-from src.checkpoint import build_network, load_weights, meta_for_eval, read_checkpoint
+from src.checkpoint import load_weights, read_checkpoint, resolve
 from src.device import use_device
 from src.errors import ArgumentParser, UserError, writable_folder
 from src.model_utils.config import MAX_IMAGE_SIZE, get_config, parse_bool
@@ -54,21 +54,19 @@ def export(argv) -> str:
         raise UserError("no checkpoint given", "--checkpoint_path",
                         "give --checkpoint_path CKPT (or --ckpt_file)")
     params, meta = read_checkpoint(config.checkpoint_path)
-    meta = meta_for_eval(config, meta, config.checkpoint_path)
-    # The side the network was trained at (recorded in our checkpoints, else the config's).
-    default_side = config.image_size if "image_size" in config.explicit else \
-        int(meta["image_size"])
-    width = default_side if args.width is None else args.width
+    record = resolve(config, meta, config.checkpoint_path)
+    # Each side: its flag, else --image_size, else the checkpoint's recorded side, else the yaml's.
+    width = record.image_size if args.width is None else args.width
     height = width if args.height is None else args.height
     for name, side in (("--width", width), ("--height", height)):
         if side < 32 or side % 32 or side > MAX_IMAGE_SIZE:
             raise UserError(f"input side {side} is not a multiple of 32 from 32 to "
                             f"{MAX_IMAGE_SIZE}", name, "give 224, 192, 160, 128, 32, ...")
     use_device(config.device_target)
-    net = build_network(meta, conv_impl="standard")  # export: standard operators only
+    net = record.build(conv_impl="standard")  # export: standard operators only
     load_weights(net, params, config.checkpoint_path)
     net.set_train(False)  # BatchNorm exports its moving statistics, not batch statistics
-    file_name = args.file_name or meta["network"]
+    file_name = args.file_name or record.network
     writable_folder(os.path.dirname(os.path.abspath(file_name)), "--file_name")
     batch = None if dynamic else args.batch_size
     if fmt == "ONNX":
@@ -81,7 +79,7 @@ def export(argv) -> str:
         example = ms.Tensor(shape=[batch, 3, height, width], dtype=ms.float32)
         ms.export(net, example, file_name=file_name, file_format=fmt)
     path = file_name + SUFFIX[fmt]
-    sidecar = {**meta, "input_shape": [batch, 3, height, width], "format": fmt,
+    sidecar = {**record.as_dict(), "input_shape": [batch, 3, height, width], "format": fmt,
                "checkpoint": os.path.abspath(config.checkpoint_path)}
     with open(path + ".json", "w", encoding="utf-8") as f:
         json.dump(sidecar, f, indent=1)

@@ -1,24 +1,37 @@
-"""Training: builds data, network, loss, lr, optimizer and callbacks from a config and runs them."""
+"""Training: a config's network trained on its data, in a few named steps.
+
+``train(config)`` takes the run folder (one run at a time), finds where the run starts (a
+checkpoint to resume, agreed by every rank, or epoch 1), resolves the network record, builds the
+data, the network and the optimizer with its schedule, restores the train state, makes the
+callbacks, trains, and ends with what the run gave. It changes nothing in ``config``.
+"""
+import contextlib
+import dataclasses
+import fcntl
 import glob
-import json
 import os
+import shutil
+import socket
 import time
 
 import mindspore as ms
 import numpy as np
-from mindspore import nn
+from mindspore import nn, ops
 from mindspore.train import FixedLossScaleManager, Model, TimeMonitor
 
-from src.callbacks import EpochCheckpoint, EvalMonitor, NonFiniteLossGuard, ProgressMonitor
-from src.checkpoint import (CLASS_NAMES, build_network, load_weights, network_meta, partial_path,
-                            read_checkpoint)
+from src.callbacks import (NonFiniteLossGuard, ProgressMonitor, RunRecorder, SignalStop,
+                           epoch_and_step)
+from src.checkpoint import (OPTION_KEYS, NetworkRecord, load_weights, read_checkpoint,
+                            require_network, resolve)
 from src.CrossEntropySmooth import CrossEntropySmooth
 from src.dataset import check_layout, create_dataset, dataset_classes
 from src.device import use_device
-from src.errors import UserError, writable_folder
+from src.errors import Stopped, UserError, writable_folder
 from src.evaluator import eval_metrics
 from src.lr_generator import get_lr
 from src.models import options_of
+from src.run_state import (RunState, best_name, parse_checkpoint_name, pending_best_name,
+                           truncate_metrics)
 
 
 def set_up(config) -> tuple:
@@ -39,7 +52,19 @@ def set_up(config) -> tuple:
     rank, size = get_rank(), get_group_size()
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
                                  device_num=size)
+    _die_with_parent()
     return rank, size
+
+
+def _die_with_parent() -> None:
+    """A worker ends when the launcher that started it does (Linux), so killing a launch script
+    or msrun leaves no training process behind."""
+    try:
+        import ctypes
+        import signal
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def decay_groups(net, weight_decay: float) -> list:
@@ -52,82 +77,194 @@ def decay_groups(net, weight_decay: float) -> list:
             {"order_params": params}]
 
 
-def checkpoint_dir(config, rank: int) -> str:
-    return os.path.join(os.path.abspath(config.output_path), f"ckpt_{rank}")
+def checkpoint_dir(config) -> str:
+    """The run's checkpoint folder, ``<output_path>/ckpt_0``: only rank 0 writes checkpoints,
+    and every rank resumes from them."""
+    return os.path.join(os.path.abspath(config.output_path), "ckpt_0")
 
 
-def existing_checkpoints(directory: str, network: str) -> list:
-    return sorted(glob.glob(os.path.join(directory, f"{network}-*.ckpt")), key=os.path.getmtime)
+# ---- step 1: the run folder, one run at a time
 
-
-def newest_loadable_checkpoint(directory: str, network: str) -> str:
-    """The checkpoint of ``network`` in ``directory`` with the highest epoch that loads; "" if none.
-
-    A file cut off by a crash is skipped with a warning, so the run goes on from the one before.
-    """
-    candidates = []
-    for path in existing_checkpoints(directory, network):
-        try:
-            _, meta = read_checkpoint(path)
-        except UserError:
-            print(f"warning: skipping unreadable checkpoint {path}", flush=True)
-            continue
-        candidates.append((meta.get("epoch_num", 0), os.path.getmtime(path), path))
-    return max(candidates)[2] if candidates else ""
-
-
-def train(config) -> str:
-    """Train ``config.network`` as ``config`` says; returns the checkpoint folder."""
-    check_layout(config.dataset, config.dataset_path)  # before a process group starts
-    rank, group_size = set_up(config)
-    ckpt_dir = checkpoint_dir(config, rank)
-    if rank == 0:  # the rank that writes checkpoints, metrics and curves
-        writable_folder(ckpt_dir, "--output_path")
-    start_epoch, resume_params = 0, None
-    for stale in glob.glob(partial_path(os.path.join(ckpt_dir, "*.ckpt"))):
-        os.remove(stale)
-        print(f"removed {stale}: a save that a crash cut short", flush=True)
-    if config.resume == "auto":
-        config.resume = newest_loadable_checkpoint(ckpt_dir, config.network)
-        print(f"resume auto: {config.resume or 'no checkpoint yet, starting at epoch 1'}",
+@contextlib.contextmanager
+def run_lock(folder: str):
+    """Hold the run folder for this run: a second run on it is refused in one line naming the
+    first one's process. The lock is an flock, which the system releases when a process dies
+    however it dies, so a killed run's lock file is taken over (and said so)."""
+    path = os.path.join(folder, ".lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 4096).decode(errors="replace").strip() or "a process"
+        os.close(fd)
+        raise UserError(f"the output folder is in use by another run ({holder})", folder,
+                        "wait for it to end, or give another --output_path") from None
+    left = os.read(fd, 4096).decode(errors="replace").strip()
+    if left:
+        print(f"lock: took over the lock of a run that ended without releasing it ({left})",
               flush=True)
-    if config.resume:
-        resume_params, meta = read_checkpoint(config.resume)
-        if meta.get("network", config.network) != config.network:
-            raise UserError(f"checkpoint is of {meta['network']}, not {config.network}",
-                            config.resume, f"give --network {meta['network']} to resume it")
-        start_epoch = meta.get("epoch_num", 0)
-        if start_epoch >= config.epoch_size:
-            raise UserError(f"checkpoint is at epoch {start_epoch} of {config.epoch_size}",
-                            config.resume, "give a larger --epoch_size to train further")
-    elif config.save_checkpoint and rank == 0 and existing_checkpoints(ckpt_dir, config.network):
-        raise UserError("the output folder already holds checkpoints of an earlier run", ckpt_dir,
-                        "give another --output_path, or --resume one of those checkpoints")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, started "
+                  f"{time.strftime('%Y-%m-%d %H:%M:%S')}".encode(), 0)
+    try:
+        yield
+    finally:
+        os.ftruncate(fd, 0)  # a clean end leaves nothing to take over
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
-    if config.pretrained:
-        pretrained, pretrained_meta = read_checkpoint(config.pretrained)
-        if pretrained_meta.get("network", config.network) != config.network:
-            raise UserError(f"checkpoint is of {pretrained_meta['network']}, not "
-                            f"{config.network}", config.pretrained,
-                            f"give --network {pretrained_meta['network']} to fine-tune it, or a "
-                            f"checkpoint of {config.network}")
-        # The weights need the layout and the pixels they were trained with.
-        for key in options_of(config.network) + ("input_norm",):
-            value = pretrained_meta.get(key, getattr(config, key))
-            if key not in config.explicit and value != getattr(config, key):
-                setattr(config, key, value)
-                print(f"pretrained: {key} {value}, as its weights were trained", flush=True)
-    dataset = create_dataset(config, training=True, rank_id=rank, rank_size=group_size)
-    steps = dataset.get_dataset_size()
-    meta = network_meta(config)
-    classes = dataset_classes(config, training=True)
-    if classes:
-        meta[CLASS_NAMES] = json.dumps(classes)
-    net = build_network(meta, conv_impl=config.conv_impl)
-    if config.pretrained:
-        load_weights(net, pretrained, config.pretrained, skip=("classifier",))
-        print(f"pretrained: loaded all but the classifier from {config.pretrained}", flush=True)
 
+# ---- step 2: where the run starts
+
+@dataclasses.dataclass
+class Start:
+    """Where a run starts: nothing (epoch 1), or a checkpoint's weights and train state."""
+    path: str = ""
+    params: dict = None
+    meta: dict = dataclasses.field(default_factory=dict)
+
+    def global_step(self, steps_per_epoch: int) -> int:
+        """Steps done before this run (a checkpoint of an older version records epochs only)."""
+        if not self.path:
+            return 0
+        return int(self.meta.get("global_step", self.meta.get("epoch_num", 0) * steps_per_epoch))
+
+
+def resume_candidates(folder: str, network: str) -> list:
+    """The run's checkpoints, newest first, found by their recorded epoch and step without
+    loading a tensor: the run state's, or (a folder of an older version) the names
+    ``{network}-{epoch}_{step}.ckpt``; never ``-best.ckpt``."""
+    state = RunState.load(folder) if os.path.isdir(folder) else None
+    if state is not None:
+        names = [name for _, name in reversed(state.checkpoints())]
+    else:
+        found = [(parse_checkpoint_name(network, n), n) for n in
+                 (os.listdir(folder) if os.path.isdir(folder) else [])]
+        names = [n for position, n in sorted(found, reverse=True) if position]
+    return [os.path.join(folder, n) for n in names]
+
+
+def find_start(config, folder: str) -> Start:
+    """The checkpoint ``--resume`` names (``auto``: the newest of the run that loads; a file
+    cut off by a crash is skipped with a warning), checked to be of this network."""
+    if config.resume == "auto":
+        for path in resume_candidates(folder, config.network):
+            try:
+                params, meta = read_checkpoint(path)
+            except UserError:
+                print(f"warning: skipping unreadable checkpoint {path}", flush=True)
+                continue
+            print(f"resume auto: {path}", flush=True)
+            start = Start(path, params, meta)
+            break
+        else:
+            print("resume auto: no checkpoint yet, starting at epoch 1", flush=True)
+            return Start()
+    elif config.resume:
+        start = Start(config.resume, *read_checkpoint(config.resume))
+    else:
+        return Start()
+    require_network(config, start.meta, start.path, "resume")
+    return start
+
+
+def agree_on_step(step: int, rank: int, size: int) -> None:
+    """Every rank of a distributed run must start at the same step, or the one ahead waits for
+    the others forever at its first step past their end. One all-reduce tells."""
+    steps = gather_over_ranks(step, rank, size)
+    if len(set(steps)) > 1:
+        raise UserError(f"the ranks would resume at different steps ({min(steps)} to "
+                        f"{max(steps)})", "--resume",
+                        "give every rank the same --output_path on a shared file system, or "
+                        "one --resume checkpoint")
+
+
+# ---- step 3: the network record
+
+def network_record(config, start: Start) -> tuple:
+    """(record, pretrained weights or None): the config's network and pixels, with the layout
+    options the resumed or pretrained weights were trained with (they need them), the input
+    normalisation of pretrained weights unless a flag gives one, and the class folders' names."""
+    record = NetworkRecord.from_config(config, dataset_classes(config, training=True) or ())
+    if start.path:
+        weights = resolve(config, start.meta, start.path, fixed=OPTION_KEYS, carried=())
+        return dataclasses.replace(record, options=weights.options), None
+    if not config.pretrained:
+        return record, None
+    params, meta = read_checkpoint(config.pretrained)
+    require_network(config, meta, config.pretrained, "fine-tune")
+    weights = resolve(config, meta, config.pretrained, fixed=OPTION_KEYS, carried=("input_norm",))
+    tuned = dataclasses.replace(record, options=weights.options, input_norm=weights.input_norm)
+    for key, value in tuned.as_dict().items():
+        if key in options_of(config.network) + ("input_norm",) and value != getattr(config, key):
+            print(f"pretrained: {key} {value}, as its weights were trained", flush=True)
+    return tuned, params
+
+
+# ---- step 4: the run folder's state where the run starts (rank 0)
+
+def prepare_folder(config, folder: str, start: Start, step: int, steps: int) -> tuple:
+    """(run state, metrics history) of the run as of ``step``, with the folder made to match:
+    saves a crash cut short removed, a best checkpoint whose commit happened put in place, the
+    state, metrics.csv, best checkpoint and later checkpoints rolled back to the resumed
+    checkpoint. A new run refuses a folder that holds another run's checkpoints."""
+    state = RunState.load(folder)
+    if state is not None and state.best_file_epoch is not None:  # a crash after the commit
+        pending = os.path.join(folder, pending_best_name(config.network, state.best_file_epoch))
+        if os.path.exists(pending):
+            os.replace(pending, os.path.join(folder, best_name(config.network)))
+    for stale in glob.glob(os.path.join(folder, ".p*")):  # .partial-*, .pending-*: uncommitted
+        if os.path.basename(stale).startswith((".partial-", ".pending-")):
+            os.remove(stale)
+            print(f"removed {stale}: a save that a crash cut short", flush=True)
+    here = os.path.dirname(os.path.abspath(start.path)) == folder if start.path else False
+    if not here:
+        if config.save_checkpoint and resume_candidates(folder, config.network):
+            raise UserError("the output folder already holds checkpoints of an earlier run",
+                            folder, "give another --output_path, or --resume one of those "
+                            "checkpoints")
+        fresh = RunState(config.network, steps)
+        fresh.commit(folder)
+        truncate_metrics(folder, -1, steps)
+        return fresh, []
+    state = (state or RunState(config.network, steps)).as_of(step)
+    for name in os.listdir(folder):  # checkpoints saved after the one resumed from
+        position = parse_checkpoint_name(config.network, name)
+        if position and (position[0] - 1) * steps + position[1] > step:
+            os.remove(os.path.join(folder, name))
+    best = state.best()
+    if state.best_file_epoch != (best[0] if best else None):
+        restore_best(folder, config.network, state, best)
+    state.commit(folder)
+    rows = truncate_metrics(folder, step, steps)
+    history = [(int(r["epoch"]), int(r["global_step"]), float(r["loss"]), float(r["lr"]))
+               for r in rows if r["kind"] == "step"]
+    return state, history
+
+
+def restore_best(folder, network, state, best) -> None:
+    """The best checkpoint of a run rolled back past its best epoch: that epoch's own checkpoint
+    if it is still there, else none (the next better eval writes one)."""
+    path = os.path.join(folder, best_name(network))
+    kept = dict((step, name) for step, name in state.checkpoints())
+    source = kept.get(state.epochs[best[0]]["global_step"]) if best else None
+    if source:
+        shutil.copyfile(os.path.join(folder, source), path)
+        state.best_file_epoch = best[0]
+    else:
+        if os.path.exists(path):
+            os.remove(path)
+        state.best_file_epoch = None
+        if best:
+            print(f"warning: the best checkpoint (epoch {best[0]}) was not kept; the next "
+                  f"better eval writes {path}", flush=True)
+
+
+# ---- step 5: the optimizer, its schedule, the train state
+
+def build_optimizer(config, net, steps: int, group_size: int) -> tuple:
+    """(Momentum optimizer, per-step lr array): the lr schedule scaled to the global batch when
+    the recipe says so, weight decay on weights only, the loss scale of the manager."""
     lr_init, lr_max = config.lr_init, config.lr_max
     if config.lr_scaling == "linear" and config.lr_base_batch:
         factor = config.batch_size * group_size / config.lr_base_batch
@@ -139,16 +276,73 @@ def train(config) -> str:
                 config.warmup_epochs, config.epoch_size, steps)
     opt = nn.Momentum(decay_groups(net, config.weight_decay), ms.Tensor(lr), config.momentum,
                       loss_scale=config.loss_scale)
-    if resume_params is not None:
-        load_weights(net, resume_params, config.resume)
-        # Set the moments by exact name: load_param_into_net(opt, ...) also matches a
-        # network weight to its moment with the "moments." prefix dropped (measured on 2.10).
-        for moment in opt.moments:
-            if moment.name in resume_params:
-                moment.set_data(resume_params[moment.name].data)
-        opt.global_step.set_data(ms.Tensor([start_epoch * steps], ms.int32))
-        print(f"resume: from epoch {start_epoch} of {config.resume}, next lr "
-              f"{lr[start_epoch * steps]:.8f}", flush=True)
+    return opt, lr
+
+
+def restore_train_state(net, opt, start: Start, step: int, steps: int, lr) -> None:
+    """The resumed checkpoint's weights, momentum and step counter (so the lr continues)."""
+    load_weights(net, start.params, start.path)
+    # Set the moments by exact name: load_param_into_net(opt, ...) also matches a network
+    # weight to its moment with the "moments." prefix dropped (measured on 2.10).
+    for moment in opt.moments:
+        if moment.name in start.params:
+            moment.set_data(start.params[moment.name].data)
+    opt.global_step.set_data(ms.Tensor([step], ms.int32))
+    epoch, in_epoch = epoch_and_step(step + 1, steps)
+    print(f"resume: from {start.path} at epoch {epoch} step {in_epoch}, next lr "
+          f"{lr[step]:.8f}", flush=True)
+
+
+def gather_over_ranks(value: int, rank: int, size: int) -> list:
+    """Every rank's ``value``, in rank order: each rank puts its own in its slot of a zero
+    vector and one all-reduce sums them (MindSpore's CPU AllReduce only sums, and only floats;
+    float32 holds every integer below 2**24 exactly)."""
+    slots = np.zeros(size, np.float32)
+    slots[rank] = value
+    return [int(v) for v in ops.AllReduce()(ms.Tensor(slots)).asnumpy()]
+
+
+def any_rank_signal(rank: int, size: int):
+    """A function ``signal number or 0 -> the largest over all ranks``, for SignalStop."""
+    return lambda signum: max(gather_over_ranks(signum, rank, size))
+
+
+# ---- the run
+
+def train(config) -> str:
+    """Train ``config.network`` as ``config`` says; returns the checkpoint folder."""
+    check_layout(config.dataset, config.dataset_path)  # before a process group starts
+    rank, group_size = set_up(config)
+    folder = checkpoint_dir(config)
+    if rank != 0:
+        return _train(config, rank, group_size, folder)
+    writable_folder(folder, "--output_path")
+    with run_lock(folder):
+        return _train(config, rank, group_size, folder)
+
+
+def _train(config, rank: int, group_size: int, folder: str) -> str:
+    start = find_start(config, folder)
+    record, pretrained = network_record(config, start)
+    dataset = create_dataset(record.data_config(config), training=True, rank_id=rank,
+                             rank_size=group_size)
+    steps = dataset.get_dataset_size()
+    step = start.global_step(steps)
+    if step >= config.epoch_size * steps:
+        raise UserError(f"checkpoint is at epoch {step // steps} of {config.epoch_size}",
+                        start.path, "give a larger --epoch_size to train further")
+    if group_size > 1:
+        agree_on_step(step, rank, group_size)
+    state, history = prepare_folder(config, folder, start, step, steps) if rank == 0 \
+        else (None, [])
+
+    net = record.build(conv_impl=config.conv_impl)
+    if pretrained is not None:
+        load_weights(net, pretrained, config.pretrained, skip=("classifier",))
+        print(f"pretrained: loaded all but the classifier from {config.pretrained}", flush=True)
+    opt, lr = build_optimizer(config, net, steps, group_size)
+    if start.path:
+        restore_train_state(net, opt, start, step, steps, lr)
 
     loss = CrossEntropySmooth(sparse=True, reduction="mean",
                               smooth_factor=config.label_smooth_factor,
@@ -159,42 +353,78 @@ def train(config) -> str:
                                                            drop_overflow_update=False),
                   metrics=eval_metrics(config.num_classes) if watch else None)
     progress = ProgressMonitor(opt, steps, config.log_interval, config.epoch_size,
-                               config.batch_size * group_size)
+                               config.batch_size * group_size, history)
     callbacks = [NonFiniteLossGuard(opt, steps, net.trainable_params()[0]), TimeMonitor(steps),
                  progress]
-    evaluator = saver = None
-    if watch:
-        evaluator = EvalMonitor(model, create_dataset(config, training=False, classes=classes),
-                                config.eval_interval, ckpt_dir, config.network, meta, progress)
-        callbacks.append(evaluator)
-    if config.save_checkpoint and rank == 0:
-        saver = EpochCheckpoint(config.network, ckpt_dir, config.save_checkpoint_epochs,
-                                config.keep_checkpoint_max, meta)
-        callbacks.append(saver)
-    print(f"train: {config.network}, {steps} steps/epoch, epochs {start_epoch + 1}.."
-          f"{config.epoch_size}, rank {rank}/{group_size}, checkpoints in {ckpt_dir}", flush=True)
+    recorder = None
+    if rank == 0:
+        eval_data = create_dataset(record.data_config(config), training=False,
+                                   classes=record.class_names or None) if watch else None
+        recorder = RunRecorder(folder, state, record.as_checkpoint_meta(), progress, opt,
+                               config.epoch_size, save=config.save_checkpoint,
+                               save_every=config.save_checkpoint_epochs,
+                               keep=config.keep_checkpoint_max, model=model, eval_data=eval_data,
+                               eval_interval=config.eval_interval if watch else 0)
+        callbacks.append(recorder)
+    stopper = SignalStop(opt, steps, recorder,
+                         any_rank_signal(rank, group_size) if group_size > 1 else None)
+    callbacks.append(stopper)
+
+    first_epoch, skip = divmod(step, steps)
+    print(f"train: {config.network}, {steps} steps/epoch, epochs {first_epoch + 1}.."
+          f"{config.epoch_size}, rank {rank}/{group_size}, checkpoints in {folder}", flush=True)
     started = time.time()
-    model.train(config.epoch_size, dataset, callbacks=callbacks,
-                dataset_sink_mode=config.dataset_sink_mode, initial_epoch=start_epoch)
-    # Data-parallel ranks must end with the same weights: this lets a log show that they do.
-    checksum = sum(float(np.abs(p.asnumpy()).astype(np.float64).sum()) for p in net.trainable_params())
+    stopper.install()
+    try:
+        if skip:  # resumed inside an epoch: its remaining steps first
+            model.train(first_epoch + 1, dataset.take(steps - skip), callbacks=callbacks,
+                        dataset_sink_mode=config.dataset_sink_mode, initial_epoch=first_epoch)
+            first_epoch += 1
+        if not stopper.signum and first_epoch < config.epoch_size:
+            model.train(config.epoch_size, dataset, callbacks=callbacks,
+                        dataset_sink_mode=config.dataset_sink_mode, initial_epoch=first_epoch)
+    finally:
+        stopper.restore()
     elapsed = time.time() - started
+    if stopper.signum:
+        raise Stopped(stopper.signum, stop_line(stopper, opt, steps, rank))
+    # Data-parallel ranks must end with the same weights: this lets a log show that they do.
+    checksum = sum(float(np.abs(p.asnumpy()).astype(np.float64).sum())
+                   for p in net.trainable_params())
     print(f"train: done in {elapsed:.1f} s, rank {rank} weights checksum {checksum:.10e}",
           flush=True)
     if rank == 0:
-        print(closing_line(config.network, start_epoch, config.epoch_size, elapsed, evaluator,
-                           saver), flush=True)
-    return ckpt_dir
+        print(closing_line(config.network, step // steps, config.epoch_size, elapsed, state,
+                           folder), flush=True)
+    return folder
 
 
-def closing_line(network, start_epoch, epochs, elapsed, evaluator, saver) -> str:
+def stop_line(stopper, opt, steps: int, rank: int) -> str:
+    """What a stop by signal says: which signal, where, and what continues the run."""
+    import signal
+    from src.callbacks import global_step
+    done = global_step(opt)
+    epoch, step = epoch_and_step(max(done, 1), steps)
+    where = f"after epoch {epoch} step {step} (global step {done})"
+    name = signal.Signals(stopper.signum).name
+    if stopper.saved:
+        return (f"stopped: {name} {where}; saved {stopper.saved} in {stopper.save_seconds:.2f} s:"
+                f" --resume auto continues from it")
+    if rank != 0:
+        return f"stopped: {name} {where} (rank {rank}; rank 0 saves the checkpoint)"
+    return f"stopped: {name} {where}; nothing saved (save_checkpoint is False)"
+
+
+def closing_line(network, start_epoch, epochs, elapsed, state, folder) -> str:
     """What the run gave and where it is: the best top-1, its epoch and the best checkpoint when
     it evaluated, else the last checkpoint."""
     line = f"train: finished {network} epochs {start_epoch + 1}..{epochs} in {elapsed:.1f} s"
-    if evaluator is not None and evaluator.best is not None:
-        return line + (f"; best top-1 {evaluator.best:.4f} at epoch {evaluator.best_epoch}: "
-                       f"{evaluator.best_path}")
-    if saver is not None and saver.saved:
-        return line + (f"; last checkpoint {saver.saved[-1]} (no top-1: give --eval_interval N "
-                       "to score the validation set every N epochs)")
+    best = state.best() if state is not None else None
+    if best and state.best_file_epoch == best[0]:
+        return line + (f"; best top-1 {best[1]:.4f} at epoch {best[0]}: "
+                       f"{os.path.join(folder, best_name(network))}")
+    saved = state.checkpoints() if state is not None else []
+    if saved:
+        return line + (f"; last checkpoint {os.path.join(folder, saved[-1][1])} (no top-1: give "
+                       "--eval_interval N to score the validation set every N epochs)")
     return line + "; no checkpoint saved (save_checkpoint is False)"

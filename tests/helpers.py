@@ -69,11 +69,10 @@ def saved_checkpoint(path, network="shufflenet_v2_x0_5", num_classes=4, epoch=1,
                      net=None, **meta):
     """A checkpoint of ``network`` as train.py writes it (random weights, our metadata, epoch and
     step), without training for it; ``meta`` overrides the recorded values."""
-    from src.checkpoint import build_network, save_atomically
+    from src.checkpoint import NetworkRecord, build_network, save_atomically
     from src.model_utils.config import get_config
-    from src.checkpoint import network_meta
     config = get_config(["--network", network, "--num_classes", str(num_classes)])
-    record = {**network_meta(config), **meta}
+    record = {**NetworkRecord.from_config(config).as_dict(), **meta}
     net = net or build_network(record, conv_impl="standard")
     save_atomically(net, str(path), {**record, "epoch_num": epoch, "step_num": epoch * steps})
     return str(path)

@@ -86,11 +86,13 @@ def test_mindcv_checkpoint_is_identified_and_evaluated(tmp_path):
     ms.save_checkpoint(net, path)
     params, meta = read_checkpoint(path)
     assert meta["network"] == "shufflenet_v2_x0_5" and meta["num_classes"] == 3
-    assert meta["pool_pad"] == "same" and meta["image_size"] == 224
+    # Only what the shapes prove: the network, its classes and MindCV's layout, not the pixels
+    # (those are the flags' and the yaml's).
+    assert meta["pool_pad"] == "same" and "image_size" not in meta and "dataset" not in meta
 
     data = write_image_folder(str(tmp_path / "images"), per_class=2, classes=3, size=64)
     proc = run_entry("eval.py", "--checkpoint_path", path, "--dataset_path", data,
-                     "--image_size", "64", cwd=str(tmp_path))
+                     "--dataset", "imagenet", "--image_size", "64", cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "its shapes are MindCV's shufflenet_v2_x0_5 with 3 classes" in proc.stdout
     assert RESULT.search(proc.stdout)

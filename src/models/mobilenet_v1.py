@@ -10,6 +10,9 @@ BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
           (512, 1), (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1))
 # Layout options a checkpoint records so that the same network is built again.
 OPTIONS = ("activation",)
+# How MindCV's checkpoints of this family look (see shufflenet_v1.MINDCV_LAYOUT).
+MINDCV_LAYOUT = {"marker": "features.3.0.weight", "stem": "features.0.weight",
+                 "options": {"activation": "relu"}}
 VARIANTS = {f"mobilenet_v1_{tag}": {"alpha": alpha}
             for tag, alpha in (("025", 0.25), ("050", 0.5), ("075", 0.75), ("100", 1.0))}
 ACTIVATIONS = {"relu": nn.ReLU, "relu6": nn.ReLU6}

@@ -28,6 +28,13 @@ def options_of(name: str) -> tuple:
     return _REGISTRY[name][0].OPTIONS
 
 
+def mindcv_layout(name: str) -> dict:
+    """How MindCV's checkpoints of ``name``'s family look: {"marker": a parameter only that
+    family has, "stem": the stem conv's parameter, "options": our options for its code}."""
+    _check_name(name)
+    return _REGISTRY[name][0].MINDCV_LAYOUT
+
+
 def variant_args(name: str) -> dict:
     """The family constructor's arguments that make ``name`` (group, width, alpha...)."""
     _check_name(name)

@@ -15,6 +15,11 @@ WIDTHS = {"05": Fraction(1, 2), "10": Fraction(1), "15": Fraction(3, 2), "20": F
 
 # Layout options a checkpoint records so that the same network is built again.
 OPTIONS = ("pool_pad", "shuffle_order")
+# How MindCV's checkpoints of this family look: a parameter only this family has, the stem conv
+# whose outputs (with the classifier's inputs) tell the widths apart, and the options under which
+# our network computes what MindCV's code computes (tested against MindCV 0.3.0's own).
+MINDCV_LAYOUT = {"marker": "features.0.branch_main_1.0.weight", "stem": "first_conv.0.weight",
+                 "options": {"pool_pad": "same", "shuffle_order": "megvii"}}
 VARIANTS = {
     f"shufflenet_v1_g{g}_{w}": {"group": g, "width": float(WIDTHS[w])}
     for g in PAPER_STAGE2_1X for w in WIDTHS

@@ -16,6 +16,9 @@ CHANNELS = {
 }
 # Layout options a checkpoint records so that the same network is built again.
 OPTIONS = ("pool_pad", "layout")
+# How MindCV's checkpoints of this family look (see shufflenet_v1.MINDCV_LAYOUT).
+MINDCV_LAYOUT = {"marker": "features.0.branch_main.0.weight", "stem": "first_conv.0.weight",
+                 "options": {"pool_pad": "same", "layout": "megvii"}}
 LAYOUTS = ("megvii", "torchvision")
 VARIANTS = {f"shufflenet_v2_x{w}": {"width": w} for w in CHANNELS}
 
