@@ -22,14 +22,46 @@ preflight() {
     PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" python3 -m src.launch check "$@" || exit 2
 }
 
-# show_failure LOG: a run's own error line if it wrote one, else the log's last lines.
+# show_failure LOG: a run's own error (or stop) line if it wrote one, else the log's last lines.
 show_failure() {
     local line
-    line=$(grep -h "^error: " "$@" 2>/dev/null | head -n 1)
+    line=$(grep -h -E "^(error|stopped): " "$@" 2>/dev/null | head -n 1)
     if [ -n "$line" ]; then echo "$line" >&2; else tail -n 5 "$@" >&2; fi
 }
 
 # show_result LOG: where the checkpoints went and the run's figure (train.py's closing line).
 show_result() {
     grep -h "^train: finished" "$1" || true
+}
+
+# OWN_GROUP CMD...: exec CMD in a process group of its own that gets SIGTERM when this script
+# ends, however it ends (Linux PR_SET_PDEATHSIG). A terminal's Ctrl-C or a kill of this script's
+# group then reaches the script alone, which passes it on once (see forward_signals).
+OWN_GROUP=(python3 -c 'import ctypes, os, signal, sys
+os.setpgrp()
+ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+os.execvp(sys.argv[1], sys.argv[1:])')
+
+# forward_signals PIDS_FUNCTION: on SIGTERM or SIGINT, send the same signal to the processes
+# PIDS_FUNCTION prints (they finish their step, save, and exit 143 / 130), and remember it in
+# STOP_SIGNAL; wait_for then waits for them to end.
+STOP_SIGNAL=""
+forward_signals() {
+    trap "STOP_SIGNAL=TERM; $1 | xargs -r kill -s TERM 2>/dev/null || true" TERM
+    trap "STOP_SIGNAL=INT; $1 | xargs -r kill -s INT 2>/dev/null || true" INT
+}
+
+# wait_for PID: its exit status, waiting on through the signals this script forwards.
+wait_for() {
+    local status=0
+    while true; do
+        wait "$1" && status=0 || status=$?
+        kill -0 "$1" 2>/dev/null || break  # a trapped signal interrupted wait: wait again
+    done
+    return "$status"
+}
+
+# stop_status: this script's exit status after a forwarded stop (128 + the signal's number).
+stop_status() {
+    case "$STOP_SIGNAL" in TERM) echo 143 ;; INT) echo 130 ;; *) echo 1 ;; esac
 }

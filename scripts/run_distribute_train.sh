@@ -6,6 +6,8 @@
 # train_parallel{RANK_ID}/log.txt. msrun's --rank_table_file does not start a rank-table job on
 # MindSpore 2.10 (its own help says so), so this is the env-var launch the zoo uses.
 # If one process fails, the others are stopped and the script exits with its code.
+# SIGTERM / Ctrl-C reach every rank: they finish the same step, rank 0 saves (--resume auto
+# continues), the script exits 143 / 130; the ranks also end when this script is killed.
 # EXTRA_ARGS="--key value ..." adds train.py flags; they are checked before any process starts.
 # DRY_RUN=1 prints each planned command and its environment and starts nothing.
 set -euo pipefail
@@ -31,22 +33,31 @@ while read -r RANK_ID DEVICE_ID; do
         continue
     fi
     mkdir -p "$dir"
-    (cd "$dir" && RANK_ID=$RANK_ID DEVICE_ID=$DEVICE_ID exec "${cmd[@]}" > log.txt 2>&1) &
+    (cd "$dir" && RANK_ID=$RANK_ID DEVICE_ID=$DEVICE_ID exec "${OWN_GROUP[@]}" "${cmd[@]}" \
+        > log.txt 2>&1) &
     pids+=($!)
     echo "rank $RANK_ID on device $DEVICE_ID: log $dir/log.txt"
 done <<< "$PLAN"
 [ "${DRY_RUN:-0}" = "1" ] && exit 0
 
+rank_pids() { printf '%s\n' "${pids[@]}"; }
+forward_signals rank_pids
 status=0
-for _ in "${pids[@]}"; do
-    if ! wait -n; then
-        status=1
-        echo "error: a training process failed: stopping the others; see train_parallel*/log.txt" >&2
-        show_failure train_parallel*/log.txt
-        kill "${pids[@]}" 2>/dev/null || true
-        break
-    fi
+remaining=${#pids[@]}
+while [ "$remaining" -gt 0 ]; do
+    if wait -n; then remaining=$((remaining - 1)); continue; fi
+    [ -n "$STOP_SIGNAL" ] && break  # a forwarded stop interrupted the wait
+    status=1
+    echo "error: a training process failed: stopping the others; see train_parallel*/log.txt" >&2
+    show_failure train_parallel*/log.txt
+    kill "${pids[@]}" 2>/dev/null || true
+    break
 done
+if [ -n "$STOP_SIGNAL" ]; then  # every rank finishes the same step; rank 0 saves
+    for pid in "${pids[@]}"; do wait_for "$pid" || true; done
+    show_failure train_parallel0/log.txt
+    exit "$(stop_status)"
+fi
 wait 2>/dev/null || true
 [ "$status" = 0 ] && show_result train_parallel0/log.txt
 exit $status

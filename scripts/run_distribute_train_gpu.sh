@@ -4,6 +4,9 @@
 # Runs in ./train_parallel/: msrun's logs are train_parallel/worker_{rank}.log (and
 # scheduler.log), checkpoints train_parallel/output/ckpt_0/ (rank 0 only).
 # When one worker fails, msrun stops the job and this script exits non-zero.
+# SIGTERM / Ctrl-C reach the workers: every rank finishes the same step, rank 0 saves
+# (--resume auto continues), the script exits 143 / 130; no process is left behind, also when
+# this script is killed outright.
 # EXTRA_ARGS="--key value ..." adds train.py flags; they are checked before msrun starts.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -21,13 +24,39 @@ PORT=${MASTER_PORT:-$((8118 + RANDOM % 1000))}
 mkdir -p train_parallel
 cd train_parallel
 echo "logs: $PWD/worker_{0..$((DEVICE_NUM - 1))}.log"
-msrun --worker_num "$DEVICE_NUM" --local_worker_num "$DEVICE_NUM" --master_port "$PORT" \
-    --log_dir "$PWD" --join True \
+# --tail_worker_log -2 (no worker): msrun would start a `tail -f` per worker log for its console,
+# which msrun.log does not need and which outlives an msrun that is killed.
+"${OWN_GROUP[@]}" msrun --worker_num "$DEVICE_NUM" --local_worker_num "$DEVICE_NUM" \
+    --master_port "$PORT" --log_dir "$PWD" --join True --tail_worker_log -2 \
     "$ROOT/train.py" --config_path "$CONFIG_PATH" --device_target "$DEVICE_TARGET" \
-    --dataset_path "$DATA_PATH" --is_distributed True ${EXTRA_ARGS:-} > msrun.log 2>&1 || {
-    status=$?
+    --dataset_path "$DATA_PATH" --is_distributed True ${EXTRA_ARGS:-} > msrun.log 2>&1 &
+MSRUN_PID=$!
+# The workers: msrun's children in sessions of their own (not its scheduler, which the workers'
+# collectives still need while they stop). msrun itself would SIGKILL them on a Ctrl-C.
+workers() {
+    local pid
+    for pid in $(pgrep -P "$MSRUN_PID"); do
+        [ "$(ps -o pgid= -p "$pid" | tr -d ' ')" = "$pid" ] && echo "$pid"
+    done
+    return 0
+}
+forward_signals workers
+status=0
+while kill -0 "$MSRUN_PID" 2>/dev/null; do
+    if [ -z "$STOP_SIGNAL" ]; then
+        wait "$MSRUN_PID" && status=0 || status=$?
+    else  # stopping: once the workers have saved and gone, end msrun and its scheduler (which
+        [ -z "$(workers)" ] && kill -TERM -- "-$MSRUN_PID" 2>/dev/null  # would wait for them)
+        sleep 0.5
+    fi
+done
+if [ -n "$STOP_SIGNAL" ]; then  # stopped as asked: say where the run can continue from
+    show_failure worker_0.log
+    exit "$(stop_status)"
+fi
+if [ "$status" != 0 ]; then
     echo "error: the job failed (exit $status): see $PWD/worker_*.log" >&2
     show_failure worker_*.log
     exit "$status"
-}
+fi
 show_result worker_0.log

@@ -27,10 +27,11 @@ class UserError(Exception):
 class Stopped(Exception):
     """A run that a signal ended after saving what it needs to continue: its one line, and the
     shell's exit code for that signal (128 + the signal's number: 143 for SIGTERM, 130 for
-    SIGINT)."""
+    SIGINT). ``hard_exit``: leave without the interpreter's exit handlers (a distributed worker
+    whose launcher and scheduler are gone would wait for them forever)."""
 
-    def __init__(self, signum: int, line: str):
-        self.code, self.text = 128 + signum, line
+    def __init__(self, signum: int, line: str, hard_exit: bool = False):
+        self.code, self.text, self.hard_exit = 128 + signum, line, hard_exit
         super().__init__(line)
 
 
@@ -53,6 +54,9 @@ def run_main(main, argv=None) -> int:
         return 2
     except Stopped as stop:
         print(stop.text, file=sys.stderr, flush=True)
+        if stop.hard_exit:  # MindSpore's exit handlers wait for a cluster that is gone
+            sys.stdout.flush()
+            os._exit(stop.code)
         return stop.code
     return 0
 

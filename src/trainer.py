@@ -43,6 +43,7 @@ def set_up(config) -> tuple:
     if not config.is_distributed:
         return 0, 1
     from mindspore.communication import get_group_size, get_rank, init
+    _die_with_parent()  # before init(): msrun's scheduler runs this too, inside init()
     try:
         init()
     except RuntimeError as err:
@@ -52,7 +53,6 @@ def set_up(config) -> tuple:
     rank, size = get_rank(), get_group_size()
     ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
                                  device_num=size)
-    _die_with_parent()
     return rank, size
 
 
@@ -140,7 +140,7 @@ def resume_candidates(folder: str, network: str) -> list:
     else:
         found = [(parse_checkpoint_name(network, n), n) for n in
                  (os.listdir(folder) if os.path.isdir(folder) else [])]
-        names = [n for position, n in sorted(found, reverse=True) if position]
+        names = [n for position, n in sorted((f for f in found if f[0]), reverse=True)]
     return [os.path.join(folder, n) for n in names]
 
 
@@ -387,7 +387,10 @@ def _train(config, rank: int, group_size: int, folder: str) -> str:
         stopper.restore()
     elapsed = time.time() - started
     if stopper.signum:
-        raise Stopped(stopper.signum, stop_line(stopper, opt, steps, rank))
+        if group_size > 1:  # wait for rank 0's save: msrun kills the rest when one rank exits
+            gather_over_ranks(1, rank, group_size)
+        raise Stopped(stopper.signum, stop_line(stopper, opt, steps, rank),
+                      hard_exit=group_size > 1)
     # Data-parallel ranks must end with the same weights: this lets a log show that they do.
     checksum = sum(float(np.abs(p.asnumpy()).astype(np.float64).sum())
                    for p in net.trainable_params())

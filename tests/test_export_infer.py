@@ -117,3 +117,32 @@ def test_class_names_reach_the_export_and_infer(tmp_path, photos, cli):
         for line in lines:
             top = [entry.split()[0] for entry in line.split(": ", 1)[1].split(", ")]
             assert sorted(top) == sorted(names), line
+
+
+def test_fixed_batch_and_non_square_exports_infer_any_number_of_images(tmp_path, photos, cli):
+    """A fixed-batch ONNX export (batch 3) gives 8 images in chunks of 3, the last padded, with
+    the open-batch export's logits; a 64x32 export is fed 64 wide and 32 high."""
+    net = randomize_weights(create_network("mobilenet_v1_025", num_classes=4,
+                                           conv_impl="standard"))
+    ckpt = saved_checkpoint(tmp_path / "m-1_2.ckpt", "mobilenet_v1_025", num_classes=4, net=net)
+    for name, flags in (("open", []), ("fixed", ["--dynamic_batch", "False", "--batch_size", 3]),
+                        ("wide", ["--width", 64, "--height", 32])):
+        result = cli("export.py", "--checkpoint_path", ckpt, "--file_format", "ONNX",
+                     "--file_name", tmp_path / name, *flags)
+        assert result.returncode == 0, result.stderr
+    config = get_config([])
+    eight = (photos * 2)[:8]
+    logits = {}
+    for name in ("open", "fixed"):
+        predictor = Predictor(str(tmp_path / f"{name}.onnx"), config)
+        logits[name] = predictor.logits(preprocess(eight, "cifar10", predictor.size))
+    assert Predictor(str(tmp_path / "fixed.onnx"), config).fixed_batch == 3
+    assert logits["fixed"].shape == (8, 4)
+    assert np.abs(logits["fixed"] - logits["open"]).max() <= 1e-5
+    wide = Predictor(str(tmp_path / "wide.onnx"), config)
+    assert wide.size == (32, 64)
+    batch = preprocess(eight, "cifar10", wide.size)
+    assert batch.shape == (8, 3, 32, 64) and wide.logits(batch).shape == (8, 4)
+    # infer.py end to end on the fixed-batch file
+    result = cli("infer.py", "--model", tmp_path / "fixed.onnx", *eight)
+    assert result.returncode == 0 and result.stdout.count(": ") >= 8, result.stderr

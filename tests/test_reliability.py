@@ -1,20 +1,36 @@
-"""Runs that go wrong: NaN losses stop cleanly, same seed same losses, --resume auto after a crash."""
+"""Runs that go wrong, through real processes: NaN losses stop cleanly; a run killed at any
+moment resumes (--resume auto) into the state of an uninterrupted run; SIGTERM stops a run with a
+checkpoint it continues from; the same seed gives the same losses."""
+import csv
 import os
+import re
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
-from tests.helpers import LOSS, run_entry, write_cifar_folder
+from src.checkpoint import read_checkpoint
+from src.run_state import RunState
+from tests.helpers import LOSS, ROOT, run_entry, write_cifar_folder
 
 pytestmark = pytest.mark.slow
-NET = "shufflenet_v2_x0_5"
+NET = "mobilenet_v1_025"
 ARGS = ["--network", NET, "--num_classes", "4", "--batch_size", "16", "--warmup_epochs", "0",
         "--log_interval", "1", "--seed", "7"]
+EVAL = re.compile(r"^eval: epoch (\d+), top-1 ([\d.]+), top-5 [\d.]+( \(best so far)?", re.M)
 
 
 def ckpts(folder):
     """The checkpoints in ``folder``, not the hidden half-done saves."""
     return sorted(f for f in os.listdir(folder) if f.endswith(".ckpt") and not f.startswith("."))\
-        if folder.exists() else []
+        if os.path.isdir(folder) else []
+
+
+def metric_rows(folder):
+    with open(os.path.join(folder, "metrics.csv"), newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def test_nan_stops_the_run_and_saves_nothing(tmp_path):
@@ -26,70 +42,123 @@ def test_nan_stops_the_run_and_saves_nothing(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error: loss or weights not finite")
     assert "at epoch 1 step" in lines[0] and ", lr " in lines[0]
     assert "Traceback" not in proc.stderr + proc.stdout
-    assert ckpts(tmp_path / "run" / "ckpt_0") == []
+    assert ckpts(str(tmp_path / "run" / "ckpt_0")) == []
 
 
-def test_same_seed_same_losses_and_resume_auto_after_a_crash(tmp_path):
-    data = write_cifar_folder(str(tmp_path / "cifar"), train_count=64, test_count=8)
-    runs = []
-    for name in ("a", "b"):
-        proc = run_entry("train.py", *ARGS, "--dataset_path", data, "--epoch_size", "2",
-                         "--output_path", tmp_path / name)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        runs.append([float(loss) for _, _, loss in LOSS.findall(proc.stdout)])
-    assert len(runs[0]) == 8 and runs[0] == runs[1]
-
-    # A crash cut the newest checkpoint short: --resume auto skips it, continues from epoch 1.
-    folder = tmp_path / "a" / "ckpt_0"
-    newest = folder / f"{NET}-2_4.ckpt"
-    os.chmod(newest, 0o600)
-    newest.write_bytes(newest.read_bytes()[:1000])
-    proc = run_entry("train.py", *ARGS, "--dataset_path", data, "--epoch_size", "3",
-                     "--output_path", tmp_path / "a", "--resume", "auto")
+def test_killed_runs_resume_into_the_uninterrupted_runs_state(tmp_path):
+    """Run a trains 5 epochs with an eval each epoch and keep_checkpoint_max 2. Run b is the same
+    run SIGKILLed inside epoch 3's save (ZOO_TEST_HANG_IN_SAVE holds the save between its write
+    and its rename): epochs 1-2 are a's to the digit (same seed), epoch 1's and 2's checkpoints
+    load, epoch 3's is not there half-written; --resume auto continues at epoch 3 and ends with
+    a's kept checkpoints and metrics.csv rows, and a best checkpoint that is the best eval of
+    its own history (before: 'best so far' at a lower top-1, checkpoints 1, 2, 4, 5 kept,
+    metrics.csv without epochs 1-2)."""
+    data = write_cifar_folder(str(tmp_path / "cifar"), train_count=64, test_count=40)
+    common = ARGS + ["--dataset_path", data, "--epoch_size", "5", "--eval_interval", "1",
+                     "--keep_checkpoint_max", "2"]
+    proc = run_entry("train.py", *common, "--output_path", tmp_path / "a")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"resume auto: {folder / f'{NET}-1_4.ckpt'}" in proc.stdout
-    assert sorted({int(e) for e, _, _ in LOSS.findall(proc.stdout)}) == [2, 3]
-    assert {f"{NET}-2_4.ckpt", f"{NET}-3_4.ckpt"} <= set(ckpts(folder))
+    a = str(tmp_path / "a" / "ckpt_0")
+    a_losses = [float(loss) for _, _, loss in LOSS.findall(proc.stdout)]
+    assert len(a_losses) == 20
+    assert ckpts(a) == [f"{NET}-4_4.ckpt", f"{NET}-5_4.ckpt", f"{NET}-best.ckpt"]
 
-
-def test_killed_inside_a_save_loses_nothing_and_resume_auto_finishes(tmp_path):
-    """SIGKILL while epoch 2's checkpoint is being written (ZOO_TEST_HANG_IN_SAVE holds the save
-    between its write and its rename): epoch 1's checkpoint still loads, epoch 2's is not
-    there half-written, and --resume auto trains epochs 2..3."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from src.checkpoint import read_checkpoint
-    from tests.helpers import ROOT
-
-    data = write_cifar_folder(str(tmp_path / "cifar"), train_count=64, test_count=8)
-    out = tmp_path / "run"
-    command = [sys.executable, os.path.join(ROOT, "train.py"), *ARGS, "--dataset_path", data,
-               "--epoch_size", "3", "--output_path", str(out)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "GLOG_v": "3", "ZOO_TEST_HANG_IN_SAVE": "2"}
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env=env, cwd=ROOT)
+    b = str(tmp_path / "b" / "ckpt_0")
+    command = [sys.executable, os.path.join(ROOT, "train.py"), *common,
+               "--output_path", str(tmp_path / "b")]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "ZOO_TEST_HANG_IN_SAVE": "3"}
+    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                           env=env, cwd=ROOT)
     lines, deadline = [], time.time() + 300
-    for line in proc.stdout:
+    for line in job.stdout:
         lines.append(line)
         if line.startswith("test hook: hanging inside the save") or time.time() > deadline:
             break
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    job.send_signal(signal.SIGKILL)
+    job.wait(timeout=60)
     assert lines and lines[-1].startswith("test hook"), "".join(lines[-20:])
-    folder = out / "ckpt_0"
-    assert ckpts(folder) == [f"{NET}-1_4.ckpt"]
-    assert list(folder.glob(".partial-*")), "the kill should have left the half-done save"
-    params, meta = read_checkpoint(str(folder / f"{NET}-1_4.ckpt"))
-    assert meta["epoch_num"] == 1 and meta["network"] == NET and params
+    assert [float(l) for _, _, l in LOSS.findall("".join(lines))] == a_losses[:12]
+    assert ckpts(b) == [f"{NET}-1_4.ckpt", f"{NET}-2_4.ckpt", f"{NET}-best.ckpt"]
+    assert [f for f in os.listdir(b) if f.startswith(".partial-")]
+    params, meta = read_checkpoint(os.path.join(b, f"{NET}-2_4.ckpt"))
+    assert meta["epoch_num"] == 2 and meta["network"] == NET and params
 
-    proc = run_entry("train.py", *ARGS, "--dataset_path", data, "--epoch_size", "3",
-                     "--output_path", out, "--resume", "auto")
+    proc = run_entry("train.py", *common, "--output_path", tmp_path / "b", "--resume", "auto")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "a save that a crash cut short" in proc.stdout
-    assert f"resume auto: {folder / f'{NET}-1_4.ckpt'}" in proc.stdout
-    assert sorted({int(e) for e, _, _ in LOSS.findall(proc.stdout)}) == [2, 3]
-    assert ckpts(folder) == [f"{NET}-{e}_4.ckpt" for e in (1, 2, 3)]
-    assert not list(folder.glob(".partial-*"))
+    assert f"resume auto: {os.path.join(b, f'{NET}-2_4.ckpt')}" in proc.stdout
+    assert sorted({int(e) for e, _, _ in LOSS.findall(proc.stdout)}) == [3, 4, 5]
+    assert ckpts(b) == ckpts(a) and not [f for f in os.listdir(b) if f.startswith(".")
+                                         and f != ".lock"]
+    rows_a, rows_b = metric_rows(a), metric_rows(b)
+    key = lambda rows: [(r["kind"], r["epoch"], r["global_step"]) for r in rows]  # noqa: E731
+    assert key(rows_b) == key(rows_a)  # every step and eval once, none lost, none twice
+    assert rows_b[:key(rows_b).index(("eval", "2", "8")) + 1] == \
+        rows_a[:key(rows_a).index(("eval", "2", "8")) + 1]  # epochs 1-2: the same numbers
+    evals = [(int(r["epoch"]), float(r["top1"])) for r in rows_b if r["kind"] == "eval"]
+    best_epoch, best_top1 = max(evals, key=lambda e: (e[1], -e[0]))
+    assert read_checkpoint(os.path.join(b, f"{NET}-best.ckpt"))[1]["epoch_num"] == best_epoch
+    assert RunState.load(b).best()[:2] == (best_epoch, best_top1)
+    assert f"best top-1 {best_top1:.4f} at epoch {best_epoch}:" in proc.stdout.splitlines()[-1]
+    so_far = max(t for e, t in evals if e <= 2)
+    for epoch, top1, claimed in EVAL.findall(proc.stdout):
+        assert bool(claimed) == (float(top1) > so_far), (epoch, top1, so_far)
+        so_far = max(so_far, float(top1))
+
+    # A crash cut a's newest checkpoint short: --resume auto skips it and resumes from epoch 4.
+    newest = os.path.join(a, f"{NET}-5_4.ckpt")
+    os.chmod(newest, 0o600)
+    with open(newest, "r+b") as f:
+        f.truncate(1000)
+    proc = run_entry("train.py", *common, "--epoch_size", "6", "--output_path", tmp_path / "a",
+                     "--resume", "auto")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"warning: skipping unreadable checkpoint {newest}" in proc.stdout
+    assert f"resume auto: {os.path.join(a, f'{NET}-4_4.ckpt')}" in proc.stdout
+    assert sorted({int(e) for e, _, _ in LOSS.findall(proc.stdout)}) == [5, 6]
+    assert ckpts(a) == [f"{NET}-5_4.ckpt", f"{NET}-6_4.ckpt", f"{NET}-best.ckpt"]
+
+
+def test_sigterm_stops_with_a_checkpoint_that_resume_continues(tmp_path):
+    """SIGTERM after step 6 (in epoch 2 of 4-step epochs; ZOO_TEST_SIGNAL_AT_STEP has the run
+    signal itself then): the step finishes, a checkpoint of epoch 2 step 2 is saved, one line
+    says so, exit 143. --resume auto trains steps 7..12 and ends as if never stopped."""
+    data = write_cifar_folder(str(tmp_path / "cifar"), train_count=64, test_count=8)
+    common = ARGS + ["--dataset_path", data, "--epoch_size", "3", "--eval_interval", "1",
+                     "--output_path", tmp_path / "run"]
+    folder = str(tmp_path / "run" / "ckpt_0")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *map(str, common)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600,
+                          env={**os.environ, "ZOO_TEST_SIGNAL_AT_STEP": "6"})
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    saved = os.path.join(folder, f"{NET}-2_2.ckpt")
+    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    assert lines == [f"stopped: SIGTERM after epoch 2 step 2 (global step 6); saved {saved} in "
+                     f"{lines[-1].split(' in ')[-1]}"]
+    assert lines[0].endswith(" s: --resume auto continues from it")
+    assert read_checkpoint(saved)[1]["global_step"] == 6
+
+    proc = run_entry("train.py", *common, "--resume", "auto")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resume auto: {saved}" in proc.stdout
+    steps = [(int(e), int(s)) for e, s, _ in LOSS.findall(proc.stdout)]
+    assert steps == [(2, 3), (2, 4)] + [(3, s) for s in range(1, 5)]
+    rows = metric_rows(folder)
+    assert [int(r["global_step"]) for r in rows if r["kind"] == "step"] == list(range(1, 13))
+    assert [int(r["epoch"]) for r in rows if r["kind"] == "eval"] == [1, 2, 3]
+    assert ckpts(folder) == [f"{NET}-{e}_4.ckpt" for e in (1, 2, 3)] + [f"{NET}-best.ckpt"]
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused(tmp_path, cli):
+    """The first run's lock (here held by this process, as a training run holds it)."""
+    from src.trainer import run_lock
+    data = write_cifar_folder(str(tmp_path / "cifar"), train_count=32, test_count=8)
+    folder = tmp_path / "run" / "ckpt_0"
+    folder.mkdir(parents=True)
+    with run_lock(str(folder)):
+        result = cli("train.py", *ARGS, "--dataset_path", data, "--epoch_size", "1",
+                     "--output_path", tmp_path / "run")
+    lines = result.error_lines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: the output folder is in use by another run (pid "
+                               f"{os.getpid()} on ") and "give another --output_path" in lines[0]

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from src.run_state import RunState
 from tests.helpers import ROOT, write_cifar_folder, write_image_folder
 
 pytestmark = pytest.mark.slow
@@ -30,22 +31,55 @@ def run_script(name, *args, cwd, env=None, timeout=600):
                           env={**os.environ, **(env or {})})
 
 
-def test_cpu_data_parallel_through_the_real_script(tmp_path):
+def run_processes(marker):
+    """The processes whose command line holds ``marker`` (the test's own folder)."""
+    return subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
+
+
+def test_cpu_data_parallel_killed_launcher_and_distributed_resume(tmp_path):
+    """msrun with 2 CPU workers through the real script. Killed (SIGKILL to the launcher's whole
+    process group) after epoch 1: no process of the run is left (the workers die with msrun,
+    finishing their step and saving first). Resumed with --resume auto through the script: both
+    ranks start from rank 0's checkpoint at the same epoch (before: rank 1 searched its own
+    empty folder and started at epoch 1, then waited forever) and end with the same weights."""
     data = write_cifar_folder(str(tmp_path / "cifar"), train_count=64, test_count=8)
+    args = SMALL[:]
+    args[args.index("--epoch_size") + 1] = "3"
+    env = {**os.environ, "EXTRA_ARGS": " ".join(args)}
+    script = ["bash", os.path.join(ROOT, "scripts", "run_distribute_train_cpu.sh"), "2", data]
+    launcher = subprocess.Popen(script, cwd=tmp_path, env=env, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    logs, folder = tmp_path / "train_parallel", tmp_path / "train_parallel" / "output" / "ckpt_0"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (folder / "run_state.json").exists() or \
+            not RunState.load(str(folder)).epochs:
+        assert launcher.poll() is None, "the run ended before its first epoch"
+        time.sleep(0.5)
+    os.killpg(launcher.pid, signal.SIGKILL)
+    launcher.wait(timeout=30)
+    for _ in range(120):
+        if not run_processes(str(tmp_path)):
+            break
+        time.sleep(0.5)
+    left = run_processes(str(tmp_path))
+    subprocess.run(["pkill", "-9", "-f", str(tmp_path)])
+    assert not left, f"{len(left)} processes of the killed run are still there"
+
     proc = run_script("run_distribute_train_cpu.sh", 2, data, cwd=tmp_path,
-                      env={"EXTRA_ARGS": " ".join(SMALL)})
+                      env={"EXTRA_ARGS": " ".join(args + ["--resume", "auto"])})
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    logs = tmp_path / "train_parallel"
     texts = [(logs / f"worker_{r}.log").read_text() for r in range(2)]
-    # Each rank reads its own half: 64 images / 2 ranks / batch 8 = 4 steps an epoch.
-    for rank, text in enumerate(texts):
-        assert f"4 steps/epoch, epochs 1..2, rank {rank}/2" in text
-    # Only rank 0 writes checkpoints.
+    resumed = [re.search(r"^resume auto: (.*)$", t, re.M).group(1) for t in texts]
+    assert resumed[0] == resumed[1] and resumed[0].startswith(str(folder))
+    starts = [re.search(r"4 steps/epoch, epochs (\d)\.\.3, rank (\d)/2", t).groups()
+              for t in texts]
+    assert starts[0][0] == starts[1][0] >= "2" and [r for _, r in starts] == ["0", "1"]
+    # Only rank 0 writes checkpoints; both ranks end with the same weights.
     assert sorted(os.listdir(logs / "output")) == ["ckpt_0"]
-    assert "shufflenet_v2_x0_5-2_4.ckpt" in os.listdir(logs / "output" / "ckpt_0")
-    # Gradients are averaged over the ranks, so both end with the same weights.
+    assert "shufflenet_v2_x0_5-3_4.ckpt" in os.listdir(folder)
     sums = [re.search(r"weights checksum (\S+)", t).group(1) for t in texts]
     assert sums[0] == sums[1]
+    assert proc.stdout.splitlines()[-1].startswith("train: finished shufflenet_v2_x0_5 epochs")
 
 
 def test_rank_table_plan_in_dry_run(tmp_path):
@@ -152,6 +186,29 @@ def test_killing_one_worker_fails_the_job_quickly(tmp_path):
     assert job.returncode != 0
     assert time.time() - killed < 60
     assert "the job failed" in stderr
+
+
+def test_sigterm_to_the_standalone_script_reaches_training(tmp_path):
+    """The script passes a SIGTERM sent to it alone (as `timeout` sends one) on to train.py,
+    which finishes its step and saves; the script exits 143 with train.py's one line."""
+    data = write_cifar_folder(str(tmp_path / "cifar"), train_count=64, test_count=8)
+    args = SMALL[:]
+    args[args.index("--epoch_size") + 1] = "200"
+    job = subprocess.Popen(["bash", os.path.join(ROOT, "scripts", "run_standalone_train.sh"),
+                            "CPU", data], cwd=tmp_path, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "EXTRA_ARGS": " ".join(args)})
+    log = tmp_path / "train_standalone" / "log.txt"
+    deadline = time.time() + 240
+    while time.time() < deadline and "epoch: 2 step" not in (log.read_text() if log.exists()
+                                                             else ""):
+        time.sleep(0.5)
+    job.send_signal(signal.SIGTERM)
+    _, stderr = job.communicate(timeout=120)
+    assert job.returncode == 143, stderr
+    assert stderr.startswith("stopped: SIGTERM after epoch ") and "--resume auto" in stderr
+    saved = re.search(r"saved (\S+\.ckpt)", stderr).group(1)
+    assert os.path.exists(saved) and not run_processes(str(tmp_path))
 
 
 def test_standalone_train_then_eval_scripts(tmp_path):
