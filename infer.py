@@ -29,7 +29,7 @@ def main(argv):
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
         probs = softmax(predictor.logits(preprocess(chunk, record.dataset, predictor.size,
-                                                    record.input_norm)))
+                                                    record.input_norm, record.eval_resize)))
         labels = read_labels(args.labels, probs.shape[1], record.class_names)
         for name, row in zip(chunk, probs):
             top = row.argsort()[::-1][:5]

@@ -29,7 +29,7 @@ from src.models import (create_network, list_networks, mindcv_layout, options_of
 WEIGHT_KEYS = ("network", "num_classes")
 OPTION_KEYS = ("pool_pad", "shuffle_order", "activation", "layout")
 # What eval transforms feed the weights (see dataset.eval_image_ops).
-PIXEL_KEYS = ("dataset", "image_size", "input_norm")
+PIXEL_KEYS = ("dataset", "image_size", "input_norm", "eval_resize")
 # The class-folder names of an image-folder run, label order, as a JSON list (infer prints them).
 CLASS_NAMES = "class_names"
 # Where a checkpoint stands in its run: the epoch and step of its name, and the optimizer's own
@@ -50,6 +50,7 @@ class NetworkRecord:
     dataset: str = "imagenet"
     image_size: int = 224
     input_norm: str = "imagenet"
+    eval_resize: int = 0
     class_names: tuple = ()
 
     @classmethod
@@ -58,7 +59,7 @@ class NetworkRecord:
         options = tuple(sorted((k, values[k]) for k in options_of(values["network"])))
         return cls(values["network"], int(values["num_classes"]), options, values["dataset"],
                    int(values["image_size"]), values["input_norm"],
-                   tuple(values.get(CLASS_NAMES) or ()))
+                   int(values.get("eval_resize", 0)), tuple(values.get(CLASS_NAMES) or ()))
 
     @classmethod
     def from_config(cls, config, class_names=()) -> "NetworkRecord":
@@ -68,7 +69,7 @@ class NetworkRecord:
         """Flat metadata: network, num_classes, each option, the pixel keys, class names."""
         out = {"network": self.network, "num_classes": self.num_classes, **dict(self.options),
                "dataset": self.dataset, "image_size": self.image_size,
-               "input_norm": self.input_norm}
+               "input_norm": self.input_norm, "eval_resize": self.eval_resize}
         if self.class_names:
             out[CLASS_NAMES] = list(self.class_names)
         return out
@@ -87,7 +88,8 @@ class NetworkRecord:
     def data_config(self, config):
         """``config`` with this record's pixels and classes, for the data pipeline."""
         return with_values(config, dataset=self.dataset, image_size=self.image_size,
-                           input_norm=self.input_norm, num_classes=self.num_classes)
+                           input_norm=self.input_norm, eval_resize=self.eval_resize,
+                           num_classes=self.num_classes)
 
 
 def build_network(meta: dict, **kwargs):

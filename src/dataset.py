@@ -251,20 +251,20 @@ def normalize_ops(input_norm: str) -> list:
     return ops + [V.Normalize(mean, std), V.HWC2CHW()]
 
 
-def eval_image_ops(dataset: str, size, input_norm: str = "imagenet") -> list:
+def eval_image_ops(dataset: str, size, input_norm: str = "imagenet", resize: int = 0) -> list:
     """Eval transforms of a decoded RGB HWC uint8 image, as the data set ``dataset`` trained it;
     ``size`` is the side, or (height, width) for a non-square input.
 
     cifar10: resize to height x width, rescale, CIFAR mean/std; imagenet (and synthetic): resize
-    the short side to the longer of height and width x 256 / 224, centre crop height x width,
-    then ``normalize_ops(input_norm)``.
+    the short side to ``resize`` (0: the longer of height and width x 256 / 224), centre crop
+    height x width, then ``normalize_ops(input_norm)``.
     """
     height, width = (size, size) if isinstance(size, int) else size
     if dataset == "cifar10":
         return [V.Resize((height, width)), V.Rescale(1.0 / 255.0, 0.0),
                 V.Normalize(CIFAR_MEAN, CIFAR_STD), V.HWC2CHW()]
-    return [V.Resize(int(max(height, width) * 256 / 224)), V.CenterCrop((height, width))] + \
-        normalize_ops(input_norm)
+    short_side = resize or int(max(height, width) * 256 / 224)
+    return [V.Resize(short_side), V.CenterCrop((height, width))] + normalize_ops(input_norm)
 
 
 def _shard_args(rank_id: int, rank_size: int) -> dict:
@@ -327,7 +327,8 @@ def create_dataset(config, training: bool, rank_id: int = 0, rank_size: int = 1,
                 ops.append(V.RandomColorAdjust(jitter, jitter, jitter))
             ops += normalize_ops(config.input_norm)
         else:
-            ops = [V.Decode()] + eval_image_ops("imagenet", size, config.input_norm)
+            ops = [V.Decode()] + eval_image_ops("imagenet", size, config.input_norm,
+                                                config.eval_resize)
     else:
         rng = np.random.RandomState(config.seed + (0 if training else 1))
         count = config.synthetic_size

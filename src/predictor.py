@@ -31,10 +31,11 @@ def image_files(paths) -> list:
     return found
 
 
-def preprocess(files, dataset: str, size, input_norm: str = "imagenet") -> np.ndarray:
+def preprocess(files, dataset: str, size, input_norm: str = "imagenet",
+               resize: int = 0) -> np.ndarray:
     """float32 (N, 3, height, width) batch of ``files`` through the eval transforms; ``size`` is
-    a side or (height, width)."""
-    ops = eval_image_ops(dataset, size, input_norm)
+    a side or (height, width), ``resize`` the short side before the crop (0: the default)."""
+    ops = eval_image_ops(dataset, size, input_norm, resize)
     batch = []
     for name in files:
         try:

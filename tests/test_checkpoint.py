@@ -23,7 +23,8 @@ def test_metadata_round_trip(tmp_path):
     params, meta = read_checkpoint(path)
     assert meta == {"network": NET, "num_classes": 5, "activation": "relu6",
                     "dataset": "imagenet", "image_size": 64, "input_norm": "inception",
-                    "epoch_num": 3, "step_num": 21, "class_names": list("abcde")}
+                    "eval_resize": 0, "epoch_num": 3, "step_num": 21,
+                    "class_names": list("abcde")}
     assert "classifier.weight" in params and "network" not in params
     net = build_network(meta)
     load_weights(net, params, path)

@@ -63,6 +63,7 @@ RULES = {
     "seed": Range(0, 2 ** 32 - 1),  # numpy's and MindSpore's seeds are unsigned 32-bit
     "log_interval": Range(1),
     "image_size": Range(32, MAX_IMAGE_SIZE, multiple=32),
+    "eval_resize": Range(0, 2 * MAX_IMAGE_SIZE),
     "num_parallel_workers": Range(0),
     "synthetic_size": Range(1),
     "bad_image_limit": Range(0.0, 1.0),
