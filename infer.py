@@ -5,24 +5,30 @@ Other flags are config keys (for a .ckpt without metadata: --network, --num_clas
 import sys
 import time
 
-from src.errors import ArgumentParser, run_main
+from src.errors import ArgumentParser, UserError, run_main
 
 
 def main(argv):
     from src.device import use_device
     from src.model_utils.config import get_config, split_config_args
     from src.predictor import Predictor, image_files, preprocess, read_labels, softmax
+    from src.pretrained import checkpoint_of
 
     parser = ArgumentParser(description=__doc__, allow_abbrev=False)
-    parser.add_argument("--model", required=True, help=".ckpt, .mindir or .onnx file")
+    parser.add_argument("--model", default="", help=".ckpt, .mindir or .onnx file (or give "
+                        "--pretrained TAG and --network: a source's published weights)")
     parser.add_argument("--labels", default="", help="text file: one class name per line")
     parser.add_argument("--batch_size", type=int, default=8, help="images per forward pass")
     parser.add_argument("images", nargs="+", help="image files or folders")
     config_args, rest = split_config_args(argv)  # config keys may stand anywhere on the line
     args = parser.parse_args(rest)
     config = get_config(config_args)
+    model = args.model or checkpoint_of(config)
+    if not model:
+        raise UserError("no model given", "--model",
+                        "give --model FILE (.ckpt, .mindir, .onnx) or --pretrained TAG")
     use_device(config.device_target)
-    predictor = Predictor(args.model, config)
+    predictor = Predictor(model, config)
     files = image_files(args.images)
     record = predictor.record
     started, batch_size = time.time(), max(1, args.batch_size)
@@ -36,7 +42,7 @@ def main(argv):
             print(f"{name}: " + ", ".join(f"{labels[i]} {row[i]:.4f}" for i in top), flush=True)
     elapsed = time.time() - started
     print(f"infer: {len(files)} images in {elapsed:.2f} s ({len(files) / elapsed:.1f} images/s) "
-          f"with {args.model}", flush=True)
+          f"with {model}", flush=True)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ written. Layout differences (ANCHORS 2.1, 2.2, 5):
   and eval/infer/--pretrained apply it.
 torch is needed by this tool only (``pip install torch==2.13.0``).
 """
+import json
 import os
 import re
 import warnings
@@ -114,16 +115,55 @@ SOURCES = {
 }
 
 
+SAFETENSORS_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64,
+                      "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
+                      "BOOL": np.bool_}
+
+
+def read_safetensors(path: str) -> dict:
+    """name -> numpy array of a .safetensors file (an 8-byte header length, a JSON header of
+    dtype, shape and byte range per tensor, the bytes): what the Hugging Face hub serves timm's
+    weights as. Needs no torch. A file cut short is refused (its header says its length)."""
+    try:
+        with open(path, "rb") as f:
+            length = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(length)) if 0 < length < 100_000_000 else None
+            data = f.read()
+    except (OSError, ValueError) as err:
+        raise UserError("not a readable safetensors file", path,
+                        "give the .safetensors file the source published") from err
+    if not isinstance(header, dict):
+        raise UserError("not a readable safetensors file", path,
+                        "give the .safetensors file the source published")
+    header.pop("__metadata__", None)
+    end = max((t["data_offsets"][1] for t in header.values()), default=0)
+    if len(data) < end:
+        raise UserError(f"safetensors file cut short ({len(data)} of {end} data bytes)", path,
+                        "download it again")
+    out = {}
+    for name, tensor in header.items():
+        begin, stop = tensor["data_offsets"]
+        raw = np.frombuffer(data[begin:stop], np.uint16 if tensor["dtype"] == "BF16"
+                            else SAFETENSORS_DTYPES[tensor["dtype"]])
+        if tensor["dtype"] == "BF16":  # bfloat16 is float32's upper half
+            raw = (raw.astype(np.uint32) << 16).view(np.float32)
+        out[name] = raw.reshape(tensor["shape"])
+    return out
+
+
 def read_torch_state(path: str) -> dict:
     """name -> float32 numpy array of a PyTorch checkpoint (a state_dict, or one under
-    'state_dict' / 'model'), with 'module.' prefixes stripped and num_batches_tracked dropped."""
+    'state_dict' / 'model') or a .safetensors file, with 'module.' prefixes stripped and
+    num_batches_tracked dropped."""
+    if not os.path.isfile(path):
+        raise UserError("source checkpoint not found", path, "give the PyTorch .pth/.pth.tar file")
+    if path.endswith(".safetensors"):
+        return clean_state(read_safetensors(path))
     try:
         import torch
     except ImportError as err:
         raise UserError("torch is not installed", "convert_weights.py",
                         "pip install torch==2.13.0 (CPU wheel; a plain 'torch' pulls CUDA)") from err
-    if not os.path.isfile(path):
-        raise UserError("source checkpoint not found", path, "give the PyTorch .pth/.pth.tar file")
     # A bad file can make torch warn (e.g. of an odd pickle protocol) before it fails: those
     # warnings are held back so the user sees our one line; a file that loads gets them shown.
     with warnings.catch_warnings(record=True) as held:
@@ -141,11 +181,17 @@ def read_torch_state(path: str) -> dict:
     if not isinstance(state, dict) or not all(hasattr(v, "numpy") for v in state.values()):
         raise UserError("the file holds no state_dict of tensors", path,
                         "give the checkpoint file of the network's weights")
+    return clean_state({name: tensor.detach().float().cpu().numpy()
+                        for name, tensor in state.items()})
+
+
+def clean_state(state: dict) -> dict:
+    """float32 arrays by name, without DataParallel's 'module.' and BatchNorm's step counter."""
     out = {}
-    for name, tensor in state.items():
+    for name, array in state.items():
         name = name[len("module."):] if name.startswith("module.") else name
         if not name.endswith("num_batches_tracked"):
-            out[name] = tensor.detach().float().cpu().numpy()
+            out[name] = np.asarray(array, np.float32)
     return out
 
 

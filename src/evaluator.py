@@ -9,6 +9,7 @@ from src.CrossEntropySmooth import CrossEntropySmooth
 from src.dataset import check_layout, create_dataset
 from src.device import use_device
 from src.errors import UserError
+from src.pretrained import checkpoint_of
 
 EVAL_LOG = "eval_log.txt"
 
@@ -21,16 +22,19 @@ def eval_metrics(num_classes: int) -> dict:
 
 
 def evaluate(config) -> dict:
-    """Evaluate ``config.checkpoint_path``; print the zoo's result line and append it to eval_log.txt."""
-    if not config.checkpoint_path:
+    """Evaluate ``config.checkpoint_path`` (or the weights ``--pretrained`` names); print the
+    zoo's result line and append it to eval_log.txt."""
+    path = checkpoint_of(config)
+    if not path:
         raise UserError("no checkpoint given", "--checkpoint_path",
-                        "give --checkpoint_path CKPT (evaluating random weights is never useful)")
+                        "give --checkpoint_path CKPT or --pretrained TAG (evaluating random "
+                        "weights is never useful)")
     use_device(config.device_target)
-    params, meta = read_checkpoint(config.checkpoint_path)
-    record = resolve(config, meta, config.checkpoint_path)
+    params, meta = read_checkpoint(path)
+    record = resolve(config, meta, path)
     check_layout(record.dataset, config.dataset_path)
     net = record.build(conv_impl=config.conv_impl)
-    load_weights(net, params, config.checkpoint_path)
+    load_weights(net, params, path)
     net.set_train(False)
     dataset = create_dataset(record.data_config(config), training=False,
                              classes=record.class_names or None)
@@ -39,7 +43,7 @@ def evaluate(config) -> dict:
     model = Model(net, loss_fn=loss, metrics=eval_metrics(record.num_classes))
     started = time.time()
     result = model.eval(dataset, dataset_sink_mode=False)
-    line = (f"result: {result}, network: {record.network}, ckpt: '{config.checkpoint_path}', "
+    line = (f"result: {result}, network: {record.network}, ckpt: '{path}', "
             f"time: {time.time() - started:.1f} s")
     print(line, flush=True)
     try:

@@ -9,6 +9,7 @@ from src.checkpoint import load_weights, read_checkpoint, resolve
 from src.device import use_device
 from src.errors import ArgumentParser, UserError, writable_folder
 from src.model_utils.config import MAX_IMAGE_SIZE, get_config, parse_bool
+from src.pretrained import checkpoint_of
 
 FORMATS = ("MINDIR", "ONNX", "AIR")
 SUFFIX = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
@@ -50,11 +51,12 @@ def export(argv) -> str:
     if args.batch_size < 1:
         raise UserError(f"batch_size = {args.batch_size} is out of range", "--batch_size",
                         "give a value at least 1")
-    if not config.checkpoint_path:
+    checkpoint = checkpoint_of(config)
+    if not checkpoint:
         raise UserError("no checkpoint given", "--checkpoint_path",
-                        "give --checkpoint_path CKPT (or --ckpt_file)")
-    params, meta = read_checkpoint(config.checkpoint_path)
-    record = resolve(config, meta, config.checkpoint_path)
+                        "give --checkpoint_path CKPT (or --ckpt_file), or --pretrained TAG")
+    params, meta = read_checkpoint(checkpoint)
+    record = resolve(config, meta, checkpoint)
     # Each side: its flag, else --image_size, else the checkpoint's recorded side, else the yaml's.
     width = record.image_size if args.width is None else args.width
     height = width if args.height is None else args.height
@@ -64,7 +66,7 @@ def export(argv) -> str:
                             f"{MAX_IMAGE_SIZE}", name, "give 224, 192, 160, 128, 32, ...")
     use_device(config.device_target)
     net = record.build(conv_impl="standard")  # export: standard operators only
-    load_weights(net, params, config.checkpoint_path)
+    load_weights(net, params, checkpoint)
     net.set_train(False)  # BatchNorm exports its moving statistics, not batch statistics
     file_name = args.file_name or record.network
     writable_folder(os.path.dirname(os.path.abspath(file_name)), "--file_name")
@@ -80,7 +82,7 @@ def export(argv) -> str:
         ms.export(net, example, file_name=file_name, file_format=fmt)
     path = file_name + SUFFIX[fmt]
     sidecar = {**record.as_dict(), "input_shape": [batch, 3, height, width], "format": fmt,
-               "checkpoint": os.path.abspath(config.checkpoint_path)}
+               "checkpoint": os.path.abspath(checkpoint)}
     with open(path + ".json", "w", encoding="utf-8") as f:
         json.dump(sidecar, f, indent=1)
     print(f"export: {path} ({fmt}, input {sidecar['input_shape']}; None = any batch), "

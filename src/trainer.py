@@ -30,6 +30,7 @@ from src.errors import Stopped, UserError, writable_folder
 from src.evaluator import eval_metrics
 from src.lr_generator import get_lr
 from src.models import options_of
+from src.pretrained import checkpoint_for
 from src.run_state import (RunState, best_name, parse_checkpoint_name, pending_best_name,
                            truncate_metrics)
 
@@ -191,10 +192,13 @@ def network_record(config, start: Start) -> tuple:
         return dataclasses.replace(record, options=weights.options), None
     if not config.pretrained:
         return record, None
-    params, meta = read_checkpoint(config.pretrained)
-    require_network(config, meta, config.pretrained, "fine-tune")
-    weights = resolve(config, meta, config.pretrained, fixed=OPTION_KEYS, carried=("input_norm",))
-    tuned = dataclasses.replace(record, options=weights.options, input_norm=weights.input_norm)
+    path = checkpoint_for(config.pretrained, config.network)
+    params, meta = read_checkpoint(path)
+    require_network(config, meta, path, "fine-tune")
+    weights = resolve(config, meta, path, fixed=OPTION_KEYS, carried=("input_norm",
+                                                                      "eval_resize"))
+    tuned = dataclasses.replace(record, options=weights.options, input_norm=weights.input_norm,
+                                eval_resize=weights.eval_resize)
     for key, value in tuned.as_dict().items():
         if key in options_of(config.network) + ("input_norm",) and value != getattr(config, key):
             print(f"pretrained: {key} {value}, as its weights were trained", flush=True)
@@ -339,7 +343,7 @@ def _train(config, rank: int, group_size: int, folder: str) -> str:
     net = record.build(conv_impl=config.conv_impl)
     if pretrained is not None:
         load_weights(net, pretrained, config.pretrained, skip=("classifier",))
-        print(f"pretrained: loaded all but the classifier from {config.pretrained}", flush=True)
+        print(f"pretrained: loaded all but the classifier ({config.pretrained})", flush=True)
     opt, lr = build_optimizer(config, net, steps, group_size)
     if start.path:
         restore_train_state(net, opt, start, step, steps, lr)

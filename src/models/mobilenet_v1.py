@@ -3,6 +3,7 @@ from mindspore import nn
 from mindspore.common import initializer as init
 
 from .layers import GlobalAvgPool, batch_norm, conv1x1, conv3x3, depthwise_conv
+from .weights import mindcv, timm
 
 # (output channels at 1.0x, stride of the depthwise conv) of the 13 separable blocks.
 # The last depthwise conv has stride 1; the paper's Table 1 has a typo there.
@@ -10,6 +11,19 @@ BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2),
           (512, 1), (512, 1), (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1))
 # Layout options a checkpoint records so that the same network is built again.
 OPTIONS = ("activation",)
+# Published ImageNet weights of each variant (src/models/weights.py). MindCV's have 1001 classes
+# (index 1000 unused).
+PRETRAINED = {
+    "mobilenet_v1_025": (
+        mindcv("mobilenet/mobilenetv1/mobilenet_v1_025-d3377fba.ckpt", 53.87, 77.66, 1001),),
+    "mobilenet_v1_050": (
+        mindcv("mobilenet/mobilenetv1/mobilenet_v1_050-23e9ddbe.ckpt", 65.94, 86.51, 1001),),
+    "mobilenet_v1_075": (
+        mindcv("mobilenet/mobilenetv1/mobilenet_v1_075-5bed0c73.ckpt", 70.44, 89.49, 1001),),
+    "mobilenet_v1_100": (
+        mindcv("mobilenet/mobilenetv1/mobilenet_v1_100-91c7b206.ckpt", 72.95, 91.01, 1001),
+        timm("timm/mobilenetv1_100.ra4_e3600_r224_in1k", 75.382, 92.312)),
+}
 # How MindCV's checkpoints of this family look (see shufflenet_v1.MINDCV_LAYOUT).
 MINDCV_LAYOUT = {"marker": "features.3.0.weight", "stem": "features.0.weight",
                  "options": {"activation": "relu"}}

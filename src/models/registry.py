@@ -28,6 +28,13 @@ def options_of(name: str) -> tuple:
     return _REGISTRY[name][0].OPTIONS
 
 
+def published_weights(name: str) -> tuple:
+    """The ImageNet weights sources publish of ``name`` (weights.PublishedWeights), in the order
+    its family lists them (the first is the default)."""
+    _check_name(name)
+    return _REGISTRY[name][0].PRETRAINED.get(name, ())
+
+
 def mindcv_layout(name: str) -> dict:
     """How MindCV's checkpoints of ``name``'s family look: {"marker": a parameter only that
     family has, "stem": the stem conv's parameter, "options": our options for its code}."""
@@ -48,13 +55,20 @@ def stem_and_head(name: str) -> tuple:
     return family.stem_and_head(**args)
 
 
-def create_network(name: str, num_classes: int = 1000, **kwargs):
-    """Build the network ``name`` with ``num_classes`` outputs.
+def create_network(name: str, num_classes: int = None, pretrained: str = "", **kwargs):
+    """Build the network ``name`` with ``num_classes`` outputs (default 1000).
 
     ``kwargs`` are the family's options (``pool_pad``, ``shuffle_order``, ``conv_impl``,
-    ``activation``, ``in_channels``). An unknown name raises ValueError with close matches.
+    ``activation``, ``in_channels``). ``pretrained``: a tag of published weights (mindcv,
+    torchvision, timm: downloaded, verified and cached by src/pretrained.py) or a checkpoint,
+    loaded into the network in the layout they need, with their classes unless ``num_classes``
+    says otherwise. An unknown name raises ValueError with close matches.
     """
     _check_name(name)
+    if pretrained:
+        from src.pretrained import pretrained_network  # the downloader sits above the models
+        return pretrained_network(name, pretrained, num_classes, **kwargs)
+    num_classes = 1000 if num_classes is None else num_classes
     family, args = _REGISTRY[name]
     return family.build(num_classes=num_classes, **args, **kwargs)
 

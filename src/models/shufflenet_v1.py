@@ -7,6 +7,7 @@ from mindspore.common import initializer as init
 
 from .layers import (ChannelShuffle, GlobalAvgPool, avg_pool_3x3_s2, batch_norm, conv1x1, conv3x3,
                      depthwise_conv, max_pool_3x3_s2)
+from .weights import megvii, mindcv
 
 STAGE_REPEATS = (4, 8, 4)
 # Paper Table 1, stage-2 output channels at 1.0x for each group count.
@@ -15,6 +16,22 @@ WIDTHS = {"05": Fraction(1, 2), "10": Fraction(1), "15": Fraction(3, 2), "20": F
 
 # Layout options a checkpoint records so that the same network is built again.
 OPTIONS = ("pool_pad", "shuffle_order")
+# Published ImageNet weights of each variant (src/models/weights.py). MindCV 0.3.0 publishes
+# g3 0.5x and 1.0x; megvii g3 and g8 at every width.
+PRETRAINED = {
+    "shufflenet_v1_g3_05": (
+        mindcv("shufflenet/shufflenetv1/shufflenet_v1_g3_05-42cfe109.ckpt", 57.05, 79.73),
+        megvii(42.7, 20.0)),
+    "shufflenet_v1_g3_10": (
+        mindcv("shufflenet/shufflenetv1/shufflenet_v1_g3_10-245f0ccf.ckpt", 67.77, 87.73),
+        megvii(32.2, 12.3)),
+    "shufflenet_v1_g3_15": (megvii(28.4, 9.8),),
+    "shufflenet_v1_g3_20": (megvii(25.9, 8.6),),
+    "shufflenet_v1_g8_05": (megvii(41.2, 19.0),),
+    "shufflenet_v1_g8_10": (megvii(32.0, 13.6),),
+    "shufflenet_v1_g8_15": (megvii(29.0, 10.4),),
+    "shufflenet_v1_g8_20": (megvii(27.1, 9.2),),
+}
 # How MindCV's checkpoints of this family look: a parameter only this family has, the stem conv
 # whose outputs (with the classifier's inputs) tell the widths apart, and the options under which
 # our network computes what MindCV's code computes (tested against MindCV 0.3.0's own).

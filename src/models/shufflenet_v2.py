@@ -5,6 +5,7 @@ from mindspore import nn, ops
 from .layers import (ChannelShuffle, GlobalAvgPool, batch_norm, conv1x1, conv3x3, depthwise_conv,
                      max_pool_3x3_s2)
 from .shufflenet_v1 import init_shufflenet_weights
+from .weights import megvii, mindcv, torchvision
 
 STAGE_REPEATS = (4, 8, 4)
 # (c1, stage2, stage3, stage4, conv5) from the paper's Table 5.
@@ -16,6 +17,25 @@ CHANNELS = {
 }
 # Layout options a checkpoint records so that the same network is built again.
 OPTIONS = ("pool_pad", "layout")
+# Published ImageNet weights of each variant (src/models/weights.py).
+PRETRAINED = {
+    "shufflenet_v2_x0_5": (
+        mindcv("shufflenet/shufflenetv2/shufflenet_v2_x0_5-8c841061.ckpt", 60.53, 82.11),
+        torchvision("shufflenetv2_x0.5-f707e7126e.pth", 60.552, 81.746, 5.282),
+        megvii(38.9, 17.4)),
+    "shufflenet_v2_x1_0": (
+        mindcv("shufflenet/shufflenetv2/shufflenet_v2_x1_0-0da4b7fa.ckpt", 69.47, 88.88),
+        torchvision("shufflenetv2_x1-5666bf0f80.pth", 69.362, 88.316, 8.791),
+        megvii(30.6, 11.1)),
+    "shufflenet_v2_x1_5": (
+        mindcv("shufflenet/shufflenetv2/shufflenet_v2_x1_5-00b56131.ckpt", 72.79, 90.93),
+        torchvision("shufflenetv2_x1_5-3c479a10.pth", 72.996, 91.086, 13.557, eval_resize=232),
+        megvii(27.4, 9.4)),
+    "shufflenet_v2_x2_0": (
+        mindcv("shufflenet/shufflenetv2/shufflenet_v2_x2_0-ed8e698d.ckpt", 75.07, 92.08),
+        torchvision("shufflenetv2_x2_0-8be3c8ee.pth", 76.230, 93.006, 28.433, eval_resize=232),
+        megvii(25.0, 7.6)),
+}
 # How MindCV's checkpoints of this family look (see shufflenet_v1.MINDCV_LAYOUT).
 MINDCV_LAYOUT = {"marker": "features.0.branch_main.0.weight", "stem": "first_conv.0.weight",
                  "options": {"pool_pad": "same", "layout": "megvii"}}
