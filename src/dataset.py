@@ -267,6 +267,11 @@ def eval_image_ops(dataset: str, size, input_norm: str = "imagenet", resize: int
     return [V.Resize(short_side), V.CenterCrop((height, width))] + normalize_ops(input_norm)
 
 
+def flip_ops(config) -> list:
+    """The random left-right mirror of training, unless the config turns it off."""
+    return [V.RandomHorizontalFlip(0.5)] if config.horizontal_flip else []
+
+
 def _shard_args(rank_id: int, rank_size: int) -> dict:
     return {"num_shards": rank_size, "shard_id": rank_id} if rank_size > 1 else {}
 
@@ -314,14 +319,14 @@ def create_dataset(config, training: bool, rank_id: int = 0, rank_size: int = 1,
         if size == 32:
             ops = ops[1:]  # the 32x32 images need no resize
         if training:
-            ops = [V.RandomCrop(32, padding=4), V.RandomHorizontalFlip(0.5)] + ops
+            ops = [V.RandomCrop(32, padding=4)] + flip_ops(config) + ops
     elif config.dataset == "imagenet":
         folder = imagenet_folder(config.dataset_path, training)
         check_classes(folder, config.num_classes, classes)
         data = image_folder_dataset(folder, config, training, workers, shard)
         if training:
-            ops = [V.RandomCropDecodeResize(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)),
-                   V.RandomHorizontalFlip(0.5)]
+            ops = [V.RandomCropDecodeResize(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3))] + \
+                flip_ops(config)
             if config.color_jitter:
                 jitter = config.color_jitter
                 ops.append(V.RandomColorAdjust(jitter, jitter, jitter))

@@ -6,6 +6,7 @@ import mindspore as ms
 import numpy as np
 
 from src.checkpoint import load_weights, read_checkpoint, resolve
+from src.models.layers import fold_batch_norms
 from src.device import use_device
 from src.errors import ArgumentParser, UserError, writable_folder
 from src.model_utils.config import MAX_IMAGE_SIZE, get_config, parse_bool
@@ -67,7 +68,8 @@ def export(argv) -> str:
     use_device(config.device_target)
     net = record.build(conv_impl="standard")  # export: standard operators only
     load_weights(net, params, checkpoint)
-    net.set_train(False)  # BatchNorm exports its moving statistics, not batch statistics
+    net.set_train(False)
+    fold_batch_norms(net)  # each BatchNorm's moving statistics into the conv before it
     file_name = args.file_name or record.network
     writable_folder(os.path.dirname(os.path.abspath(file_name)), "--file_name")
     batch = None if dynamic else args.batch_size
@@ -77,6 +79,8 @@ def export(argv) -> str:
         axes = {"image": {0: "batch"}, "logits": {0: "batch"}} if dynamic else None
         ms_onnx.export(net, example, file_name=file_name + SUFFIX[fmt], input_names=["image"],
                        output_names=["logits"], dynamic_axes=axes)
+        if dynamic:
+            open_onnx_output_batch(file_name + SUFFIX[fmt])
     else:
         example = ms.Tensor(shape=[batch, 3, height, width], dtype=ms.float32)
         ms.export(net, example, file_name=file_name, file_format=fmt)
@@ -88,3 +92,80 @@ def export(argv) -> str:
     print(f"export: {path} ({fmt}, input {sidecar['input_shape']}; None = any batch), "
           f"metadata in {path}.json", flush=True)
     return path
+
+
+# ---- the ONNX file's declared output shape
+# MindSpore 2.10's ONNX export leaves the input's batch open (dynamic_axes) but declares the
+# output with the example's batch, so onnxruntime warns "Expected shape from model of {1,10}
+# does not match actual shape of {8,10}" on every other batch. The fix rewrites that one field
+# of the protobuf (ModelProto.graph.output[*].type.tensor_type.shape.dim[0]) to the name
+# "batch", in the wire format, so that no onnx package is needed.
+
+def _varint(data: bytes, i: int) -> tuple:
+    value, shift = 0, 0
+    while True:
+        byte = data[i]
+        value, shift, i = value | (byte & 0x7F) << shift, shift + 7, i + 1
+        if byte < 0x80:
+            return value, i
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _fields(data: bytes) -> list:
+    """(field number, wire type, payload) of a protobuf message; a length-delimited payload is
+    its bytes, any other the raw bytes of its value."""
+    fields, i = [], 0
+    while i < len(data):
+        tag, i = _varint(data, i)
+        number, wire = tag >> 3, tag & 7
+        if wire == 2:
+            length, i = _varint(data, i)
+            end = i + length
+        else:
+            end = _varint(data, i)[1] if wire == 0 else i + (8 if wire == 1 else 4)
+        fields.append((number, wire, data[i:end]))
+        i = end
+    return fields
+
+
+def _message(fields: list) -> bytes:
+    return b"".join(_encode_varint(number << 3 | wire) +
+                    (_encode_varint(len(payload)) if wire == 2 else b"") + payload
+                    for number, wire, payload in fields)
+
+
+def _edit(data: bytes, path: tuple, change) -> bytes:
+    """``data`` with change(payload) applied to every message at field path ``path``."""
+    if not path:
+        return change(data)
+    return _message([(n, w, _edit(p, path[1:], change) if n == path[0] and w == 2 else p)
+                     for n, w, p in _fields(data)])
+
+
+def _open_first_dim(shape: bytes) -> bytes:
+    """A TensorShapeProto whose first dim is the name "batch" (Dimension.dim_param)."""
+    fields, done = [], False
+    for number, wire, payload in _fields(shape):
+        if number == 1 and not done:  # the first dim
+            payload, done = _message([(2, 2, b"batch")]), True
+        fields.append((number, wire, payload))
+    return _message(fields)
+
+
+def open_onnx_output_batch(path: str) -> None:
+    """Declare the ONNX file's outputs with an open batch dimension, as its input has."""
+    with open(path, "rb") as f:
+        model = f.read()
+    # ModelProto.graph (7) -> GraphProto.output (12) -> ValueInfoProto.type (2)
+    # -> TypeProto.tensor_type (1) -> shape (2)
+    model = _edit(model, (7, 12, 2, 1, 2), _open_first_dim)
+    with open(path, "wb") as f:
+        f.write(model)

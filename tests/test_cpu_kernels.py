@@ -150,6 +150,43 @@ def test_fast_batch_norm_equals_mindspore_in_training(kernels, size, mode):
     assert not np.allclose(var, 1.0)  # the statistics did move
 
 
+FUSED = [("depthwise", 1, None), ("depthwise", 2, "relu"), ("depthwise", 1, "relu6"),
+         ("dense stem", 2, "relu"), ("dense stem", 1, "relu6"), ("grouped 1x1 g3", 1, "relu"),
+         ("pointwise 1x1", 1, None), ("pointwise 1x1", 1, "relu6")]
+
+
+def conv_bn_act(kind, stride, activation, impl):
+    cin, cout, k, group = KINDS[kind]
+    conv = Conv1x1(cin, cout, group, impl) if k == 1 else \
+        ConvKxK(cin, cout, k, stride, group, impl)
+    act = {None: [], "relu": [nn.ReLU()], "relu6": [nn.ReLU6()]}[activation]
+    return [conv, BatchNorm(cout, impl)] + act
+
+
+@pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
+@pytest.mark.parametrize("kind, stride, activation", FUSED)
+def test_fused_inference_equals_conv_batchnorm_activation(kernels, kind, stride, activation,
+                                                          mode):
+    """In eval mode a FusedSequence runs conv -> BatchNorm (moving statistics) -> activation as
+    one kernel: the same output as the three layers one by one, within float32 rounding."""
+    from src.models.layers import FusedSequence
+    ms.set_context(mode=mode)
+    fused = FusedSequence(conv_bn_act(kind, stride, activation, "fast"))
+    reference = nn.SequentialCell(conv_bn_act(kind, stride, activation, "standard"))
+    assert fused.fusing and fused.groups == ((0, 2 if activation is None else 3),)
+    randomize_weights(fused)
+    assert not ms.load_param_into_net(reference, fused.parameters_dict())[0]
+    fused.set_train(False)
+    reference.set_train(False)
+    x = ms.Tensor((np.random.RandomState(stride).randn(3, KINDS[kind][0], 9, 10) * 12)
+                  .astype(np.float32))
+    got, expected = fused(x).asnumpy(), reference(x).asnumpy()
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+    if activation:  # the activation really clips: some outputs sit at its bounds
+        assert (expected == 0).any() and (activation != "relu6" or (expected == 6).any())
+
+
 @pytest.mark.parametrize("group", [2, 3, 8])
 def test_split_grouped_conv_equals_native(group):
     rng = np.random.RandomState(group)

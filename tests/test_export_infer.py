@@ -73,30 +73,42 @@ def test_checkpoint_mindir_onnx_agree(name, size, tmp_path, photos, cli):
 
 @pytest.mark.parametrize("name", list_networks())
 def test_every_variant_exports_to_onnx_and_mindir_with_the_fast_layers_logits(tmp_path, name):
-    """Each variant as trained here (auto: our CPU kernels) and as export.py builds it (standard
-    operators, the same weights): ONNX (onnxruntime) and MINDIR give the trained net's logits."""
-    import mindspore.onnx as ms_onnx
+    """Each variant as eval.py runs it (our CPU kernels; in eval mode each conv with its
+    BatchNorm and activation in one kernel) and as export.py writes it (standard operators, the
+    BatchNorms folded into the convs, the same weights): ONNX (onnxruntime, its output batch
+    open) and MINDIR give the same logits, and so does the unfused network."""
     import onnxruntime as ort
+
+    from src.exporter import open_onnx_output_batch
+    from src.models.layers import FusedSequence, fold_batch_norms
     x = np.random.RandomState(0).rand(2, 3, 32, 32).astype(np.float32)
     ms.set_context(mode=ms.PYNATIVE_MODE)  # no compile: the export compiles below
     trained = randomize_weights(create_network(name, num_classes=10))
     assert any(getattr(cell, "fast", False) for _, cell in trained.cells_and_names()), name
+    assert any(isinstance(c, FusedSequence) and c.fusing for _, c in trained.cells_and_names())
     trained.set_train(False)
-    expected = trained(ms.Tensor(x)).asnumpy()
+    fused = trained(ms.Tensor(x)).asnumpy()
     ms.set_context(mode=ms.GRAPH_MODE)
     net = create_network(name, num_classes=10, conv_impl="standard")
     assert not ms.load_param_into_net(net, trained.parameters_dict())[0]
     net.set_train(False)
+    unfused = net(ms.Tensor(x)).asnumpy()
+    fold_batch_norms(net)
+    assert not any(isinstance(c, ms.nn.BatchNorm2d) for _, c in net.cells_and_names())
     path = str(tmp_path / name)
+    import mindspore.onnx as ms_onnx
     ms_onnx.export(net, ms.Tensor(x), file_name=path + ".onnx", input_names=["image"],
-                   output_names=["logits"])
+                   output_names=["logits"], dynamic_axes={"image": {0: "batch"}})
+    open_onnx_output_batch(path + ".onnx")
     ms.export(net, ms.Tensor(x), file_name=path, file_format="MINDIR")
-    onnx_logits = ort.InferenceSession(path + ".onnx").run(None, {"image": x})[0]
+    session = ort.InferenceSession(path + ".onnx")
+    assert session.get_outputs()[0].shape == ["batch", 10]
+    onnx_logits = session.run(None, {"image": x})[0]
     mindir_logits = ms.nn.GraphCell(ms.load(path + ".mindir"))(ms.Tensor(x)).asnumpy()
-    assert np.abs(expected).max() > 0.1, name  # logits that tell a wrong layer apart
-    tolerance = 1e-4 * np.abs(expected).max()
-    assert np.abs(onnx_logits - expected).max() <= tolerance, name
-    assert np.abs(mindir_logits - expected).max() <= tolerance, name
+    scale = np.abs(unfused).max()
+    assert scale > 0.1, name  # logits that tell a wrong layer apart
+    for logits in (fused, onnx_logits, mindir_logits):
+        assert np.abs(logits - unfused).max() <= 1e-5 * scale, (name, np.abs(logits - unfused).max())
 
 
 def test_class_names_reach_the_export_and_infer(tmp_path, photos, cli):

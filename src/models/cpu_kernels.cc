@@ -1,12 +1,14 @@
 // CPU kernels for the layers MindSpore's CPU backend computes slowly, forward and gradients,
 // on float32 NCHW tensors: the k x k depthwise and dense convs (padding k / 2, stride 1 or 2),
-// the 1x1 conv with g >= 1 groups, and training-mode BatchNorm. cpu_kernels.py loads them as
-// MindSpore ops.Custom "aot" kernels, built on first use with the machine's C++ compiler.
+// the 1x1 conv with g >= 1 groups, and training-mode BatchNorm; and for inference, each conv
+// with the eval-mode BatchNorm after it and its ReLU / ReLU6 applied as the output is written
+// (one pass instead of three ops). cpu_kernels.py loads them as MindSpore ops.Custom "aot"
+// kernels, built on first use with the machine's C++ compiler.
 //
 // Entry points follow MindSpore's aot CPU signature: params holds the inputs, then the
-// outputs; shapes[i] the shape of params[i]. They return nonzero on a dtype they do not take.
-// Threads: OpenMP, over independent planes (depthwise), GEMMs (1x1), images (dense) or
-// channels (BatchNorm).
+// outputs; shapes[i] the shape of params[i]. They return nonzero on a dtype or shape they do
+// not take. Threads: OpenMP, over independent planes (depthwise), GEMMs (1x1), images (dense)
+// or channels (BatchNorm).
 #include <omp.h>
 
 #include <algorithm>
@@ -43,69 +45,108 @@ bool all_float32(int nparam, const char **dtypes) {
   return true;
 }
 
+// ---------------------------------------------------------------- the output's epilogue
+
+// What a forward does to each output channel as it is written: nothing (training), or the
+// inference epilogue y = act(y * scale[c] + shift[c]), the eval-mode BatchNorm folded in
+// (scale = gamma / sqrt(var + eps), shift = beta - mean * scale) and the activation fused.
+enum class Activation { kNone, kReLU, kReLU6 };
+
+struct NoEpilogue {
+  void operator()(int64_t, float *, int64_t) const {}
+};
+
+struct BatchNormActivation {
+  std::vector<float> scale, shift;
+  Activation act;
+
+  BatchNormActivation(int64_t channels, const float *gamma, const float *beta, const float *mean,
+                      const float *var, float eps, Activation a)
+      : scale(channels), shift(channels), act(a) {
+    for (int64_t c = 0; c < channels; ++c) {
+      scale[c] = gamma[c] / std::sqrt(var[c] + eps);
+      shift[c] = beta[c] - mean[c] * scale[c];
+    }
+  }
+
+  // The ``count`` outputs at y, all of output channel c.
+  void operator()(int64_t c, float *__restrict y, int64_t count) const {
+    const float a = scale[c], b = shift[c];
+    const float low = act == Activation::kNone ? -INFINITY : 0.0f;
+    const float high = act == Activation::kReLU6 ? 6.0f : INFINITY;
+#pragma omp simd
+    for (int64_t i = 0; i < count; ++i) y[i] = std::min(std::max(y[i] * a + b, low), high);
+  }
+};
+
 // ---------------------------------------------------------------- depthwise k x k
 
-struct Plane {
-  int64_t n, c, h, w, ho, wo, k, pad;
+constexpr int64_t kMaxTaps = 64;  // k <= 7 (depthwise_grad_weight sums taps on the stack)
+
+struct DepthwiseShape {
+  int64_t n, channels, h, w, ho, wo, k, pad;
+  bool valid() const { return k % 2 == 1 && k * k <= kMaxTaps; }
 };
 
 // x (N, C, H, W), weight (C, 1, k, k), y (N, C, Ho, Wo).
-Plane plane_of(const int64_t *x, const int64_t *wt, const int64_t *y) {
-  return Plane{x[0], x[1], x[2], x[3], y[2], y[3], wt[2], wt[2] / 2};
+DepthwiseShape depthwise_shape(const int64_t *x, const int64_t *wt, const int64_t *y) {
+  return DepthwiseShape{x[0], x[1], x[2], x[3], y[2], y[3], wt[2], wt[2] / 2};
 }
 
 // Calls tap(ih, kh, kw, lo, hi) for each tap (kh, kw) of output row oh whose input row
 // ih = oh * S - pad + kh lies in [0, h); [lo, hi) are the output columns ow whose input column
 // ow * S - pad + kw lies in [0, w). The forward and both gradients walk the taps this way.
 template <int S, typename Tap>
-inline void for_each_tap(const Plane &g, int64_t oh, Tap &&tap) {
-  for (int64_t kh = 0; kh < g.k; ++kh) {
-    const int64_t ih = oh * S - g.pad + kh;
-    if (ih < 0 || ih >= g.h) continue;
-    for (int64_t kw = 0; kw < g.k; ++kw) {
-      const int64_t first = g.pad - kw, last = g.w - 1 + g.pad - kw;
+inline void for_each_tap(const DepthwiseShape &d, int64_t oh, Tap &&tap) {
+  for (int64_t kh = 0; kh < d.k; ++kh) {
+    const int64_t ih = oh * S - d.pad + kh;
+    if (ih < 0 || ih >= d.h) continue;
+    for (int64_t kw = 0; kw < d.k; ++kw) {
+      const int64_t first = d.pad - kw, last = d.w - 1 + d.pad - kw;
       const int64_t lo = first <= 0 ? 0 : (first + S - 1) / S;
-      const int64_t hi = last < 0 ? 0 : std::min(g.wo, last / S + 1);
+      const int64_t hi = last < 0 ? 0 : std::min(d.wo, last / S + 1);
       tap(ih, kh, kw, lo, hi);
     }
   }
 }
 
-template <int S>
-void depthwise_forward(const Plane &g, const float *x, const float *wt, float *y) {
+template <int S, typename Epilogue>
+void depthwise_forward(const DepthwiseShape &d, const float *x, const float *wt, float *y,
+                       const Epilogue &epilogue) {
 #pragma omp parallel for schedule(static) num_threads(threads())
-  for (int64_t p = 0; p < g.n * g.c; ++p) {
-    const float *xp = x + p * g.h * g.w;
-    const float *wp = wt + (p % g.c) * g.k * g.k;
-    float *yp = y + p * g.ho * g.wo;
-    for (int64_t oh = 0; oh < g.ho; ++oh) {
-      float *yrow = yp + oh * g.wo;
-      std::fill(yrow, yrow + g.wo, 0.0f);
-      for_each_tap<S>(g, oh, [&](int64_t ih, int64_t kh, int64_t kw, int64_t lo, int64_t hi) {
-        const float wv = wp[kh * g.k + kw];
+  for (int64_t p = 0; p < d.n * d.channels; ++p) {
+    const float *xp = x + p * d.h * d.w;
+    const float *wp = wt + (p % d.channels) * d.k * d.k;
+    float *yp = y + p * d.ho * d.wo;
+    for (int64_t oh = 0; oh < d.ho; ++oh) {
+      float *yrow = yp + oh * d.wo;
+      std::fill(yrow, yrow + d.wo, 0.0f);
+      for_each_tap<S>(d, oh, [&](int64_t ih, int64_t kh, int64_t kw, int64_t lo, int64_t hi) {
+        const float wv = wp[kh * d.k + kw];
         float *__restrict out = yrow;
-        const float *__restrict xrow = xp + ih * g.w - g.pad;  // xrow[ow * S + kw]: x[ih][iw]
+        const float *__restrict xrow = xp + ih * d.w - d.pad;  // xrow[ow * S + kw]: x[ih][iw]
 #pragma omp simd
         for (int64_t ow = lo; ow < hi; ++ow) out[ow] += wv * xrow[ow * S + kw];
       });
     }
+    epilogue(p % d.channels, yp, d.ho * d.wo);  // while the plane is in cache
   }
 }
 
 template <int S>
-void depthwise_grad_input(const Plane &g, const float *dy, const float *wt, float *dx) {
+void depthwise_grad_input(const DepthwiseShape &d, const float *dy, const float *wt, float *dx) {
 #pragma omp parallel for schedule(static) num_threads(threads())
-  for (int64_t p = 0; p < g.n * g.c; ++p) {
-    const float *dyp = dy + p * g.ho * g.wo;
-    const float *wp = wt + (p % g.c) * g.k * g.k;
-    float *dxp = dx + p * g.h * g.w;
-    std::fill(dxp, dxp + g.h * g.w, 0.0f);
-    for (int64_t oh = 0; oh < g.ho; ++oh) {
-      const float *dyrow = dyp + oh * g.wo;
-      for_each_tap<S>(g, oh, [&](int64_t ih, int64_t kh, int64_t kw, int64_t lo, int64_t hi) {
-        const float wv = wp[kh * g.k + kw];
+  for (int64_t p = 0; p < d.n * d.channels; ++p) {
+    const float *dyp = dy + p * d.ho * d.wo;
+    const float *wp = wt + (p % d.channels) * d.k * d.k;
+    float *dxp = dx + p * d.h * d.w;
+    std::fill(dxp, dxp + d.h * d.w, 0.0f);
+    for (int64_t oh = 0; oh < d.ho; ++oh) {
+      const float *dyrow = dyp + oh * d.wo;
+      for_each_tap<S>(d, oh, [&](int64_t ih, int64_t kh, int64_t kw, int64_t lo, int64_t hi) {
+        const float wv = wp[kh * d.k + kw];
         const float *__restrict in = dyrow;
-        float *__restrict dxrow = dxp + ih * g.w - g.pad;
+        float *__restrict dxrow = dxp + ih * d.w - d.pad;
 #pragma omp simd
         for (int64_t ow = lo; ow < hi; ++ow) dxrow[ow * S + kw] += wv * in[ow];
       });
@@ -113,29 +154,27 @@ void depthwise_grad_input(const Plane &g, const float *dy, const float *wt, floa
   }
 }
 
-constexpr int64_t kMaxTaps = 64;  // k <= 7; cpu_kernels.py refuses larger kernels
-
 template <int S>
-void depthwise_grad_weight(const Plane &g, const float *dy, const float *x, float *dw) {
+void depthwise_grad_weight(const DepthwiseShape &d, const float *dy, const float *x, float *dw) {
 #pragma omp parallel for schedule(static) num_threads(threads())
-  for (int64_t c = 0; c < g.c; ++c) {
+  for (int64_t c = 0; c < d.channels; ++c) {
     double acc[kMaxTaps] = {0.0};  // one channel sums N * Ho * Wo products per tap
-    for (int64_t n = 0; n < g.n; ++n) {
-      const float *xp = x + (n * g.c + c) * g.h * g.w;
-      const float *dyp = dy + (n * g.c + c) * g.ho * g.wo;
-      for (int64_t oh = 0; oh < g.ho; ++oh) {
-        const float *dyrow = dyp + oh * g.wo;
-        for_each_tap<S>(g, oh, [&](int64_t ih, int64_t kh, int64_t kw, int64_t lo, int64_t hi) {
+    for (int64_t n = 0; n < d.n; ++n) {
+      const float *xp = x + (n * d.channels + c) * d.h * d.w;
+      const float *dyp = dy + (n * d.channels + c) * d.ho * d.wo;
+      for (int64_t oh = 0; oh < d.ho; ++oh) {
+        const float *dyrow = dyp + oh * d.wo;
+        for_each_tap<S>(d, oh, [&](int64_t ih, int64_t kh, int64_t kw, int64_t lo, int64_t hi) {
           const float *__restrict in = dyrow;
-          const float *__restrict xrow = xp + ih * g.w - g.pad;
+          const float *__restrict xrow = xp + ih * d.w - d.pad;
           float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
           for (int64_t ow = lo; ow < hi; ++ow) sum += in[ow] * xrow[ow * S + kw];
-          acc[kh * g.k + kw] += sum;
+          acc[kh * d.k + kw] += sum;
         });
       }
     }
-    for (int64_t i = 0; i < g.k * g.k; ++i) dw[c * g.k * g.k + i] = static_cast<float>(acc[i]);
+    for (int64_t i = 0; i < d.k * d.k; ++i) dw[c * d.k * d.k + i] = static_cast<float>(acc[i]);
   }
 }
 
@@ -190,47 +229,56 @@ void sum_over_batch(int64_t n, int64_t size, int64_t scratch, float *dw, Accumul
   }
 }
 
-struct Groups {
-  int64_t n, cin, cout, hw, ci, co, g;
+struct GroupedShape {
+  int64_t n, cin, cout, hw, cin_per_group, cout_per_group, groups;
+  bool valid() const { return groups > 0 && cin_per_group * groups == cin; }
 };
 
-// x (N, Cin, H, W), weight (Cout, Cin / g, 1, 1); y (N, Cout, H, W) adds nothing.
-Groups groups_of(const int64_t *x, const int64_t *wt, const int64_t *) {
-  const int64_t g = x[1] / wt[1];
-  return Groups{x[0], x[1], wt[0], x[2] * x[3], wt[1], wt[0] / g, g};
+// x (N, Cin, H, W), weight (Cout, Cin / groups, 1, 1); y (N, Cout, H, W) adds nothing.
+GroupedShape grouped_shape(const int64_t *x, const int64_t *wt, const int64_t *) {
+  const int64_t groups = wt[1] > 0 ? x[1] / wt[1] : 0;
+  return GroupedShape{x[0], x[1], wt[0], x[2] * x[3], wt[1],
+                      groups > 0 ? wt[0] / groups : 0, groups};
 }
 
-// For every image n and group j, out[n, j] = op(w[j]) . in[n, j]: op the identity for the
-// forward (x[n, j] (ci x hw) -> y[n, j] (co x hw)), the transpose for the input gradient
-// (dy[n, j] -> dx[n, j]).
-void conv1x1_gemms(const Groups &s, bool transposed, const float *in, const float *wt,
-                   float *out) {
-  const int64_t rows = transposed ? s.ci : s.co, depth = transposed ? s.co : s.ci;
+// For every image b and group j, out[b, j] = op(w[j]) . in[b, j]: op the identity for the
+// forward (x[b, j] (cin_per_group x hw) -> y[b, j] (cout_per_group x hw)), the transpose for the
+// input gradient (dy[b, j] -> dx[b, j]). epilogue(channel, rows) runs on each output row.
+template <typename Epilogue>
+void conv1x1_gemms(const GroupedShape &s, bool transposed, const float *in, const float *wt,
+                   float *out, const Epilogue &epilogue) {
+  const int64_t rows = transposed ? s.cin_per_group : s.cout_per_group;
+  const int64_t depth = transposed ? s.cout_per_group : s.cin_per_group;
   const int64_t in_channels = transposed ? s.cout : s.cin;
   const int64_t out_channels = transposed ? s.cin : s.cout;
 #pragma omp parallel for schedule(static) num_threads(threads())
-  for (int64_t t = 0; t < s.n * s.g; ++t) {
-    const int64_t b = t / s.g, j = t % s.g;
-    sgemm(transposed ? 'T' : 'N', 'N', rows, s.hw, depth, wt + j * s.co * s.ci, s.ci,
-          in + (b * in_channels + j * depth) * s.hw, s.hw, 0.0f,
-          out + (b * out_channels + j * rows) * s.hw, s.hw);
+  for (int64_t t = 0; t < s.n * s.groups; ++t) {
+    const int64_t b = t / s.groups, j = t % s.groups;
+    float *block = out + (b * out_channels + j * rows) * s.hw;
+    sgemm(transposed ? 'T' : 'N', 'N', rows, s.hw, depth,
+          wt + j * s.cout_per_group * s.cin_per_group, s.cin_per_group,
+          in + (b * in_channels + j * depth) * s.hw, s.hw, 0.0f, block, s.hw);
+    for (int64_t r = 0; r < rows; ++r) epilogue(j * rows + r, block + r * s.hw, s.hw);
   }
 }
 
-void conv1x1_forward(const Groups &s, const float *x, const float *wt, float *y) {
-  conv1x1_gemms(s, false, x, wt, y);
+template <typename Epilogue>
+void conv1x1_forward(const GroupedShape &s, const float *x, const float *wt, float *y,
+                     const Epilogue &epilogue) {
+  conv1x1_gemms(s, false, x, wt, y, epilogue);
 }
 
-void conv1x1_grad_input(const Groups &s, const float *dy, const float *wt, float *dx) {
-  conv1x1_gemms(s, true, dy, wt, dx);
+void conv1x1_grad_input(const GroupedShape &s, const float *dy, const float *wt, float *dx) {
+  conv1x1_gemms(s, true, dy, wt, dx, NoEpilogue());
 }
 
-// dw[j] (co x ci) = sum over n of dy[n, j] . x[n, j]^T
-void conv1x1_grad_weight(const Groups &s, const float *dy, const float *x, float *dw) {
-  sum_over_batch(s.n, s.cout * s.ci, 0, dw, [&](int64_t b, float *mine, float *) {
-    for (int64_t j = 0; j < s.g; ++j)
-      sgemm('N', 'T', s.co, s.ci, s.hw, dy + (b * s.cout + j * s.co) * s.hw, s.hw,
-            x + (b * s.cin + j * s.ci) * s.hw, s.hw, 1.0f, mine + j * s.co * s.ci, s.ci);
+// dw[j] (cout_per_group x cin_per_group) = sum over b of dy[b, j] . x[b, j]^T
+void conv1x1_grad_weight(const GroupedShape &s, const float *dy, const float *x, float *dw) {
+  const int64_t co = s.cout_per_group, ci = s.cin_per_group;
+  sum_over_batch(s.n, s.cout * ci, 0, dw, [&](int64_t b, float *mine, float *) {
+    for (int64_t j = 0; j < s.groups; ++j)
+      sgemm('N', 'T', co, ci, s.hw, dy + (b * s.cout + j * co) * s.hw, s.hw,
+            x + (b * s.cin + j * ci) * s.hw, s.hw, 1.0f, mine + j * co * ci, ci);
   });
 }
 
@@ -239,19 +287,20 @@ void conv1x1_grad_weight(const Groups &s, const float *dy, const float *x, float
 // im2col + GEMM: MindSpore 2.10's CPU Conv2D took 883 ms for ShuffleNetV2's 3 -> 24 stem
 // conv at batch 32, 224 x 224, 42 % of a training step (profiled here).
 
-struct Dense {
+struct DenseShape {
   int64_t n, cin, h, w, cout, k, ho, wo, stride, pad;
   int64_t taps() const { return cin * k * k; }
+  bool valid() const { return k % 2 == 1; }
 };
 
 // x (N, Cin, H, W), weight (Cout, Cin, k, k), y (N, Cout, Ho, Wo).
 template <int S>
-Dense dense_of(const int64_t *x, const int64_t *wt, const int64_t *y) {
-  return Dense{x[0], x[1], x[2], x[3], wt[0], wt[2], y[2], y[3], S, wt[2] / 2};
+DenseShape dense_shape(const int64_t *x, const int64_t *wt, const int64_t *y) {
+  return DenseShape{x[0], x[1], x[2], x[3], wt[0], wt[2], y[2], y[3], S, wt[2] / 2};
 }
 
 // col (Cin k k, Ho Wo) of one image: col[(ci k + kh) k + kw][oh Wo + ow] = x[ci][ih][iw].
-void im2col(const Dense &d, const float *x, float *col) {
+void im2col(const DenseShape &d, const float *x, float *col) {
   for (int64_t ci = 0; ci < d.cin; ++ci)
     for (int64_t kh = 0; kh < d.k; ++kh)
       for (int64_t kw = 0; kw < d.k; ++kw) {
@@ -273,7 +322,7 @@ void im2col(const Dense &d, const float *x, float *col) {
 }
 
 // The adjoint of im2col: dx[ci][ih][iw] += col[...] (dx zeroed first).
-void col2im(const Dense &d, const float *col, float *dx) {
+void col2im(const DenseShape &d, const float *col, float *dx) {
   std::fill(dx, dx + d.cin * d.h * d.w, 0.0f);
   for (int64_t ci = 0; ci < d.cin; ++ci)
     for (int64_t kh = 0; kh < d.k; ++kh)
@@ -291,20 +340,24 @@ void col2im(const Dense &d, const float *col, float *dx) {
       }
 }
 
-void dense_forward(const Dense &d, const float *x, const float *wt, float *y) {
+template <typename Epilogue>
+void dense_forward(const DenseShape &d, const float *x, const float *wt, float *y,
+                   const Epilogue &epilogue) {
 #pragma omp parallel num_threads(threads())
   {
     std::vector<float> col(static_cast<size_t>(d.taps() * d.ho * d.wo));
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < d.n; ++b) {
+      float *image = y + b * d.cout * d.ho * d.wo;
       im2col(d, x + b * d.cin * d.h * d.w, col.data());
       sgemm('N', 'N', d.cout, d.ho * d.wo, d.taps(), wt, d.taps(), col.data(), d.ho * d.wo, 0.0f,
-            y + b * d.cout * d.ho * d.wo, d.ho * d.wo);
+            image, d.ho * d.wo);
+      for (int64_t c = 0; c < d.cout; ++c) epilogue(c, image + c * d.ho * d.wo, d.ho * d.wo);
     }
   }
 }
 
-void dense_grad_input(const Dense &d, const float *dy, const float *wt, float *dx) {
+void dense_grad_input(const DenseShape &d, const float *dy, const float *wt, float *dx) {
 #pragma omp parallel num_threads(threads())
   {
     std::vector<float> col(static_cast<size_t>(d.taps() * d.ho * d.wo));
@@ -317,7 +370,7 @@ void dense_grad_input(const Dense &d, const float *dy, const float *wt, float *d
   }
 }
 
-void dense_grad_weight(const Dense &d, const float *dy, const float *x, float *dw) {
+void dense_grad_weight(const DenseShape &d, const float *dy, const float *x, float *dw) {
   sum_over_batch(d.n, d.cout * d.taps(), d.taps() * d.ho * d.wo, dw,
                  [&](int64_t b, float *mine, float *col) {
     im2col(d, x + b * d.cin * d.h * d.w, col);
@@ -409,58 +462,171 @@ void batch_norm_grad(int64_t n, int64_t c, int64_t hw, const float *dy, const fl
   }
 }
 
+// ---------------------------------------------------------------- the conv kernels' entries
+
+// Each conv kernel: its shape from the (x, w, y) shapes, the forward with an epilogue, and the
+// two gradients.
+template <int S>
+struct Depthwise {
+  static DepthwiseShape shape(const int64_t *x, const int64_t *wt, const int64_t *y) {
+    return depthwise_shape(x, wt, y);
+  }
+  template <typename E>
+  static void forward(const DepthwiseShape &d, const float *x, const float *wt, float *y,
+                      const E &epilogue) {
+    depthwise_forward<S>(d, x, wt, y, epilogue);
+  }
+  static void grad_input(const DepthwiseShape &d, const float *dy, const float *wt, float *dx) {
+    depthwise_grad_input<S>(d, dy, wt, dx);
+  }
+  static void grad_weight(const DepthwiseShape &d, const float *dy, const float *x, float *dw) {
+    depthwise_grad_weight<S>(d, dy, x, dw);
+  }
+};
+
+struct Conv1x1 {
+  static GroupedShape shape(const int64_t *x, const int64_t *wt, const int64_t *y) {
+    return grouped_shape(x, wt, y);
+  }
+  template <typename E>
+  static void forward(const GroupedShape &s, const float *x, const float *wt, float *y,
+                      const E &epilogue) {
+    conv1x1_forward(s, x, wt, y, epilogue);
+  }
+  static void grad_input(const GroupedShape &s, const float *dy, const float *wt, float *dx) {
+    conv1x1_grad_input(s, dy, wt, dx);
+  }
+  static void grad_weight(const GroupedShape &s, const float *dy, const float *x, float *dw) {
+    conv1x1_grad_weight(s, dy, x, dw);
+  }
+};
+
+template <int S>
+struct Dense {
+  static DenseShape shape(const int64_t *x, const int64_t *wt, const int64_t *y) {
+    return dense_shape<S>(x, wt, y);
+  }
+  template <typename E>
+  static void forward(const DenseShape &d, const float *x, const float *wt, float *y,
+                      const E &epilogue) {
+    dense_forward(d, x, wt, y, epilogue);
+  }
+  static void grad_input(const DenseShape &d, const float *dy, const float *wt, float *dx) {
+    dense_grad_input(d, dy, wt, dx);
+  }
+  static void grad_weight(const DenseShape &d, const float *dy, const float *x, float *dw) {
+    dense_grad_weight(d, dy, x, dw);
+  }
+};
+
+float *tensor(void **params, int i) { return static_cast<float *>(params[i]); }
+
+// x, w -> y
+template <typename Kernel>
+int forward_entry(int nparam, void **params, int64_t **shapes, const char **dtypes) {
+  if (nparam != 3 || !all_float32(nparam, dtypes)) return 1;
+  const auto shape = Kernel::shape(shapes[0], shapes[1], shapes[2]);
+  if (!shape.valid()) return 2;
+  Kernel::forward(shape, tensor(params, 0), tensor(params, 1), tensor(params, 2), NoEpilogue());
+  return 0;
+}
+
+// dy, w, x (for its shape) -> dx
+template <typename Kernel>
+int grad_input_entry(int nparam, void **params, int64_t **shapes, const char **dtypes) {
+  if (nparam != 4 || !all_float32(nparam, dtypes)) return 1;
+  const auto shape = Kernel::shape(shapes[2], shapes[1], shapes[0]);
+  if (!shape.valid()) return 2;
+  Kernel::grad_input(shape, tensor(params, 0), tensor(params, 1), tensor(params, 3));
+  return 0;
+}
+
+// dy, x, w (for its shape) -> dw
+template <typename Kernel>
+int grad_weight_entry(int nparam, void **params, int64_t **shapes, const char **dtypes) {
+  if (nparam != 4 || !all_float32(nparam, dtypes)) return 1;
+  const auto shape = Kernel::shape(shapes[1], shapes[2], shapes[0]);
+  if (!shape.valid()) return 2;
+  Kernel::grad_weight(shape, tensor(params, 0), tensor(params, 1), tensor(params, 3));
+  return 0;
+}
+
+// x, w, gamma, beta, moving mean, moving variance, eps (1,) -> y: the conv, then the eval-mode
+// BatchNorm and the activation as each output channel is written.
+template <typename Kernel, Activation A>
+int inference_entry(int nparam, void **params, int64_t **shapes, const char **dtypes) {
+  if (nparam != 8 || !all_float32(nparam, dtypes)) return 1;
+  const auto shape = Kernel::shape(shapes[0], shapes[1], shapes[7]);
+  if (!shape.valid() || shapes[2][0] != shapes[7][1]) return 2;
+  const BatchNormActivation epilogue(shapes[2][0], tensor(params, 2), tensor(params, 3),
+                                     tensor(params, 4), tensor(params, 5), *tensor(params, 6), A);
+  Kernel::forward(shape, tensor(params, 0), tensor(params, 1), tensor(params, 7), epilogue);
+  return 0;
+}
+
 }  // namespace
 
-#define ZOO_AOT(name) \
-  extern "C" int name(int nparam, void **params, int *, int64_t **shapes, const char **dtypes, \
-                      void *, void *)
-#define ZOO_F(i) static_cast<float *>(params[i])
+// MindSpore's aot signature: inputs then outputs in params, their shapes and dtypes.
+#define AOT_ARGS int nparam, void **params, int *, int64_t **shapes, const char **dtypes, void *, \
+                 void *
+#define PASS nparam, params, shapes, dtypes
 
-// The three entry points of the (x, w) -> y conv kernel Name: geometry(x, w, y shapes) describes
-// the conv for forward(geometry, x, w, y), grad_input(geometry, dy, w, dx) and
-// grad_weight(geometry, dy, x, dw). The gradients get one input only for its shape.
-#define ZOO_CONV(Name, geometry, forward, grad_input, grad_weight)                          \
-  /* x, w -> y */                                                                          \
-  ZOO_AOT(Name##Forward) {                                                                 \
-    if (nparam != 3 || !all_float32(nparam, dtypes)) return 1;                             \
-    forward(geometry(shapes[0], shapes[1], shapes[2]), ZOO_F(0), ZOO_F(1), ZOO_F(2));      \
-    return 0;                                                                              \
-  }                                                                                        \
-  /* dy, w, x (for its shape) -> dx */                                                     \
-  ZOO_AOT(Name##GradInput) {                                                               \
-    if (nparam != 4 || !all_float32(nparam, dtypes)) return 1;                             \
-    grad_input(geometry(shapes[2], shapes[1], shapes[0]), ZOO_F(0), ZOO_F(1), ZOO_F(3));   \
-    return 0;                                                                              \
-  }                                                                                        \
-  /* dy, x, w (for its shape) -> dw */                                                     \
-  ZOO_AOT(Name##GradWeight) {                                                              \
-    if (nparam != 4 || !all_float32(nparam, dtypes)) return 1;                             \
-    grad_weight(geometry(shapes[1], shapes[2], shapes[0]), ZOO_F(0), ZOO_F(1), ZOO_F(3));  \
-    return 0;                                                                              \
-  }
+extern "C" {
+int DepthwiseS1Forward(AOT_ARGS) { return forward_entry<Depthwise<1>>(PASS); }
+int DepthwiseS1GradInput(AOT_ARGS) { return grad_input_entry<Depthwise<1>>(PASS); }
+int DepthwiseS1GradWeight(AOT_ARGS) { return grad_weight_entry<Depthwise<1>>(PASS); }
+int DepthwiseS2Forward(AOT_ARGS) { return forward_entry<Depthwise<2>>(PASS); }
+int DepthwiseS2GradInput(AOT_ARGS) { return grad_input_entry<Depthwise<2>>(PASS); }
+int DepthwiseS2GradWeight(AOT_ARGS) { return grad_weight_entry<Depthwise<2>>(PASS); }
+int Conv1x1Forward(AOT_ARGS) { return forward_entry<Conv1x1>(PASS); }
+int Conv1x1GradInput(AOT_ARGS) { return grad_input_entry<Conv1x1>(PASS); }
+int Conv1x1GradWeight(AOT_ARGS) { return grad_weight_entry<Conv1x1>(PASS); }
+int DenseS1Forward(AOT_ARGS) { return forward_entry<Dense<1>>(PASS); }
+int DenseS1GradInput(AOT_ARGS) { return grad_input_entry<Dense<1>>(PASS); }
+int DenseS1GradWeight(AOT_ARGS) { return grad_weight_entry<Dense<1>>(PASS); }
+int DenseS2Forward(AOT_ARGS) { return forward_entry<Dense<2>>(PASS); }
+int DenseS2GradInput(AOT_ARGS) { return grad_input_entry<Dense<2>>(PASS); }
+int DenseS2GradWeight(AOT_ARGS) { return grad_weight_entry<Dense<2>>(PASS); }
 
-ZOO_CONV(DepthwiseS1, plane_of, depthwise_forward<1>, depthwise_grad_input<1>,
-         depthwise_grad_weight<1>)
-ZOO_CONV(DepthwiseS2, plane_of, depthwise_forward<2>, depthwise_grad_input<2>,
-         depthwise_grad_weight<2>)
-ZOO_CONV(Conv1x1, groups_of, conv1x1_forward, conv1x1_grad_input, conv1x1_grad_weight)
-ZOO_CONV(DenseS1, dense_of<1>, dense_forward, dense_grad_input, dense_grad_weight)
-ZOO_CONV(DenseS2, dense_of<2>, dense_forward, dense_grad_input, dense_grad_weight)
+// Inference: {kernel}BN{activation}
+int DepthwiseS1BN(AOT_ARGS) { return inference_entry<Depthwise<1>, Activation::kNone>(PASS); }
+int DepthwiseS1BNReLU(AOT_ARGS) { return inference_entry<Depthwise<1>, Activation::kReLU>(PASS); }
+int DepthwiseS1BNReLU6(AOT_ARGS) {
+  return inference_entry<Depthwise<1>, Activation::kReLU6>(PASS);
+}
+int DepthwiseS2BN(AOT_ARGS) { return inference_entry<Depthwise<2>, Activation::kNone>(PASS); }
+int DepthwiseS2BNReLU(AOT_ARGS) { return inference_entry<Depthwise<2>, Activation::kReLU>(PASS); }
+int DepthwiseS2BNReLU6(AOT_ARGS) {
+  return inference_entry<Depthwise<2>, Activation::kReLU6>(PASS);
+}
+int Conv1x1BN(AOT_ARGS) { return inference_entry<Conv1x1, Activation::kNone>(PASS); }
+int Conv1x1BNReLU(AOT_ARGS) { return inference_entry<Conv1x1, Activation::kReLU>(PASS); }
+int Conv1x1BNReLU6(AOT_ARGS) { return inference_entry<Conv1x1, Activation::kReLU6>(PASS); }
+int DenseS1BN(AOT_ARGS) { return inference_entry<Dense<1>, Activation::kNone>(PASS); }
+int DenseS1BNReLU(AOT_ARGS) { return inference_entry<Dense<1>, Activation::kReLU>(PASS); }
+int DenseS1BNReLU6(AOT_ARGS) { return inference_entry<Dense<1>, Activation::kReLU6>(PASS); }
+int DenseS2BN(AOT_ARGS) { return inference_entry<Dense<2>, Activation::kNone>(PASS); }
+int DenseS2BNReLU(AOT_ARGS) { return inference_entry<Dense<2>, Activation::kReLU>(PASS); }
+int DenseS2BNReLU6(AOT_ARGS) { return inference_entry<Dense<2>, Activation::kReLU6>(PASS); }
 
-// x, gamma, beta, eps (1,) -> y, batch mean, 1 / sqrt(var + eps), biased batch variance
-ZOO_AOT(BatchNormForward) {
+// Training-mode BatchNorm: x, gamma, beta, eps (1,) -> y, batch mean, 1 / sqrt(var + eps),
+// biased batch variance
+int BatchNormForward(AOT_ARGS) {
   if (nparam != 8 || !all_float32(nparam, dtypes)) return 1;
   const int64_t *xs = shapes[0];
-  batch_norm_forward(xs[0], xs[1], xs[2] * xs[3], ZOO_F(0), ZOO_F(1), ZOO_F(2), *ZOO_F(3),
-                     ZOO_F(4), ZOO_F(5), ZOO_F(6), ZOO_F(7));
+  batch_norm_forward(xs[0], xs[1], xs[2] * xs[3], tensor(params, 0), tensor(params, 1),
+                     tensor(params, 2), *tensor(params, 3), tensor(params, 4), tensor(params, 5),
+                     tensor(params, 6), tensor(params, 7));
   return 0;
 }
 
 // dy, x, gamma, mean, invstd -> dx, dgamma, dbeta
-ZOO_AOT(BatchNormGrad) {
+int BatchNormGrad(AOT_ARGS) {
   if (nparam != 8 || !all_float32(nparam, dtypes)) return 1;
   const int64_t *xs = shapes[1];
-  batch_norm_grad(xs[0], xs[1], xs[2] * xs[3], ZOO_F(0), ZOO_F(1), ZOO_F(2), ZOO_F(3), ZOO_F(4),
-                  ZOO_F(5), ZOO_F(6), ZOO_F(7));
+  batch_norm_grad(xs[0], xs[1], xs[2] * xs[3], tensor(params, 0), tensor(params, 1),
+                  tensor(params, 2), tensor(params, 3), tensor(params, 4), tensor(params, 5),
+                  tensor(params, 6), tensor(params, 7));
   return 0;
 }
+}  // extern "C"

@@ -111,10 +111,12 @@ def _gradient_ops(prefix):
     return bprop
 
 
-def conv_kxk_op(stride: int, depthwise: bool):
-    """(x (N, Cin, H, W), w) -> the k x k conv with padding k // 2, with its gradients:
-    depthwise with w (C, 1, k, k), or dense with w (Cout, Cin, k, k); stride 1 or 2, odd
-    k <= 7. Call only when ``library()`` is not None."""
+def conv_kernel(kind: str, stride: int = 1) -> tuple:
+    """(the kernel's name in cpu_kernels.cc, its output shape from the x and w shapes) of a conv
+    ``kind``: "depthwise" or "dense" (k x k, padding k // 2, stride 1 or 2, odd k <= 7) or
+    "1x1" (any number of groups, stride 1)."""
+    if kind == "1x1":
+        return "Conv1x1", lambda x, w: [x[0], w[0], x[2], x[3]]
     if stride not in STRIDES:
         raise ValueError(f"fast k x k conv takes stride {STRIDES}, not {stride}")
 
@@ -122,8 +124,27 @@ def conv_kxk_op(stride: int, depthwise: bool):
         k = w[2]
         return [x[0], w[0], (x[2] + 2 * (k // 2) - k) // stride + 1,
                 (x[3] + 2 * (k // 2) - k) // stride + 1]
-    kernel = f"{'Depthwise' if depthwise else 'Dense'}S{stride}"
-    return _op(f"{kernel}Forward", out_shape, _gradient_ops(kernel))
+    return f"{'Depthwise' if kind == 'depthwise' else 'Dense'}S{stride}", out_shape
+
+
+def conv_op(kind: str, stride: int = 1):
+    """(x (N, Cin, H, W), w) -> the conv ``kind`` (see conv_kernel), with its gradients. Call
+    only when ``library()`` is not None."""
+    name, out_shape = conv_kernel(kind, stride)
+    return _op(f"{name}Forward", out_shape, _gradient_ops(name))
+
+
+# Inference: the eval-mode BatchNorm after a conv and the activation after it, in the conv's
+# output pass (cpu_kernels.cc's BatchNormActivation epilogue).
+ACTIVATIONS = {None: "", "relu": "ReLU", "relu6": "ReLU6"}
+
+
+def conv_bn_act_op(kind: str, stride: int = 1, activation=None):
+    """(x, w, gamma, beta, moving mean, moving variance, eps (1,)) -> activation(BatchNorm(
+    conv(x, w))) with BatchNorm's moving statistics, in one pass; ``activation`` None, "relu" or
+    "relu6". Forward only (eval mode). Call only when ``library()`` is not None."""
+    name, out_shape = conv_kernel(kind, stride)
+    return _op(f"{name}BN{ACTIVATIONS[activation]}", lambda x, w, *_: out_shape(x, w))
 
 
 def batch_norm_op():
@@ -140,9 +161,3 @@ def batch_norm_op():
     return ops.Custom(f"{library()}:BatchNormForward",
                       out_shape=lambda x, gamma, beta, eps: [x, gamma, gamma, gamma],
                       out_dtype=lambda x, *_: [x, x, x, x], func_type="aot", bprop=bprop)
-
-
-def conv1x1_op():
-    """(x (N, Cin, H, W), w (Cout, Cin / g, 1, 1)) -> the 1x1 conv with g groups, with its
-    gradients. Call only when ``library()`` is not None."""
-    return _op("Conv1x1Forward", lambda x, w: [x[0], w[0], x[2], x[3]], _gradient_ops("Conv1x1"))

@@ -4,6 +4,7 @@ Every family builds its convolutions here, so a faster way to compute one kind o
 changes all networks at once and never changes a parameter's name or shape.
 """
 import mindspore as ms
+import numpy as np
 from mindspore import nn, ops
 
 from . import cpu_kernels
@@ -57,7 +58,7 @@ class Conv1x1(nn.Conv2d):
         self.fast = impl == "fast"  # as ConvKxK and BatchNorm say it
         self.split = impl == "split" and group > 1  # else, if not fast, the native kernel
         if self.fast:
-            self.fast_op = cpu_kernels.conv1x1_op()
+            self.fast_op = cpu_kernels.conv_op("1x1")
         self.split_input = ops.Split(axis=1, output_num=group)
         self.split_weight = ops.Split(axis=0, output_num=group)
         # kernel_size as a tuple: an int attribute fails ONNX export on 2.10.
@@ -65,15 +66,23 @@ class Conv1x1(nn.Conv2d):
 
     def construct(self, x):
         if self.fast:
-            return _fast_call(self.fast_op, x, self.weight)
-        if not self.split:
-            return self.conv2d(x, self.weight)
-        xs = self.split_input(x)
-        ws = self.split_weight(self.weight)
-        outs = ()
-        for i in range(self.group):
-            outs = outs + (self.group_conv(xs[i], ws[i]),)
-        return ops.concat(outs, axis=1)
+            out = _fast_call(self.fast_op, x, self.weight)
+        elif not self.split:
+            out = self.conv2d(x, self.weight)
+        else:
+            xs = self.split_input(x)
+            ws = self.split_weight(self.weight)
+            outs = ()
+            for i in range(self.group):
+                outs = outs + (self.group_conv(xs[i], ws[i]),)
+            out = ops.concat(outs, axis=1)
+            if self.has_bias:  # as (1, C, 1, 1): ONNX broadcasts a (C,) Add against W
+                return out + ops.reshape(self.bias, (1, -1, 1, 1))
+        return self.bias_add(out, self.bias) if self.has_bias else out
+
+    def bn_act_op(self, activation):
+        """The inference op of this conv with a BatchNorm and ``activation`` after it."""
+        return cpu_kernels.conv_bn_act_op("1x1", 1, activation)
 
 
 class ConvKxK(nn.Conv2d):
@@ -92,13 +101,20 @@ class ConvKxK(nn.Conv2d):
         fits = (group == 1 or depthwise) and stride in cpu_kernels.STRIDES \
             and kernel_size % 2 == 1 and kernel_size <= cpu_kernels.MAX_KERNEL
         self.fast = fits and resolve_conv_impl(impl) == "fast"
+        self.kind = "depthwise" if depthwise else "dense"
         if self.fast:
-            self.fast_op = cpu_kernels.conv_kxk_op(stride, depthwise)
+            self.fast_op = cpu_kernels.conv_op(self.kind, stride)
 
     def construct(self, x):
         if self.fast:
-            return _fast_call(self.fast_op, x, self.weight)
-        return self.conv2d(x, self.weight)
+            out = _fast_call(self.fast_op, x, self.weight)
+        else:
+            out = self.conv2d(x, self.weight)
+        return self.bias_add(out, self.bias) if self.has_bias else out
+
+    def bn_act_op(self, activation):
+        """The inference op of this conv with a BatchNorm and ``activation`` after it."""
+        return cpu_kernels.conv_bn_act_op(self.kind, self.stride[0], activation)
 
 
 def conv1x1(in_channels: int, out_channels: int, group: int = 1, impl: str = "auto") -> Conv1x1:
@@ -129,9 +145,9 @@ class BatchNorm(nn.BatchNorm2d):
     def __init__(self, channels: int, impl: str = "auto"):
         super().__init__(channels, momentum=0.9, eps=1e-5)
         self.fast = resolve_conv_impl(impl) == "fast"
+        self.eps_tensor = ms.Tensor([self.eps], ms.float32)
         if self.fast:
             self.fast_op = cpu_kernels.batch_norm_op()
-            self.eps_tensor = ms.Tensor([self.eps], ms.float32)
 
     def construct(self, x):
         if self.fast and self.training and x.dtype == ms.float32:
@@ -150,6 +166,81 @@ class BatchNorm(nn.BatchNorm2d):
 def batch_norm(channels: int, impl: str = "auto") -> BatchNorm:
     """BatchNorm with MindSpore's convention: momentum 0.9 (PyTorch's 0.1), eps 1e-5."""
     return BatchNorm(channels, impl)
+
+
+def _fold_into(conv, bn) -> None:
+    """Fold the eval-mode BatchNorm ``bn`` into the conv before it: weight * scale and a bias
+    shift per output channel (scale = gamma / sqrt(var + eps), shift = beta - mean * scale)."""
+    scale = bn.gamma.asnumpy() / np.sqrt(bn.moving_variance.asnumpy() + bn.eps)
+    shift = bn.beta.asnumpy() - bn.moving_mean.asnumpy() * scale
+    weight = conv.weight.asnumpy()
+    conv.weight.set_data(ms.Tensor((weight * scale.reshape(-1, 1, 1, 1)).astype(weight.dtype)))
+    conv.bias = ms.Parameter(ms.Tensor(shift.astype(weight.dtype)), name=conv.weight.name[:-6]
+                             + "bias")
+    conv.has_bias = True
+    conv.bias_add = ops.BiasAdd()
+
+
+class FusedSequence(nn.SequentialCell):
+    """A SequentialCell (the same children and parameter names: checkpoints do not change) whose
+    conv -> BatchNorm (-> ReLU / ReLU6) runs, in eval mode, as one op of our CPU kernels: the
+    conv with the BatchNorm's moving statistics and the activation applied as its output is
+    written (cpu_kernels.conv_bn_act_op). Training, float16 (amp) and convs without our kernels
+    run the children one by one. ``fold()`` folds each BatchNorm into its conv's weights and a
+    bias instead, for an export of standard operators."""
+
+    def __init__(self, cells):
+        super().__init__(cells)
+        groups, i, cells = [], 0, list(self.cell_list)
+        while i < len(cells):
+            conv, bn = cells[i], cells[i + 1] if i + 1 < len(cells) else None
+            if isinstance(conv, (Conv1x1, ConvKxK)) and isinstance(bn, nn.BatchNorm2d) and \
+                    conv.fast:
+                after = cells[i + 2] if i + 2 < len(cells) else None
+                activation = "relu6" if isinstance(after, nn.ReLU6) else \
+                    "relu" if isinstance(after, nn.ReLU) else None
+                conv.bn_act = conv.bn_act_op(activation)
+                size = 2 if activation is None else 3
+            else:
+                size = 1
+            groups.append((i, size))
+            i += size
+        self.groups = tuple(groups)
+        self.fusing = any(size > 1 for _, size in groups)
+
+    def construct(self, x):
+        if self.training or not self.fusing or x.dtype != ms.float32:
+            for cell in self.cell_list:
+                x = cell(x)
+            return x
+        for start, size in self.groups:
+            cell = self.cell_list[start]
+            if size == 1:
+                x = cell(x)
+            else:
+                bn = self.cell_list[start + 1]
+                x = cell.bn_act(x, cell.weight, bn.gamma, bn.beta, bn.moving_mean,
+                                bn.moving_variance, bn.eps_tensor)
+        return x
+
+    def fold(self) -> None:
+        """Fold every BatchNorm that follows a conv into the conv (in place; eval mode only):
+        the sequence then computes the same with fewer, standard operators."""
+        cells = list(self.cell_list)
+        for i in range(len(cells) - 1):
+            if isinstance(cells[i], (Conv1x1, ConvKxK)) and isinstance(cells[i + 1],
+                                                                        nn.BatchNorm2d):
+                _fold_into(cells[i], cells[i + 1])
+                self[i + 1] = nn.Identity()
+        self.fusing = False
+
+
+def fold_batch_norms(net) -> None:
+    """Fold every BatchNorm of ``net`` that follows a conv into that conv, in place (see
+    FusedSequence.fold): what export writes, with the moving statistics of eval mode."""
+    for _, cell in list(net.cells_and_names()):
+        if isinstance(cell, FusedSequence):
+            cell.fold()
 
 
 class ChannelShuffle(nn.Cell):

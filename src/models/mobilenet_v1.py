@@ -2,7 +2,8 @@
 from mindspore import nn
 from mindspore.common import initializer as init
 
-from .layers import GlobalAvgPool, batch_norm, conv1x1, conv3x3, depthwise_conv
+from .layers import (FusedSequence, GlobalAvgPool, batch_norm, conv1x1, conv3x3,
+                     depthwise_conv)
 from .weights import mindcv, timm
 
 # (output channels at 1.0x, stride of the depthwise conv) of the 13 separable blocks.
@@ -37,9 +38,9 @@ def stem_and_head(alpha: float) -> tuple:
     return int(32 * alpha), int(BLOCKS[-1][0] * alpha)
 
 
-def separable_block(in_channels, out_channels, stride, act, conv_impl) -> nn.SequentialCell:
+def separable_block(in_channels, out_channels, stride, act, conv_impl) -> FusedSequence:
     """3x3 depthwise + BN + act, then 1x1 pointwise + BN + act."""
-    return nn.SequentialCell([
+    return FusedSequence([
         depthwise_conv(in_channels, 3, stride, conv_impl), batch_norm(in_channels, conv_impl),
         act(),
         conv1x1(in_channels, out_channels, impl=conv_impl), batch_norm(out_channels, conv_impl),
@@ -65,7 +66,7 @@ class MobileNetV1(nn.Cell):
         for out, stride in BLOCKS:
             layers.append(separable_block(c, int(out * alpha), stride, act, conv_impl))
             c = int(out * alpha)
-        self.features = nn.SequentialCell(layers)
+        self.features = FusedSequence(layers)
         self.pool = GlobalAvgPool()
         self.classifier = nn.Dense(c, num_classes, has_bias=True)
         for _, cell in self.cells_and_names():

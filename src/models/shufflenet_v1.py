@@ -5,8 +5,8 @@ from fractions import Fraction
 from mindspore import nn, ops
 from mindspore.common import initializer as init
 
-from .layers import (ChannelShuffle, GlobalAvgPool, avg_pool_3x3_s2, batch_norm, conv1x1, conv3x3,
-                     depthwise_conv, max_pool_3x3_s2)
+from .layers import (ChannelShuffle, FusedSequence, GlobalAvgPool, avg_pool_3x3_s2, batch_norm,
+                     conv1x1, conv3x3, depthwise_conv, max_pool_3x3_s2)
 from .weights import megvii, mindcv
 
 STAGE_REPEATS = (4, 8, 4)
@@ -82,13 +82,13 @@ class ShuffleV1Block(nn.Cell):
         self.stride = stride
         mid = out_channels // 4
         main_out = out_channels - in_channels if stride == 2 else out_channels
-        self.branch_main_1 = nn.SequentialCell([
+        self.branch_main_1 = FusedSequence([
             conv1x1(in_channels, mid, 1 if first_group else group, conv_impl),
             batch_norm(mid, conv_impl),
             nn.ReLU(),
         ])
         self.shuffle = ChannelShuffle(group, shuffle_order)
-        self.branch_main_2 = nn.SequentialCell([
+        self.branch_main_2 = FusedSequence([
             depthwise_conv(mid, 3, stride, conv_impl),
             batch_norm(mid, conv_impl),
             conv1x1(mid, main_out, group, conv_impl),
@@ -117,7 +117,7 @@ class ShuffleNetV1(nn.Cell):
                  pool_pad="pad", shuffle_order="paper", conv_impl="auto"):
         super().__init__()
         c1, *stages = stage_channels(group, width)
-        self.first_conv = nn.SequentialCell([conv3x3(in_channels, c1, 2, conv_impl),
+        self.first_conv = FusedSequence([conv3x3(in_channels, c1, 2, conv_impl),
                                              batch_norm(c1, conv_impl), nn.ReLU()])
         self.max_pool = max_pool_3x3_s2(pool_pad)
         blocks, c_in = [], c1

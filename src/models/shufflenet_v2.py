@@ -2,8 +2,8 @@
 torchvision's (a different network with the same name, whose weights need it)."""
 from mindspore import nn, ops
 
-from .layers import (ChannelShuffle, GlobalAvgPool, batch_norm, conv1x1, conv3x3, depthwise_conv,
-                     max_pool_3x3_s2)
+from .layers import (ChannelShuffle, FusedSequence, GlobalAvgPool, batch_norm, conv1x1, conv3x3,
+                     depthwise_conv, max_pool_3x3_s2)
 from .shufflenet_v1 import init_shufflenet_weights
 from .weights import megvii, mindcv, torchvision
 
@@ -69,13 +69,13 @@ class ShuffleV2Block(nn.Cell):
         main_in = in_channels if stride == 2 else in_channels // 2
         main_out = mid if self.torchvision else out_channels - main_in
         proj_out = mid if self.torchvision else in_channels
-        self.branch_main = nn.SequentialCell([
+        self.branch_main = FusedSequence([
             conv1x1(main_in, mid, impl=conv_impl), batch_norm(mid, conv_impl), nn.ReLU(),
             depthwise_conv(mid, 3, stride, conv_impl), batch_norm(mid, conv_impl),
             conv1x1(mid, main_out, impl=conv_impl), batch_norm(main_out, conv_impl), nn.ReLU(),
         ])
         if stride == 2:
-            self.branch_proj = nn.SequentialCell([
+            self.branch_proj = FusedSequence([
                 depthwise_conv(in_channels, 3, stride, conv_impl),
                 batch_norm(in_channels, conv_impl),
                 conv1x1(in_channels, proj_out, impl=conv_impl), batch_norm(proj_out, conv_impl),
@@ -113,7 +113,7 @@ class ShuffleNetV2(nn.Cell):
                  layout="megvii", conv_impl="auto"):
         super().__init__()
         c1, *stages, c5 = CHANNELS[width]
-        self.first_conv = nn.SequentialCell([conv3x3(in_channels, c1, 2, conv_impl),
+        self.first_conv = FusedSequence([conv3x3(in_channels, c1, 2, conv_impl),
                                              batch_norm(c1, conv_impl), nn.ReLU()])
         self.max_pool = max_pool_3x3_s2(pool_pad)
         blocks, c_in = [], c1
@@ -123,7 +123,7 @@ class ShuffleNetV2(nn.Cell):
                                              layout=layout, conv_impl=conv_impl))
                 c_in = c_out
         self.features = nn.SequentialCell(blocks)
-        self.conv_last = nn.SequentialCell([conv1x1(c_in, c5, impl=conv_impl),
+        self.conv_last = FusedSequence([conv1x1(c_in, c5, impl=conv_impl),
                                             batch_norm(c5, conv_impl), nn.ReLU()])
         self.pool = GlobalAvgPool()
         self.classifier = nn.Dense(c5, num_classes, has_bias=layout == "torchvision")
