@@ -27,7 +27,7 @@ def main(argv):
     if not model:
         raise UserError("no model given", "--model",
                         "give --model FILE (.ckpt, .mindir, .onnx) or --pretrained TAG")
-    use_device(config.device_target)
+    use_device(config.device_target, config.conv_impl)
     predictor = Predictor(model, config)
     files = image_files(args.images)
     record = predictor.record

@@ -199,7 +199,7 @@ def identify_network(params: dict) -> dict:
                 stem_and_head(name) != (shapes[layout["stem"]][0], features):
             continue
         meta = {"network": name, "num_classes": classes, **layout["options"]}
-        net = create_network(name, num_classes=classes, conv_impl="standard", **layout["options"])
+        net = create_network(name, num_classes=classes, conv_impl="mindspore", **layout["options"])
         if all(shapes.get(p.name) == tuple(p.shape) for p in net.get_parameters()):
             return meta
     return {}

@@ -216,7 +216,7 @@ def convert(state: dict, source: str, network: str, path: str) -> tuple:
                         f"give a {source} checkpoint of {network}")
     meta = {"network": network, "num_classes": int(state[head[0]].shape[0]),
             **{k: v for k, v in spec["options"].items() if k in options_of(network)}}
-    net = build_network(meta, conv_impl="standard")
+    net = build_network(meta, conv_impl="mindspore")
     ours = {p.name: tuple(p.shape) for p in net.get_parameters()}
     bn_modules = {n.rsplit(".", 1)[0] for n in ours if n.endswith(".gamma")}
     to_module = spec["modules"][family]

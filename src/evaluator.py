@@ -29,7 +29,7 @@ def evaluate(config) -> dict:
         raise UserError("no checkpoint given", "--checkpoint_path",
                         "give --checkpoint_path CKPT or --pretrained TAG (evaluating random "
                         "weights is never useful)")
-    use_device(config.device_target)
+    use_device(config.device_target, config.conv_impl)
     params, meta = read_checkpoint(path)
     record = resolve(config, meta, path)
     check_layout(record.dataset, config.dataset_path)

@@ -66,7 +66,7 @@ def export(argv) -> str:
             raise UserError(f"input side {side} is not a multiple of 32 from 32 to "
                             f"{MAX_IMAGE_SIZE}", name, "give 224, 192, 160, 128, 32, ...")
     use_device(config.device_target)
-    net = record.build(conv_impl="standard")  # export: standard operators only
+    net = record.build(conv_impl="mindspore")  # export: standard operators only
     load_weights(net, params, checkpoint)
     net.set_train(False)
     fold_batch_norms(net)  # each BatchNorm's moving statistics into the conv before it

@@ -73,7 +73,7 @@ def saved_checkpoint(path, network="shufflenet_v2_x0_5", num_classes=4, epoch=1,
     from src.model_utils.config import get_config
     config = get_config(["--network", network, "--num_classes", str(num_classes)])
     record = {**NetworkRecord.from_config(config).as_dict(), **meta}
-    net = net or build_network(record, conv_impl="standard")
+    net = net or build_network(record, conv_impl="mindspore")
     save_atomically(net, str(path), {**record, "epoch_num": epoch, "step_num": epoch * steps})
     return str(path)
 

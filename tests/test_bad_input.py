@@ -58,7 +58,7 @@ def world(tmp_path_factory):
                                           dataset="imagenet", image_size=32,
                                           class_names=json.dumps(["cat", "dog"]))
     # non-finite weights
-    net = build_network({"network": NET, "num_classes": 4}, conv_impl="standard")
+    net = build_network({"network": NET, "num_classes": 4}, conv_impl="mindspore")
     weight = net.first_conv[0].weight  # not the classifier, which --pretrained does not load
     weight.set_data(ms.Tensor(np.full(weight.shape, np.nan, np.float32)))
     paths["ckpt_nan"] = saved_checkpoint(root / "nan-1_2.ckpt", NET, num_classes=4, net=net)

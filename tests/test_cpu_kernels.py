@@ -65,9 +65,9 @@ def test_fast_layer_equals_grouped_conv2d(kernels, kind, stride, size, mode):
     ms.set_context(mode=mode)
     cin, cout, k, group = KINDS[kind]
     if k == 1:
-        fast = Conv1x1(cin, cout, group, impl="fast")
+        fast = Conv1x1(cin, cout, group, impl="ours")
     else:
-        fast = ConvKxK(cin, cout, k, stride, group, impl="fast")
+        fast = ConvKxK(cin, cout, k, stride, group, impl="ours")
     reference = nn.Conv2d(cin, cout, k, stride=stride, pad_mode="pad", padding=k // 2,
                           group=group, has_bias=False)
     assert fast.weight.shape == reference.weight.shape
@@ -94,8 +94,8 @@ def test_fast_layer_under_mixed_precision_computes_in_float32(kind, stride):
     same float16 values to float16 precision, and so are its gradients."""
     ms.set_context(mode=ms.GRAPH_MODE)
     cin, cout, k, group = KINDS[kind]
-    fast = Conv1x1(cin, cout, group, impl="fast") if k == 1 else \
-        ConvKxK(cin, cout, k, stride, group, impl="fast")
+    fast = Conv1x1(cin, cout, group, impl="ours") if k == 1 else \
+        ConvKxK(cin, cout, k, stride, group, impl="ours")
     reference = nn.Conv2d(cin, cout, k, stride=stride, pad_mode="pad", padding=k // 2,
                           group=group, has_bias=False)
     rng = np.random.RandomState(stride + k)
@@ -123,7 +123,7 @@ def test_fast_batch_norm_equals_mindspore_in_training(kernels, size, mode):
     """Output, input/gamma/beta gradients and the moving statistics after two steps."""
     ms.set_context(mode=mode)
     rng = np.random.RandomState(size[1])
-    reference, fast = nn.BatchNorm2d(6, momentum=0.9, eps=1e-5), BatchNorm(6, impl="fast")
+    reference, fast = nn.BatchNorm2d(6, momentum=0.9, eps=1e-5), BatchNorm(6, impl="ours")
     assert fast.fast and [p.name for p in fast.get_parameters()] == \
         [p.name for p in reference.get_parameters()]
     for layer in (reference, fast):
@@ -171,8 +171,8 @@ def test_fused_inference_equals_conv_batchnorm_activation(kernels, kind, stride,
     one kernel: the same output as the three layers one by one, within float32 rounding."""
     from src.models.layers import FusedSequence
     ms.set_context(mode=mode)
-    fused = FusedSequence(conv_bn_act(kind, stride, activation, "fast"))
-    reference = nn.SequentialCell(conv_bn_act(kind, stride, activation, "standard"))
+    fused = FusedSequence(conv_bn_act(kind, stride, activation, "ours"))
+    reference = nn.SequentialCell(conv_bn_act(kind, stride, activation, "mindspore"))
     assert fused.fusing and fused.groups == ((0, 2 if activation is None else 3),)
     randomize_weights(fused)
     assert not ms.load_param_into_net(reference, fused.parameters_dict())[0]
@@ -190,8 +190,8 @@ def test_fused_inference_equals_conv_batchnorm_activation(kernels, kind, stride,
 @pytest.mark.parametrize("group", [2, 3, 8])
 def test_split_grouped_conv_equals_native(group):
     rng = np.random.RandomState(group)
-    native = Conv1x1(24, 48, group, impl="native")
-    split = Conv1x1(24, 48, group, impl="split")
+    native = Conv1x1(24, 48, group, impl="mindspore_grouped")
+    split = Conv1x1(24, 48, group, impl="mindspore_split")
     assert native.weight.shape == split.weight.shape == (48, 24 // group, 1, 1)
     assert split.split and not native.split and not native.fast
     split.weight.set_data(native.weight.data)
@@ -213,23 +213,35 @@ def test_mindcv_weights_give_the_same_logits_with_fast_layers_on_and_off(name):
     options = {"pool_pad": "same", "shuffle_order": "megvii"} if "v1_g" in name else \
         {"pool_pad": "same"} if "v2" in name else {}
     logits = {}
-    for impl in ("fast", "standard"):
+    for impl in ("ours", "mindspore"):
         ours = create_network(name, num_classes=7, conv_impl=impl, **options)
         assert not ms.load_param_into_net(ours, theirs.parameters_dict())[0]
         ours.set_train(False)
         logits[impl] = ours(x).asnumpy()
     scale = np.abs(expected).max()
     assert scale > 0.1
-    assert np.abs(logits["fast"] - expected).max() <= 1e-5 * scale
-    assert np.abs(logits["standard"] - expected).max() <= 1e-5 * scale
+    assert np.abs(logits["ours"] - expected).max() <= 1e-5 * scale
+    assert np.abs(logits["mindspore"] - expected).max() <= 1e-5 * scale
 
 
-def test_auto_is_fast_on_cpu_and_standard_never_is():
+def test_auto_is_ours_on_cpu_and_mindspore_never_is(monkeypatch):
     assert resolve_conv_impl("auto") == "fast"
-    assert resolve_conv_impl("standard") == "split"
-    assert resolve_conv_impl("native") == "native"
-    net = create_network("shufflenet_v1_g3_05", conv_impl="standard")
+    assert resolve_conv_impl("mindspore") == "split"
+    assert resolve_conv_impl("mindspore_grouped") == "native"
+    # The names before 2026-11 still work.
+    assert [resolve_conv_impl(old) for old in ("fast", "standard", "split", "native")] == \
+        ["fast", "split", "split", "native"]
+    net = create_network("shufflenet_v1_g3_05", conv_impl="mindspore")
     assert all(not getattr(cell, "fast", False) for _, cell in net.cells_and_names())
+    # Our kernels asked for off CPU are refused, not silently dropped (use_device turns this
+    # into the one error line); auto picks MindSpore's grouped convs there.
+    real = ms.get_context
+    monkeypatch.setattr(ms, "get_context", lambda key: "GPU" if key == "device_target"
+                        else real(key))
+    with pytest.raises(ValueError, match=r"conv_impl ours \(our CPU kernels\) does not run "
+                                         r"here \(GPU\)"):
+        resolve_conv_impl("ours")
+    assert resolve_conv_impl("auto") == "native"
 
 
 def test_without_a_compiler_training_falls_back_with_one_line(tmp_path, monkeypatch, capsys):

@@ -25,7 +25,7 @@ def photos(tmp_path_factory):
 @pytest.mark.parametrize("name, size", [("shufflenet_v1_g3_05", 32), ("shufflenet_v2_x0_5", 32),
                                         ("mobilenet_v1_025", 64)])
 def test_checkpoint_mindir_onnx_agree(name, size, tmp_path, photos, cli):
-    net = randomize_weights(create_network(name, num_classes=4, conv_impl="standard"))
+    net = randomize_weights(create_network(name, num_classes=4, conv_impl="mindspore"))
     ckpt = saved_checkpoint(tmp_path / f"{name}-3_4.ckpt", name, num_classes=4, net=net,
                             image_size=size)
     files = {}
@@ -89,7 +89,7 @@ def test_every_variant_exports_to_onnx_and_mindir_with_the_fast_layers_logits(tm
     trained.set_train(False)
     fused = trained(ms.Tensor(x)).asnumpy()
     ms.set_context(mode=ms.GRAPH_MODE)
-    net = create_network(name, num_classes=10, conv_impl="standard")
+    net = create_network(name, num_classes=10, conv_impl="mindspore")
     assert not ms.load_param_into_net(net, trained.parameters_dict())[0]
     net.set_train(False)
     unfused = net(ms.Tensor(x)).asnumpy()
@@ -135,7 +135,7 @@ def test_fixed_batch_and_non_square_exports_infer_any_number_of_images(tmp_path,
     """A fixed-batch ONNX export (batch 3) gives 8 images in chunks of 3, the last padded, with
     the open-batch export's logits; a 64x32 export is fed 64 wide and 32 high."""
     net = randomize_weights(create_network("mobilenet_v1_025", num_classes=4,
-                                           conv_impl="standard"))
+                                           conv_impl="mindspore"))
     ckpt = saved_checkpoint(tmp_path / "m-1_2.ckpt", "mobilenet_v1_025", num_classes=4, net=net)
     for name, flags in (("open", []), ("fixed", ["--dynamic_batch", "False", "--batch_size", 3]),
                         ("wide", ["--width", 64, "--height", 32])):

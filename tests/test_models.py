@@ -160,8 +160,8 @@ def test_channel_shuffle_is_the_papers_permutation():
 
 def test_layout_options_keep_names_and_shapes():
     base = {p.name: p.shape for p in create_network("shufflenet_v1_g3_10").get_parameters()}
-    for kwargs in ({"pool_pad": "same", "shuffle_order": "megvii"}, {"conv_impl": "native"},
-                   {"conv_impl": "fast"}):
+    for kwargs in ({"pool_pad": "same", "shuffle_order": "megvii"},
+                   {"conv_impl": "mindspore_grouped"}, {"conv_impl": "ours"}):
         other = {p.name: p.shape for p in
                  create_network("shufflenet_v1_g3_10", **kwargs).get_parameters()}
         assert other == base

@@ -219,7 +219,7 @@ def test_converted_on_download_gives_the_logits_of_converting_by_hand(kind, serv
     x = ms.Tensor(np.random.RandomState(0).randn(2, 3, 224, 224).astype(np.float32))
     logits = []
     for pretrained in (kind, str(by_hand)):
-        net = create_network(network, pretrained=pretrained, conv_impl="standard")
+        net = create_network(network, pretrained=pretrained, conv_impl="mindspore")
         net.set_train(False)
         logits.append(net(x).asnumpy())
     assert np.abs(logits[0] - logits[1]).max() == 0.0

@@ -55,7 +55,8 @@ RULES = {
     "shuffle_order": Choice(("paper", "megvii")),
     "activation": Choice(("relu", "relu6")),
     "layout": Choice(("megvii", "torchvision")),
-    "conv_impl": Choice(("auto", "standard", "fast", "split", "native")),
+    "conv_impl": Choice(("auto", "ours", "mindspore", "mindspore_split", "mindspore_grouped",
+                         "fast", "standard", "split", "native")),  # layers.ALIASES: old names
     "input_norm": Choice(("imagenet", "megvii_bgr", "inception")),
     "lr_decay_mode": Choice(("steps", "poly", "cosine", "linear")),
     "amp_level": Choice(("O0", "O1", "O2", "O3")),

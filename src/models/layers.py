@@ -9,31 +9,40 @@ from mindspore import nn, ops
 
 from . import cpu_kernels
 
-CONV_IMPLS = ("auto", "standard", "fast", "split", "native")
+# conv_impl: what computes the depthwise, 1x1 and stem convs and BatchNorm (their parameters
+# are the same whatever computes them). The names before 2026-11 still work (ALIASES).
+CONV_IMPLS = ("auto", "ours", "mindspore", "mindspore_split", "mindspore_grouped")
+ALIASES = {"fast": "ours", "standard": "mindspore", "split": "mindspore_split",
+           "native": "mindspore_grouped"}
 SHUFFLE_ORDERS = ("paper", "megvii")
 POOL_PADS = ("pad", "same")
 
 
 def resolve_conv_impl(impl: str = "auto") -> str:
-    """How this backend computes the depthwise and 1x1 convs: "fast", "split" or "native".
+    """How this backend computes the convs and BatchNorm: "fast", "split" or "native".
 
-    - "fast": our CPU kernels (cpu_kernels.py), forward and backward; CPU only.
-    - "split": a grouped 1x1 conv as one plain conv per group over slices of its one weight,
-      every other conv MindSpore's own. MindSpore's CPU grouped conv is up to 100x slower
-      than that (ANCHORS §4), and Ascend runs grouped convs natively only when depthwise.
-    - "native": ``nn.Conv2d`` with ``group=`` throughout.
-    - "auto": "fast" on CPU when the kernels build (else "split", with one line saying why),
-      "split" on Ascend, "native" on GPU.
-    - "standard": "auto" without our kernels, so only standard operators: what export writes.
-    An explicit "fast" off CPU means "standard".
+    - "ours" -> "fast": our CPU kernels (cpu_kernels.py) for the depthwise, 1x1 and stem convs
+      and BatchNorm, forward and backward; CPU only, refused elsewhere (ValueError).
+    - "mindspore_split" -> "split": MindSpore's operators, a grouped 1x1 conv as one plain conv
+      per group over slices of its one weight. MindSpore's CPU grouped conv is up to 100x slower
+      than that, and Ascend runs grouped convs natively only when depthwise.
+    - "mindspore_grouped" -> "native": MindSpore's ``nn.Conv2d`` with ``group=`` throughout.
+    - "mindspore": the faster of those two here: grouped on GPU, split elsewhere. Only standard
+      operators: what export writes.
+    - "auto": "ours" on CPU when the kernels build (else "mindspore", with one line saying
+      why), "mindspore" elsewhere.
     """
+    impl = ALIASES.get(impl, impl)
     if impl not in CONV_IMPLS:
         raise ValueError(f"conv impl {impl!r} is not one of {CONV_IMPLS}")
     target = ms.get_context("device_target")
-    if impl in ("auto", "fast") and target == "CPU" and cpu_kernels.library():
+    if impl == "ours" and (target != "CPU" or not cpu_kernels.library()):
+        raise ValueError(f"conv_impl ours (our CPU kernels) does not run here ({target}"
+                         f"{'' if target != 'CPU' else ', the kernels did not build'})")
+    if impl in ("auto", "ours") and target == "CPU" and cpu_kernels.library():
         return "fast"
-    if impl in ("split", "native"):
-        return impl
+    if impl in ("mindspore_split", "mindspore_grouped"):
+        return {"mindspore_split": "split", "mindspore_grouped": "native"}[impl]
     return "native" if target == "GPU" else "split"
 
 
