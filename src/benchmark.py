@@ -5,8 +5,11 @@ cache are its own), builds its network, compiles and warms up; then the parent a
 in turn, A B A B ..., for ``steps`` timed steps each. On a noisy machine the ratio of two
 neighbouring rounds holds better than two separate runs. Modes:
 - train: one optimizer step (forward, loss, backward, Momentum update) on a fixed batch;
-- infer: ours from the exported MINDIR (GraphCell), MindCV's network in graph mode, PyTorch
-  eager under no_grad;
+- infer: every way to run a trained network, at batch 1 (median and 90th-percentile latency)
+  and at ``--batch_size`` (images/s), A B A B: ours (what eval.py and infer.py run: graph mode
+  with our kernels, each conv with its BatchNorm and activation in one kernel), standard (ours
+  on MindSpore's operators), mindir (export.py's MINDIR in a GraphCell), onnx (export.py's ONNX
+  in onnxruntime), MindCV's network in graph mode, PyTorch eager under no_grad;
 - data: the ImageNet-folder training pipeline (decode, random crop, flip, colour, normalise)
   with the configured workers, batches per second times the batch;
 - layer / layer_infer: one layer (``--layer``) forward and backward / forward only, on the
@@ -16,6 +19,7 @@ neighbouring rounds holds better than two separate runs. Modes:
 """
 import importlib.util
 import json
+import math
 import multiprocessing as mp
 import os
 import platform
@@ -29,8 +33,10 @@ import numpy as np
 from src.errors import ArgumentParser, UserError
 from src.models.layers import CONV_IMPLS
 
-# "standard": ours built from standard operators only (our CPU kernels off), what export writes.
-IMPLEMENTATIONS = ("ours", "standard", "mindcv", "torch")
+# "standard": ours built from standard operators only (our CPU kernels off). Infer mode adds
+# the exported files: "mindir" (GraphCell) and "onnx" (onnxruntime).
+IMPLEMENTATIONS = ("ours", "standard", "mindir", "onnx", "mindcv", "torch")
+INFER_ONLY = ("mindir", "onnx")
 # --layer: (in channels, out channels, kernel, stride, group, side); batch_norm: channels, side.
 LAYERS = {"depthwise": (232, 232, 3, 1, 232, 28), "depthwise_s2": (232, 232, 3, 2, 232, 28),
           "grouped_g3": (231, 231, 1, 1, 3, 28), "pointwise": (232, 232, 1, 1, 1, 28),
@@ -50,9 +56,10 @@ def parser() -> ArgumentParser:
     p.add_argument("--rounds", type=int, default=2, help="A B A B rounds of --steps each")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps after the compile")
     p.add_argument("--device_target", default="CPU", choices=("CPU", "GPU", "Ascend"))
-    p.add_argument("--compare", default="", help="comma list of standard (ours with our CPU "
-                   "kernels off), mindcv, torch: timed in the same run (a reference that is not "
-                   "importable is skipped with a line)")
+    p.add_argument("--compare", default=None, help="comma list of standard (ours with our "
+                   "CPU kernels off), mindir, onnx (infer mode: the exported files), mindcv, "
+                   "torch: timed in the same run (one that is not importable is skipped with a "
+                   "line); default: none, and every one in infer mode")
     p.add_argument("--conv_impl", default="auto", choices=CONV_IMPLS,
                    help="ours: how the 1x1 and depthwise convs are computed")
     p.add_argument("--jit_level", default="", choices=("", "O0", "O1", "O2"),
@@ -78,49 +85,87 @@ def check(args) -> None:
     unknown = [c for c in compared(args) if c not in IMPLEMENTATIONS[1:]]
     if unknown:
         raise UserError(f"unknown reference {unknown[0]!r}", "--compare",
-                        "give standard, mindcv, torch")
+                        f"give {', '.join(IMPLEMENTATIONS[1:])}")
+    if args.mode != "infer" and set(compared(args)) & set(INFER_ONLY):
+        raise UserError("mindir and onnx are timed in infer mode only", "--compare",
+                        "give --mode infer, or standard, mindcv, torch")
     if args.mode.startswith("layer") and "mindcv" in compared(args):
         raise UserError("MindCV is not timed layer by layer", "--compare",
                         "give standard, torch in the layer modes")
 
 
 def compared(args) -> list:
+    if args.compare is None:
+        return list(IMPLEMENTATIONS[1:]) if args.mode == "infer" else []
     return [c.strip() for c in args.compare.split(",") if c.strip()]
+
+
+def shapes(args) -> list:
+    """The input shapes each implementation is timed at: the batch, and for inference batch 1
+    too (latency)."""
+    return [1, args.batch_size] if args.mode == "infer" and args.batch_size > 1 \
+        else [args.batch_size]
 
 
 # ---- the workers: each builds one implementation and times steps on request
 
-def _mindspore_setup(args, impl):
+def _mindspore_setup(args, impl) -> dict:
+    """{batch: the timed call} of ours, standard or MindCV (train, infer), and of the exported
+    MINDIR (infer)."""
     import mindspore as ms
     from mindspore import nn
     ms.set_device(args.device_target)
     ms.set_context(mode=ms.GRAPH_MODE)
     if args.jit_level:
         ms.set_context(jit_config={"jit_level": args.jit_level})
-    if impl in ("ours", "standard"):
-        from src.models import create_network
-        # Inference runs from the exported MINDIR, which holds standard operators only.
-        fast = impl == "ours" and args.mode == "train"
-        net = create_network(args.network, num_classes=1000,
-                             conv_impl=args.conv_impl if fast else "standard")
-    else:
+    if impl == "mindcv":
         import mindcv
         net = mindcv.create_model(args.network, num_classes=1000)
-    x = ms.Tensor(np.random.rand(args.batch_size, 3, args.image_size, args.image_size)
-                  .astype(np.float32))
+    else:
+        from src.models import create_network
+        net = create_network(args.network, num_classes=1000,
+                             conv_impl=args.conv_impl if impl == "ours" else "mindspore")
     if args.mode == "train":
+        x = ms.Tensor(np.random.rand(args.batch_size, 3, args.image_size, args.image_size)
+                      .astype(np.float32))
         y = ms.Tensor(np.random.randint(0, 1000, args.batch_size).astype(np.int32))
         loss = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
         opt = nn.Momentum(net.trainable_params(), 0.01, 0.9)
         step = nn.TrainOneStepCell(nn.WithLossCell(net, loss), opt)
         step.set_train()
-        return lambda: step(x, y).asnumpy()
+        return {args.batch_size: lambda: step(x, y).asnumpy()}
     net.set_train(False)
-    if impl in ("ours", "standard"):  # inference from the exported file, as deployments run
-        folder = tempfile.mkdtemp()
-        ms.export(net, x, file_name=os.path.join(folder, "net"), file_format="MINDIR")
-        net = nn.GraphCell(ms.load(os.path.join(folder, "net.mindir")))
-    return lambda: net(x).asnumpy()
+    if impl in INFER_ONLY:
+        net = _exported(args, net, impl)
+    calls = {}
+    for batch in shapes(args):
+        x = np.random.rand(batch, 3, args.image_size, args.image_size).astype(np.float32)
+        calls[batch] = (lambda data=x: net(data)) if impl == "onnx" else \
+            (lambda data=ms.Tensor(x): net(data).asnumpy())
+    return calls
+
+
+def _exported(args, net, impl):
+    """``net`` as export.py writes it (BatchNorm folded, the batch open) and as a deployment
+    runs the file: a GraphCell on the MINDIR, or an onnxruntime session on the ONNX file."""
+    import mindspore as ms
+    from src.exporter import open_onnx_output_batch
+    from src.models.layers import fold_batch_norms
+    fold_batch_norms(net)
+    path = os.path.join(tempfile.mkdtemp(), "net")
+    side = args.image_size
+    if impl == "mindir":
+        ms.export(net, ms.Tensor(shape=[None, 3, side, side], dtype=ms.float32), file_name=path,
+                  file_format="MINDIR")
+        return ms.nn.GraphCell(ms.load(path + ".mindir"))
+    import mindspore.onnx as ms_onnx
+    import onnxruntime
+    ms_onnx.export(net, ms.Tensor(np.zeros((1, 3, side, side), np.float32)),
+                   file_name=path + ".onnx", input_names=["image"], output_names=["logits"],
+                   dynamic_axes={"image": {0: "batch"}})
+    open_onnx_output_batch(path + ".onnx")
+    session = onnxruntime.InferenceSession(path + ".onnx")
+    return lambda x: session.run(None, {"image": x})[0]
 
 
 def _torch_defaults():
@@ -196,12 +241,12 @@ def _layer_setup(args, impl):
     return step
 
 
-def _torch_setup(args):
+def _torch_setup(args) -> dict:
     torch = _torch_defaults()
     from reference.torch_models import torch_network
     net = torch_network(args.network)
-    x = torch.rand(args.batch_size, 3, args.image_size, args.image_size)
     if args.mode == "train":
+        x = torch.rand(args.batch_size, 3, args.image_size, args.image_size)
         y = torch.randint(0, 1000, (args.batch_size,))
         opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
         net.train()
@@ -212,13 +257,14 @@ def _torch_setup(args):
             loss.backward()
             opt.step()
             return loss.item()
-        return step
+        return {args.batch_size: step}
     net.eval()
 
-    def infer():
+    def infer(x):
         with torch.no_grad():
             return net(x).numpy()
-    return infer
+    return {batch: (lambda data=torch.rand(batch, 3, args.image_size, args.image_size):
+                    infer(data)) for batch in shapes(args)}
 
 
 def _data_setup(args):
@@ -256,30 +302,34 @@ def write_jpeg_folder(root: str, count: int = 256, classes: int = 4) -> str:
 
 
 def _worker(args, impl, pipe):
-    """Set up ``impl``, report the compile (first step) time, then time steps on request."""
+    """Set up ``impl``, report the compile (the first call of each shape) time, then time calls
+    on request: (batch, count) -> the count times of that batch's call."""
     try:
         started = time.perf_counter()
         if args.mode == "data":
-            run = _data_setup(args)
+            calls = {args.batch_size: _data_setup(args)}
         elif args.mode.startswith("layer"):
-            run = _layer_setup(args, impl)
+            calls = {args.batch_size: _layer_setup(args, impl)}
         elif impl == "torch":
-            run = _torch_setup(args)
+            calls = _torch_setup(args)
         else:
-            run = _mindspore_setup(args, impl)
-        run()  # graph mode compiles on the first call
+            calls = _mindspore_setup(args, impl)
+        for call in calls.values():
+            call()  # graph mode compiles on the first call of each shape
         compile_s = time.perf_counter() - started
-        for _ in range(args.warmup):
-            run()
+        for call in calls.values():
+            for _ in range(args.warmup):
+                call()
         pipe.send(("ready", compile_s))
         while True:
             request = pipe.recv()
             if request is None:
                 break
+            batch, count = request
             times = []
-            for _ in range(request):
+            for _ in range(count):
                 begin = time.perf_counter()
-                run()
+                calls[batch]()
                 times.append(time.perf_counter() - begin)
             pipe.send(("times", times))
         pipe.send(("rss", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
@@ -290,9 +340,10 @@ def _worker(args, impl, pipe):
 def available(impl: str) -> str:
     """'' if ``impl`` can run here, else why not. Looks the package up without importing it:
     only its worker process loads it."""
-    if impl in ("ours", "standard") or importlib.util.find_spec(impl) is not None:
+    package = {"mindir": "mindspore", "onnx": "onnxruntime"}.get(impl, impl)
+    if impl in ("ours", "standard") or importlib.util.find_spec(package) is not None:
         return ""
-    return f"{impl} is not importable"
+    return f"{package} is not importable"
 
 
 def run_benchmark(args) -> dict:
@@ -320,25 +371,33 @@ def run_benchmark(args) -> dict:
             raise UserError(f"{impl} failed to set up: {value}", args.network,
                             "run with --debug, or leave it out of --compare")
         workers[impl] = (process, parent)
-        result["results"][impl] = {"compile_s": round(value, 2), "step_times": []}
+        result["results"][impl] = {"compile_s": round(value, 2), "step_times": [],
+                                   "b1_times": []}
         print(f"benchmark: {impl} compiled and warmed up in {value:.1f} s", flush=True)
-    for _ in range(args.rounds):  # A B A B ...
-        for impl, (_, pipe) in workers.items():
-            pipe.send(args.steps)
-            kind, times = pipe.recv()
-            if kind == "error":
-                raise UserError(f"{impl} failed: {times}", args.network, "run with --debug")
-            result["results"][impl]["step_times"].append(times)
+    for _ in range(args.rounds):  # A B A B ..., each shape in turn
+        for batch in shapes(args):
+            key = "step_times" if batch == args.batch_size else "b1_times"
+            for impl, (_, pipe) in workers.items():
+                pipe.send((batch, args.steps))
+                kind, times = pipe.recv()
+                if kind == "error":
+                    raise UserError(f"{impl} failed: {times}", args.network, "run with --debug")
+                result["results"][impl][key].append(times)
     for impl, (process, pipe) in workers.items():
         pipe.send(None)
         _, rss = pipe.recv()
         process.join(timeout=60)
         figures = result["results"][impl]
-        flat = [t for times in figures["step_times"] for t in times]
-        median = statistics.median(flat)
+        median = statistics.median(t for times in figures["step_times"] for t in times)
         figures.update({"ms_per_step": round(median * 1000, 2),
                         "images_per_s": round(args.batch_size / median, 2),
                         "peak_rss_mb": round(rss, 1)})
+        latencies = sorted(t for times in figures.pop("b1_times") for t in times)
+        if args.mode == "infer":  # batch 1: the latency a single image waits
+            latencies = latencies or sorted(t for times in figures["step_times"] for t in times)
+            figures.update({"b1_ms_median": round(statistics.median(latencies) * 1000, 2),
+                            "b1_ms_p90": round(latencies[math.ceil(0.9 * len(latencies)) - 1]
+                                               * 1000, 2)})  # nearest rank
     ours = result["results"].get("ours")
     for impl in workers:
         if impl == "ours":
@@ -371,7 +430,9 @@ def report(result: dict) -> None:
         label = "data pipeline" if result["mode"] == "data" else impl
         subject = f"{result['layer']} layer" if result["layer"] else \
             f"{result['network']} at {result['image_size']}"
-        print(f"{label}: {subject} {result['mode']} batch {result['batch_size']}: "
+        latency = f"batch 1: {figures['b1_ms_median']} ms (median), {figures['b1_ms_p90']} ms " \
+                  f"(90th percentile); " if "b1_ms_median" in figures else ""
+        print(f"{label}: {subject} {result['mode']} {latency}batch {result['batch_size']}: "
               f"{figures['images_per_s']} images/s, "
               f"{figures['ms_per_step']} ms per {unit} (median), compile "
               f"{figures['compile_s']} s, peak memory {figures['peak_rss_mb']} MB", flush=True)

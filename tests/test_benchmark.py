@@ -28,15 +28,32 @@ def test_train_against_standard_mindcv_and_torch_writes_the_figures(tmp_path):
     assert "ratio ours/torch (images/s)" in proc.stdout
 
 
-@pytest.mark.parametrize("mode", ["infer", "data"])
-def test_infer_and_data_modes(tmp_path, mode):
+def test_infer_times_every_way_to_infer_at_batch_1_and_the_batch(tmp_path):
+    """ours (our kernels, fused BatchNorm), standard (MindSpore's operators), the exported MINDIR
+    and ONNX files, MindCV and PyTorch: batch-1 latency (median, 90th percentile) and images/s
+    at the batch, in one run."""
     out = tmp_path / "bench.json"
-    proc = run_entry("benchmark.py", "--network", "mobilenet_v1_025", "--mode", mode,
+    proc = run_entry("benchmark.py", "--network", "mobilenet_v1_025", "--mode", "infer",
+                     "--image_size", "32", "--batch_size", "4", "--steps", "3", "--rounds", "2",
+                     "--warmup", "0", "--json", out)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert set(result["results"]) == {"ours", "standard", "mindir", "onnx", "mindcv", "torch"}
+    for figures in result["results"].values():
+        assert FIGURES | {"b1_ms_median", "b1_ms_p90"} <= set(figures)
+        assert 0 < figures["b1_ms_median"] <= figures["b1_ms_p90"]
+        assert figures["images_per_s"] > 0 and len(figures["step_times"]) == 2
+    assert "ours: mobilenet_v1_025 at 32 infer batch 1: " in proc.stdout
+
+
+def test_data_mode(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = run_entry("benchmark.py", "--network", "mobilenet_v1_025", "--mode", "data",
                      "--image_size", "32", "--batch_size", "4", "--steps", "2", "--rounds", "1",
                      "--json", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert result["mode"] == mode and FIGURES <= set(result["results"]["ours"])
+    assert result["mode"] == "data" and FIGURES <= set(result["results"]["ours"])
 
 
 @pytest.mark.parametrize("mode, layer", [("layer", "depthwise_s2"), ("layer_infer", "batch_norm")])
