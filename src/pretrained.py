@@ -11,8 +11,8 @@ the file a source publishes of a network, verifies it, converts it and caches it
 - ``ZOO_MIRROR=https://host[/prefix]`` replaces the scheme and host of every URL, for a mirror
   behind a firewall or closer to you.
 - ``python -m src.pretrained`` lists every network's published weights: tag, source, published
-  top-1/top-5, file size, cached or not. ``--markdown`` prints them as a table, ``NETWORK TAG``
-  fetches one into the cache.
+  top-1/top-5, file size, cached or not. ``--markdown`` prints them as docs/PRETRAINED.md's
+  table, ``--results`` as the README's, ``NETWORK TAG`` fetches one into the cache.
 """
 import hashlib
 import os
@@ -228,7 +228,8 @@ def pretrained_network(name: str, pretrained: str, num_classes=None, **kwargs):
 
 
 def table(markdown: bool = False) -> list:
-    """The lines that list every network's published weights."""
+    """The lines that list every network's published weights (``markdown``: docs/PRETRAINED.md's
+    table)."""
     rows = []
     for network in list_networks():
         for w in published_weights(network):
@@ -247,16 +248,38 @@ def table(markdown: bool = False) -> list:
     return rows
 
 
+def results_table() -> list:
+    """The README's results: per network, each source's published top-1 / top-5 next to what
+    the ports this zoo replaces report for their own runs. The sources' figures, not ours."""
+    from src.models.weights import PORTS_REPORTED
+    tags = ("mindcv", "torchvision", "timm", "megvii")
+    rows = ["| network | " + " | ".join(tags) + " | the port's own run |",
+            "| --- |" + " ---: |" * len(tags) + " --- |"]
+    for network in list_networks():
+        published = {w.tag: w for w in published_weights(network)}
+        if not published and network not in PORTS_REPORTED:
+            continue
+        cells = [f"{published[t].top1:.2f} / {published[t].top5:.2f}" if t in published
+                 else "" for t in tags]
+        port = PORTS_REPORTED.get(network)
+        own = f"{port[1]:.2f}" + (f" / {port[2]:.2f}" if port[2] else "") + f" ({port[0]})" \
+            if port else ""
+        rows.append(f"| {network} | " + " | ".join(cells) + f" | {own} |")
+    return rows
+
+
 def main(argv):
     if argv[:1] == ["--markdown"]:
         print("\n".join(table(markdown=True)))
+    elif argv[:1] == ["--results"]:
+        print("\n".join(results_table()))
     elif len(argv) == 2:
         print(fetch(*argv))
     elif not argv:
         print("\n".join(table()))
         print(f"cache: {cache_dir()}  (published figures of each source, not measured here)")
     else:
-        raise UserError("usage: python -m src.pretrained [--markdown | NETWORK TAG]",
+        raise UserError("usage: python -m src.pretrained [--markdown | --results | NETWORK TAG]",
                         "command line", "give no argument to list the weights")
 
 

@@ -46,6 +46,8 @@ class Range(NamedTuple):
 # need): 1024 is 21x the pixels of ImageNet's 224; beyond it a batch outgrows most memory.
 MAX_IMAGE_SIZE = 1024
 
+# conv_impl's names before 2026-11, still taken (models/layers.py ALIASES maps them); not listed.
+OLD_CONV_IMPLS = ("fast", "standard", "split", "native")
 # Every key that is not free text has a rule (tests check that each number and choice does).
 RULES = {
     "device_target": Choice(("Ascend", "GPU", "CPU")),
@@ -55,8 +57,8 @@ RULES = {
     "shuffle_order": Choice(("paper", "megvii")),
     "activation": Choice(("relu", "relu6")),
     "layout": Choice(("megvii", "torchvision")),
-    "conv_impl": Choice(("auto", "ours", "mindspore", "mindspore_split", "mindspore_grouped",
-                         "fast", "standard", "split", "native")),  # layers.ALIASES: old names
+    "conv_impl": Choice(("auto", "ours", "mindspore", "mindspore_split", "mindspore_grouped")
+                        + OLD_CONV_IMPLS),
     "input_norm": Choice(("imagenet", "megvii_bgr", "inception")),
     "lr_decay_mode": Choice(("steps", "poly", "cosine", "linear")),
     "amp_level": Choice(("O0", "O1", "O2", "O3")),
@@ -284,3 +286,37 @@ def split_config_args(argv) -> tuple:
         else:
             rest.append(token)
     return config_args, rest
+
+
+def markdown_table() -> str:
+    """docs/CONFIG.md: every key of default_config.yaml with its default, its rule and its help
+    (``python -m src.model_utils.config > docs/CONFIG.md``; a test checks the file is this)."""
+    values, helps = load_yaml(DEFAULT_CONFIG)
+    lines = ["# Config keys", "",
+             "Generated from `default_config.yaml` by `python -m src.model_utils.config > "
+             "docs/CONFIG.md`.", "",
+             "`default_config.yaml` names every key; another yaml given by `--config_path` "
+             "overrides some of them, and every key is also a flag (`--epoch_size 3`, "
+             "`--is_distributed True`). A value of the wrong type, out of its range or not one of "
+             "its choices is refused in one line naming the key. A checkpoint's record wins over "
+             "the yaml for the network, its classes and layout and its pixels; a flag wins over "
+             "both (see TRAINING.md).", "",
+             "| key | default | allowed | meaning |", "| --- | --- | --- | --- |"]
+    for key, value in values.items():
+        rule = RULES.get(key)
+        if isinstance(rule, Choice):
+            allowed = "a network name" if callable(rule.values) else \
+                ", ".join(v for v in rule.values if v not in OLD_CONV_IMPLS)
+        elif isinstance(rule, Range):
+            allowed = f"{rule.low} .. {rule.high if rule.high is not None else ''}"
+            if rule.multiple > 1:
+                allowed += f", a multiple of {rule.multiple}"
+        else:
+            allowed = "True, False" if isinstance(value, bool) else "text"
+        text = str(helps.get(key, "")).replace("|", "\\|")
+        lines.append(f"| `{key}` | `{value!r}` | {allowed} | {text} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")

@@ -65,3 +65,13 @@ def megvii(top1_error: float, top5_error: float) -> PublishedWeights:
     OneDrive folder, so downloaded by hand and converted with convert_weights.py. BGR 0-255."""
     return PublishedWeights("megvii", "", round(100 - top1_error, 2), round(100 - top5_error, 2),
                             input_norm="megvii_bgr", page=MEGVII_PAGE)
+
+
+# What the ports this zoo replaces report for their own training runs (configs/ holds each
+# recipe): (port, top-1 %, top-5 % or None). Their figures, not measured here.
+PORTS_REPORTED = {
+    "shufflenet_v1_g3_20": ("model_zoo ShuffleNetV1, 8 Ascend", 73.9, 91.4),
+    "shufflenet_v1_g3_05": ("MindCV, 8 Ascend", 57.05, 79.73),
+    "shufflenet_v2_x1_0": ("Ascend PyTorch, 1 device", 68.5, None),
+    "mobilenet_v1_100": ("model_zoo MobileNetV1, 4 Ascend", 71.28, 90.10),
+}
