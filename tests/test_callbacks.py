@@ -53,3 +53,41 @@ def test_progress_line_has_the_loss_the_lr_used_and_a_long_eta(capsys, monkeypat
     assert float(rate) == pytest.approx(64.0)  # 32 images every 0.5 s
     assert eta == format_duration(0.5 * (200_000 - 4)) == "1d 03:46:38"
     assert len(monitor.history) == 4
+
+
+def test_run_recorder_keeps_the_best_the_newest_and_the_metrics(tmp_path):
+    """Three epoch ends with evals of 0.5, 0.7, 0.6 and keep_checkpoint_max 2: the state names
+    epochs 2 and 3's checkpoints (epoch 1's is removed), the best checkpoint holds epoch 2, and
+    metrics.csv has every step and eval once."""
+    import os
+
+    from src.callbacks import RunRecorder
+    from src.checkpoint import read_checkpoint
+    from src.models import create_network
+    from src.run_state import RunState, read_metrics
+    net = create_network("mobilenet_v1_025", num_classes=4, conv_impl="mindspore")
+    optimizer = FakeOptimizer(np.full(6, 0.1))
+    progress = ProgressMonitor(optimizer, 2, interval=10, total_epochs=3, images_per_step=8)
+    tops = iter([0.5, 0.7, 0.6])
+    model = SimpleNamespace(eval=lambda data, dataset_sink_mode: {"Top_1_Acc": next(tops),
+                                                                  "Top_5_Acc": 1.0})
+    recorder = RunRecorder(str(tmp_path), RunState("mobilenet_v1_025", 2),
+                           {"network": "mobilenet_v1_025", "num_classes": 4}, progress,
+                           optimizer, 3, keep=2, model=model, eval_data=None, eval_interval=1)
+    for step in range(1, 7):
+        optimizer.step = step
+        progress.on_train_step_end(step_context((step - 1) // 2 + 1, step, 1.0 / step))
+        if step % 2 == 0:
+            context = step_context(step // 2, step, 0.0)
+            context.original_args().train_network = net
+            recorder.on_train_epoch_end(context)
+    state = RunState.load(str(tmp_path))
+    assert state.kept(2) == ["mobilenet_v1_025-2_2.ckpt", "mobilenet_v1_025-3_2.ckpt"]
+    assert state.best()[:2] == (2, 0.7) and state.best_file_epoch == 2
+    assert sorted(f for f in os.listdir(tmp_path) if f.endswith(".ckpt")) == [
+        "mobilenet_v1_025-2_2.ckpt", "mobilenet_v1_025-3_2.ckpt", "mobilenet_v1_025-best.ckpt"]
+    assert read_checkpoint(str(tmp_path / "mobilenet_v1_025-best.ckpt"))[1]["epoch_num"] == 2
+    rows = read_metrics(str(tmp_path))
+    assert [(r["kind"], r["global_step"]) for r in rows] == [
+        ("step", "1"), ("step", "2"), ("eval", "2"), ("step", "3"), ("step", "4"), ("eval", "4"),
+        ("step", "5"), ("step", "6"), ("eval", "6")]
