@@ -158,19 +158,28 @@ def test_an_image_folder_to_the_cifar_default_is_refused_before_any_worker(tmp_p
     assert time.time() - started < 60
 
 
-def test_killing_one_worker_fails_the_job_quickly(tmp_path):
+def long_run(script, tmp_path, *args):
+    """A script training 200 epochs in the background: (the job, its data folder)."""
     data = write_cifar_folder(str(tmp_path / "cifar"), train_count=64, test_count=8)
-    args = SMALL[:]
-    args[args.index("--epoch_size") + 1] = "200"
-    job = subprocess.Popen(["bash", os.path.join(ROOT, "scripts", "run_distribute_train_cpu.sh"),
-                            "2", data], cwd=tmp_path, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True,
-                           env={**os.environ, "EXTRA_ARGS": " ".join(args)})
-    log = tmp_path / "train_parallel" / "worker_1.log"
-    deadline = time.time() + 240
-    while time.time() < deadline and "loss: " not in (log.read_text() if log.exists() else ""):
-        time.sleep(1)
-    assert "loss: " in log.read_text(), "worker 1 never started training"
+    extra = SMALL[:]
+    extra[extra.index("--epoch_size") + 1] = "200"
+    job = subprocess.Popen(["bash", os.path.join(ROOT, "scripts", script), *args, data],
+                           cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "EXTRA_ARGS": " ".join(extra)})
+    return job, data
+
+
+def wait_for_line(log, text, seconds=240):
+    """Wait until ``log`` holds ``text`` (the run got that far)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline and text not in (log.read_text() if log.exists() else ""):
+        time.sleep(0.5)
+    assert text in log.read_text(), f"{log} never showed {text!r}"
+
+
+def test_killing_one_worker_fails_the_job_quickly(tmp_path):
+    job, data = long_run("run_distribute_train_cpu.sh", tmp_path, "2")
+    wait_for_line(tmp_path / "train_parallel" / "worker_1.log", "loss: ")
     pids = subprocess.run(["pgrep", "-f", f"train.py.*{data}"], capture_output=True,
                           text=True).stdout.split()
     worker = [p for p in pids if "RANK_ID=1" in open(f"/proc/{p}/environ").read().replace("\0", " ")]
@@ -191,18 +200,8 @@ def test_killing_one_worker_fails_the_job_quickly(tmp_path):
 def test_sigterm_to_the_standalone_script_reaches_training(tmp_path):
     """The script passes a SIGTERM sent to it alone (as `timeout` sends one) on to train.py,
     which finishes its step and saves; the script exits 143 with train.py's one line."""
-    data = write_cifar_folder(str(tmp_path / "cifar"), train_count=64, test_count=8)
-    args = SMALL[:]
-    args[args.index("--epoch_size") + 1] = "200"
-    job = subprocess.Popen(["bash", os.path.join(ROOT, "scripts", "run_standalone_train.sh"),
-                            "CPU", data], cwd=tmp_path, stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True,
-                           env={**os.environ, "EXTRA_ARGS": " ".join(args)})
-    log = tmp_path / "train_standalone" / "log.txt"
-    deadline = time.time() + 240
-    while time.time() < deadline and "epoch: 2 step" not in (log.read_text() if log.exists()
-                                                             else ""):
-        time.sleep(0.5)
+    job, _ = long_run("run_standalone_train.sh", tmp_path, "CPU")
+    wait_for_line(tmp_path / "train_standalone" / "log.txt", "epoch: 2 step")
     job.send_signal(signal.SIGTERM)
     _, stderr = job.communicate(timeout=120)
     assert job.returncode == 143, stderr
