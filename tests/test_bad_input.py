@@ -8,6 +8,7 @@ import os
 import mindspore as ms
 import numpy as np
 import pytest
+from PIL import Image
 
 from src.checkpoint import build_network
 from tests.helpers import run_entry, saved_checkpoint, write_cifar_folder, write_image_folder
@@ -57,6 +58,18 @@ def world(tmp_path_factory):
     paths["ckpt_pets"] = saved_checkpoint(root / "pets-1_2.ckpt", NET, num_classes=2,
                                           dataset="imagenet", image_size=32,
                                           class_names=json.dumps(["cat", "dog"]))
+    # an image folder with one GIF named .jpg (MindSpore's decoder does not read GIF)
+    gifs = write_image_folder(str(root / "gifs"), per_class=4, classes=2)
+    first = sorted(os.listdir(os.path.join(gifs, "train", "class_0")))[0]
+    Image.new("RGB", (40, 40)).save(os.path.join(gifs, "train", "class_0", first), format="GIF")
+    paths["gifs"] = gifs
+    # inference inputs: a Latin-1 labels file, a decompression bomb, an export with a corrupt
+    # sidecar, an export fixed at 64 x 64
+    (root / "labels.txt").write_bytes("chat\nchien\nb\xe9te\nfish\n".encode("latin-1"))
+    Image.new("1", (20000, 10000)).save(root / "bomb.png")  # 200 million pixels, a tiny file
+    (root / "exports").mkdir()
+    paths["onnx_64"] = str(root / "exports" / "m64.onnx")
+    paths["onnx_bad_json"] = str(root / "exports" / "bad.onnx")
     # non-finite weights
     net = build_network({"network": NET, "num_classes": 4}, conv_impl="mindspore")
     weight = net.first_conv[0].weight  # not the classifier, which --pretrained does not load
@@ -226,11 +239,50 @@ CASES = {
     "infer unknown flag after the images": (
         lambda w: ("infer.py", "--model", w["ckpt"], w["images"], "--bogus", "3"),
         "unrecognized arguments: --bogus"),
+    "infer labels not UTF-8": (
+        lambda w: ("infer.py", "--model", w["ckpt"], "--labels",
+                   os.path.join(w["root"], "labels.txt"), w["images"] + "/val"),
+        "label file is not UTF-8 text (byte 0xe9"),
+    "infer decompression bomb": (
+        lambda w: ("infer.py", "--model", w["ckpt"], os.path.join(w["root"], "bomb.png")),
+        "image of more than 89,478,485 pixels"),
+    "infer corrupt export sidecar": (
+        lambda w: ("infer.py", "--model", exported(w, "onnx_bad_json", "{not json"),
+                   w["images"] + "/val"), "the model's metadata is not valid JSON"),
+    "infer image size contradicts the export": (
+        lambda w: ("infer.py", "--model", exported(w, "onnx_64"), "--image_size", "32",
+                   w["images"] + "/val"), "--image_size 32 contradicts the exported model's "
+                                          "input of 64x64"),
+    "train on a GIF named .jpg, no bad files allowed": (
+        lambda w: train(w, "--dataset", "imagenet", "--dataset_path", w["gifs"], "--image_size",
+                        "32", "--batch_size", "2", "--bad_image_limit", "0"),
+        "1 of 8 files are not whole images MindSpore decodes (first: "),
     "infer model missing": (lambda w: ("infer.py", "--model", "/no/such.onnx", w["cifar"]),
                             "model file not found"),
     "infer not an image": (lambda w: ("infer.py", "--model", w["ckpt"],
                                       os.path.join(w["root"], "a_file")), "not a readable image"),
 }
+
+
+def exported(world, key, sidecar=None):
+    """An ONNX export of the world's checkpoint at 64 x 64 (made once), with its sidecar replaced
+    by ``sidecar`` when given."""
+    import shutil
+
+    from tests.helpers import ROOT
+    path = world[key]
+    if not os.path.exists(path):
+        base = os.path.join(os.path.dirname(path), "base")
+        if not os.path.exists(base + ".onnx"):
+            proc = run_entry("export.py", "--checkpoint_path", world["ckpt"], "--file_format",
+                             "ONNX", "--width", "64", "--file_name", base, cwd=ROOT)
+            assert proc.returncode == 0, proc.stderr[-2000:]
+        shutil.copy(base + ".onnx", path)
+        shutil.copy(base + ".onnx.json", path + ".json")
+    if sidecar is not None:
+        with open(path + ".json", "w") as f:
+            f.write(sidecar)
+    return path
 
 
 def assert_one_error_line(result, expected):
