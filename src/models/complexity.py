@@ -5,6 +5,8 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn
 
+from .layers import FusedSequence
+
 
 def count_params(net: nn.Cell) -> int:
     """Trainable parameters (BN gamma/beta included, moving statistics not)."""
@@ -26,9 +28,12 @@ def count_macs(net: nn.Cell, image_size: int = 224) -> int:
     def dense_hook(cell, _inputs, output):
         macs.append(cell.in_channels * cell.out_channels)
 
-    handles = []
+    handles, fused = [], []
     for _, cell in net.cells_and_names():
-        if isinstance(cell, nn.Conv2d):
+        if isinstance(cell, FusedSequence) and cell.fusing:
+            fused.append(cell)  # its convs run inside one fused op, which no hook sees
+            cell.fusing = False
+        elif isinstance(cell, nn.Conv2d):
             handles.append(cell.register_forward_hook(conv_hook))
         elif isinstance(cell, nn.Dense):
             handles.append(cell.register_forward_hook(dense_hook))
@@ -41,6 +46,8 @@ def count_macs(net: nn.Cell, image_size: int = 224) -> int:
     finally:
         for handle in handles:
             handle.remove()
+        for cell in fused:
+            cell.fusing = True
         net.set_train(was_training)
         ms.set_context(mode=mode)
     return sum(macs)
