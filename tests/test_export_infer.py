@@ -82,17 +82,17 @@ def test_every_variant_exports_to_onnx_and_mindir_with_the_fast_layers_logits(tm
     from src.exporter import open_onnx_output_batch
     from src.models.layers import FusedSequence, fold_batch_norms
     x = np.random.RandomState(0).rand(2, 3, 32, 32).astype(np.float32)
-    ms.set_context(mode=ms.PYNATIVE_MODE)  # no compile: the export compiles below
+    ms.set_context(mode=ms.PYNATIVE_MODE)  # no compile for the two references: the exports compile
     trained = randomize_weights(create_network(name, num_classes=10))
     assert any(getattr(cell, "fast", False) for _, cell in trained.cells_and_names()), name
     assert any(isinstance(c, FusedSequence) and c.fusing for _, c in trained.cells_and_names())
     trained.set_train(False)
     fused = trained(ms.Tensor(x)).asnumpy()
-    ms.set_context(mode=ms.GRAPH_MODE)
     net = create_network(name, num_classes=10, conv_impl="mindspore")
     assert not ms.load_param_into_net(net, trained.parameters_dict())[0]
     net.set_train(False)
     unfused = net(ms.Tensor(x)).asnumpy()
+    ms.set_context(mode=ms.GRAPH_MODE)
     fold_batch_norms(net)
     assert not any(isinstance(c, ms.nn.BatchNorm2d) for _, c in net.cells_and_names())
     path = str(tmp_path / name)
