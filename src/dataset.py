@@ -49,8 +49,10 @@ def worker_count(requested: int = 0) -> int:
 def check_layout(dataset: str, path: str) -> None:
     """Refuse a data folder laid out for the other ``dataset`` value, naming the right one, before
     anything expensive starts (a process group, a network, a scan of the images)."""
-    if not os.path.isdir(path) or dataset not in ("cifar10", "imagenet"):
-        return  # a missing folder gets its own error where the data is read
+    if dataset not in ("cifar10", "imagenet"):
+        return
+    if not os.path.isdir(path):
+        _path_not_found(dataset, path)
     folders = [n + "/" for n in ("train",) + EVAL_FOLDERS if os.path.isdir(os.path.join(path, n))]
     binaries = any(glob.glob(os.path.join(folder, pattern))
                    for folder in (path, os.path.join(path, "cifar-10-batches-bin"))
@@ -65,11 +67,16 @@ def check_layout(dataset: str, path: str) -> None:
                         "give --dataset cifar10 (default_config.yaml sets it)")
 
 
+def _path_not_found(dataset: str, path: str):
+    raise UserError("data path not found", path, "give --dataset_path the folder of the CIFAR-10 "
+                    "binary files (data_batch_*.bin, test_batch.bin)" if dataset == "cifar10" else
+                    "give --dataset_path the folder that holds train/ and val/")
+
+
 def cifar10_files(path: str, training: bool) -> list:
     """The CIFAR-10 binary files of one split under ``path`` (or its cifar-10-batches-bin/)."""
     if not os.path.isdir(path):
-        raise UserError("data path not found", path, "give --dataset_path the folder of the "
-                        "CIFAR-10 binary files (data_batch_*.bin, test_batch.bin)")
+        _path_not_found("cifar10", path)
     pattern = "data_batch_*.bin" if training else "test_batch.bin"
     for folder in (path, os.path.join(path, "cifar-10-batches-bin")):
         files = sorted(glob.glob(os.path.join(folder, pattern)))
@@ -113,8 +120,7 @@ def write_cifar10(name: str, images: np.ndarray, labels) -> None:
 def imagenet_folder(path: str, training: bool) -> str:
     """``path``/train, or ``path``/val or validation_preprocess, checked to hold class folders."""
     if not os.path.isdir(path):
-        raise UserError("data path not found", path,
-                        "give --dataset_path the folder that holds train/ and val/")
+        _path_not_found("imagenet", path)
     names = ("train",) if training else EVAL_FOLDERS
     for name in names:
         folder = os.path.join(path, name)

@@ -2,6 +2,7 @@
 nn.BatchNorm2d: forward, input and weight gradients, every layer kind, stride 1 and 2, odd and
 even sizes; MindCV's weights with the kernels on and off; the fallback without a compiler."""
 import os
+import subprocess
 
 import numpy as np
 import mindspore as ms
@@ -264,3 +265,16 @@ def test_without_a_compiler_training_falls_back_with_one_line(tmp_path, monkeypa
     assert "fast CPU conv kernels unavailable (no C++ compiler" in proc.stdout
     ckpts = [f for _, _, files in os.walk(tmp_path / "out") for f in files if f.endswith(".ckpt")]
     assert ckpts
+
+
+def test_a_first_build_says_so_on_stdout(tmp_path, monkeypatch, capsys):
+    """The line a fresh machine's first run prints goes with the progress lines: stderr keeps
+    only a bad input's one error line (CI's first test met a build line beside it there)."""
+    monkeypatch.setenv("ZOO_KERNEL_DIR", str(tmp_path))
+    monkeypatch.setattr(cpu_kernels, "_built", {})
+    monkeypatch.setattr(cpu_kernels.subprocess, "run",  # the compile itself: tested above
+                        lambda command, **_: subprocess.CompletedProcess(command, 0, "", ""))
+    path = cpu_kernels.library()
+    assert os.path.dirname(path) == str(tmp_path) and os.path.isfile(path)
+    out, err = capsys.readouterr()
+    assert out == f"built fast CPU conv kernels: {path}\n" and err == ""

@@ -17,7 +17,6 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 
 import mindspore as ms
@@ -92,7 +91,7 @@ def _build():
         lines = [line for line in done.stderr.splitlines() if "error" in line] or [""]
         return None, f"{os.path.basename(compiler)} failed: {lines[0].strip()[:200]}"
     os.replace(partial, path)  # concurrent builds (msrun ranks) each replace atomically
-    print(f"built fast CPU conv kernels: {path}", file=sys.stderr, flush=True)
+    print(f"built fast CPU conv kernels: {path}", flush=True)  # progress: stdout, as the rest
     return path, None
 
 
