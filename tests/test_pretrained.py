@@ -153,7 +153,8 @@ def test_no_connection_unknown_tag_and_a_file_placed_by_hand(tmp_path, monkeypat
     weights = tmp_path / "home" / "weights"
     assert lines[0].startswith(f"error: cannot download http://127.0.0.1:9/") and \
         f"place {real.file_name} in {weights} by hand" in lines[0]
-    result = cli("train.py", "--network", NET, "--pretrained", "imagenet21k")
+    result = cli("train.py", "--network", NET, "--pretrained", "imagenet21k",
+                 "--dataset_path", tmp_path)  # a folder: a missing one is refused first
     assert result.error_lines() == [
         f"error: no weights published as 'imagenet21k' for {NET} (--pretrained): give one of: "
         "mindcv, torchvision, megvii (python -m src.pretrained lists them), or a checkpoint file"]
