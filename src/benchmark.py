@@ -122,9 +122,11 @@ def _mindspore_setup(args, impl) -> dict:
         import mindcv
         net = mindcv.create_model(args.network, num_classes=1000)
     else:
+        from src.exporter import EXPORT_CONV_IMPL
         from src.models import create_network
-        net = create_network(args.network, num_classes=1000,
-                             conv_impl=args.conv_impl if impl == "ours" else "mindspore")
+        conv_impl = {"ours": args.conv_impl, "standard": "mindspore"}.get(impl) or \
+            EXPORT_CONV_IMPL[impl.upper()]  # mindir, onnx: the network export.py writes
+        net = create_network(args.network, num_classes=1000, conv_impl=conv_impl)
     if args.mode == "train":
         x = ms.Tensor(np.random.rand(args.batch_size, 3, args.image_size, args.image_size)
                       .astype(np.float32))

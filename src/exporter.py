@@ -14,6 +14,12 @@ from src.pretrained import checkpoint_of
 
 FORMATS = ("MINDIR", "ONNX", "AIR")
 SUFFIX = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
+# Standard operators only, in the form each format's runtime runs fast. MindSpore's CPU grouped
+# conv is up to 100x slower than one conv per group, so MINDIR and AIR split a grouped 1x1 conv
+# ("mindspore": split on CPU and Ascend, grouped on GPU). onnxruntime runs a grouped Conv
+# faster than the split: ShuffleNetV1 g3 1.0x 224 at batch 1 in 9.9 against 15.8 ms, g8 1.5x
+# in 10.5 against 33.5 ms (docs/PERFORMANCE.md), and the file exports in 2/3 of the time.
+EXPORT_CONV_IMPL = {"MINDIR": "mindspore", "AIR": "mindspore", "ONNX": "mindspore_grouped"}
 
 
 def export_parser() -> ArgumentParser:
@@ -66,7 +72,7 @@ def export(argv) -> str:
             raise UserError(f"input side {side} is not a multiple of 32 from 32 to "
                             f"{MAX_IMAGE_SIZE}", name, "give 224, 192, 160, 128, 32, ...")
     use_device(config.device_target)
-    net = record.build(conv_impl="mindspore")  # export: standard operators only
+    net = record.build(conv_impl=EXPORT_CONV_IMPL[fmt])
     load_weights(net, params, checkpoint)
     net.set_train(False)
     fold_batch_norms(net)  # each BatchNorm's moving statistics into the conv before it

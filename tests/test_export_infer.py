@@ -79,7 +79,7 @@ def test_every_variant_exports_to_onnx_and_mindir_with_the_fast_layers_logits(tm
     open) and MINDIR give the same logits, and so does the unfused network."""
     import onnxruntime as ort
 
-    from src.exporter import open_onnx_output_batch
+    from src.exporter import EXPORT_CONV_IMPL, open_onnx_output_batch
     from src.models.layers import FusedSequence, fold_batch_norms
     x = np.random.RandomState(0).rand(2, 3, 32, 32).astype(np.float32)
     ms.set_context(mode=ms.PYNATIVE_MODE)  # no compile for the two references: the exports compile
@@ -88,19 +88,22 @@ def test_every_variant_exports_to_onnx_and_mindir_with_the_fast_layers_logits(tm
     assert any(isinstance(c, FusedSequence) and c.fusing for _, c in trained.cells_and_names())
     trained.set_train(False)
     fused = trained(ms.Tensor(x)).asnumpy()
-    net = create_network(name, num_classes=10, conv_impl="mindspore")
-    assert not ms.load_param_into_net(net, trained.parameters_dict())[0]
-    net.set_train(False)
-    unfused = net(ms.Tensor(x)).asnumpy()
+    nets = {}
+    for fmt in ("MINDIR", "ONNX"):  # export.py's network for each format, the weights loaded
+        nets[fmt] = create_network(name, num_classes=10, conv_impl=EXPORT_CONV_IMPL[fmt])
+        assert not ms.load_param_into_net(nets[fmt], trained.parameters_dict())[0]
+        nets[fmt].set_train(False)
+    unfused = nets["MINDIR"](ms.Tensor(x)).asnumpy()
     ms.set_context(mode=ms.GRAPH_MODE)
-    fold_batch_norms(net)
-    assert not any(isinstance(c, ms.nn.BatchNorm2d) for _, c in net.cells_and_names())
+    for net in nets.values():
+        fold_batch_norms(net)
+        assert not any(isinstance(c, ms.nn.BatchNorm2d) for _, c in net.cells_and_names())
     path = str(tmp_path / name)
     import mindspore.onnx as ms_onnx
-    ms_onnx.export(net, ms.Tensor(x), file_name=path + ".onnx", input_names=["image"],
+    ms_onnx.export(nets["ONNX"], ms.Tensor(x), file_name=path + ".onnx", input_names=["image"],
                    output_names=["logits"], dynamic_axes={"image": {0: "batch"}})
     open_onnx_output_batch(path + ".onnx")
-    ms.export(net, ms.Tensor(x), file_name=path, file_format="MINDIR")
+    ms.export(nets["MINDIR"], ms.Tensor(x), file_name=path, file_format="MINDIR")
     session = ort.InferenceSession(path + ".onnx")
     assert session.get_outputs()[0].shape == ["batch", 10]
     onnx_logits = session.run(None, {"image": x})[0]
