@@ -10,7 +10,7 @@ from src.checkpoint import build_network, load_weights, read_checkpoint
 from src.convert import convert_command, megvii_shuffle_permutation
 from src.dataset import INPUT_NORMS
 from src.models import create_network
-from tests.helpers import RESULT, run_entry, write_image_folder
+from tests.helpers import RESULT, write_image_folder
 
 torch = pytest.importorskip("torch", reason="torch==2.13.0 is in requirements-test.txt")
 from reference import torch_models as ref  # noqa: E402  (needs torch)
@@ -74,7 +74,7 @@ def test_megvii_v1_needs_the_permutation(tmp_path, monkeypatch):
     assert sorted(megvii_shuffle_permutation(12, 3)) == list(range(12))
 
 
-def test_mindcv_checkpoint_is_identified_and_evaluated(tmp_path):
+def test_mindcv_checkpoint_is_identified_and_evaluated(tmp_path, cli):
     """A checkpoint with MindCV's parameter names and no metadata (as MindCV writes them; MindCV
     0.3.0 itself when importable) evaluates with just --checkpoint_path and --dataset_path."""
     try:
@@ -91,8 +91,8 @@ def test_mindcv_checkpoint_is_identified_and_evaluated(tmp_path):
     assert meta["pool_pad"] == "same" and "image_size" not in meta and "dataset" not in meta
 
     data = write_image_folder(str(tmp_path / "images"), per_class=2, classes=3, size=64)
-    proc = run_entry("eval.py", "--checkpoint_path", path, "--dataset_path", data,
-                     "--dataset", "imagenet", "--image_size", "64", cwd=str(tmp_path))
+    proc = cli("eval.py", "--checkpoint_path", path, "--dataset_path", data,
+               "--dataset", "imagenet", "--image_size", "64")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "its shapes are MindCV's shufflenet_v2_x0_5 with 3 classes" in proc.stdout
     assert RESULT.search(proc.stdout)
@@ -129,7 +129,9 @@ def test_mindcv_split_group_convs_are_merged(tmp_path):
     ("wrong_width", "tensors have other shapes than ours"),
     ("wrong_family", "timm publishes no shufflenet_v2 weights"),
 ])
-def test_bad_source_checkpoints_are_refused_and_nothing_is_written(case, expected, tmp_path):
+def test_bad_source_checkpoints_are_refused_and_nothing_is_written(case, expected, tmp_path,
+                                                                   cli):
+    """In process (test_bad_input runs the converter's one real-process case)."""
     source_path, out = tmp_path / "source.pth", tmp_path / "out.ckpt"
     args = ["--source", "megvii", "--network", "shufflenet_v2_x1_0"]
     if case == "garbage":
@@ -144,8 +146,8 @@ def test_bad_source_checkpoints_are_refused_and_nothing_is_written(case, expecte
     else:
         save_source(ref.MegviiShuffleNetV2("1_0"), "megvii", source_path)
         args = ["--source", "timm", "--network", "shufflenet_v2_x1_0"]
-    proc = run_entry("convert_weights.py", *args, source_path, out)
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    proc = cli("convert_weights.py", *args, source_path, out)
+    lines = proc.error_lines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
     assert lines[0].startswith("error: ") and expected in lines[0], lines[0]
     assert not out.exists() and not list(tmp_path.glob(".partial-*"))
@@ -174,7 +176,7 @@ def test_eval_transforms_apply_each_input_norm():
                        np.array(std)[:, None, None], atol=1e-5)
 
 
-def test_infer_and_eval_feed_a_megvii_conversion_bgr_pixels(tmp_path):
+def test_infer_and_eval_feed_a_megvii_conversion_bgr_pixels(tmp_path, cli):
     """infer.py on a converted megvii checkpoint prints the PyTorch network's own top-5 for an
     image given as megvii feeds it (BGR 0-255 after our resize and crop); eval.py runs on it."""
     from PIL import Image
@@ -183,8 +185,8 @@ def test_infer_and_eval_feed_a_megvii_conversion_bgr_pixels(tmp_path):
     theirs = ref.randomize(ref.MegviiShuffleNetV2("0_5"), seed=3)
     save_source(theirs, "megvii", tmp_path / "source.pth")
     ckpt = tmp_path / "megvii.ckpt"
-    proc = run_entry("convert_weights.py", "--source", "megvii", "--network",
-                     "shufflenet_v2_x0_5", tmp_path / "source.pth", ckpt)
+    proc = cli("convert_weights.py", "--source", "megvii", "--network",
+               "shufflenet_v2_x0_5", tmp_path / "source.pth", ckpt)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "input_norm megvii_bgr" in proc.stdout
 
@@ -197,12 +199,12 @@ def test_infer_and_eval_feed_a_megvii_conversion_bgr_pixels(tmp_path):
     with torch.no_grad():
         probs = torch.softmax(theirs(torch.from_numpy(bgr)), 1)[0].numpy()
     top = probs.argsort()[::-1][:5]
-    proc = run_entry("infer.py", "--model", ckpt, tmp_path / "photo.png")
+    proc = cli("infer.py", "--model", ckpt, tmp_path / "photo.png")
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = next(l for l in proc.stdout.splitlines() if l.startswith(str(tmp_path / "photo.png")))
     assert line.split(": ", 1)[1] == ", ".join(f"{i} {probs[i]:.4f}" for i in top), line
 
     data = write_image_folder(str(tmp_path / "images"), per_class=1, classes=2, size=64)
-    proc = run_entry("eval.py", "--checkpoint_path", ckpt, "--dataset_path", data,
-                     "--image_size", "64", cwd=str(tmp_path))
+    proc = cli("eval.py", "--checkpoint_path", ckpt, "--dataset_path", data,
+               "--image_size", "64")
     assert proc.returncode == 0 and RESULT.search(proc.stdout), proc.stderr[-3000:]

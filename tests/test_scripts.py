@@ -36,6 +36,7 @@ def run_processes(marker):
     return subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
 
 
+@pytest.mark.xdist_group("msrun")  # one msrun job at a time: ports, cores
 def test_cpu_data_parallel_killed_launcher_and_distributed_resume(tmp_path):
     """msrun with 2 CPU workers through the real script. Killed (SIGKILL to the launcher's whole
     process group) after epoch 1: no process of the run is left (the workers die with msrun,
@@ -177,6 +178,7 @@ def wait_for_line(log, text, seconds=240):
     assert text in log.read_text(), f"{log} never showed {text!r}"
 
 
+@pytest.mark.xdist_group("msrun")  # one msrun job at a time: ports, cores
 def test_killing_one_worker_fails_the_job_quickly(tmp_path):
     job, data = long_run("run_distribute_train_cpu.sh", tmp_path, "2")
     wait_for_line(tmp_path / "train_parallel" / "worker_1.log", "loss: ")
