@@ -305,12 +305,14 @@ IN_A_PROCESS = ["data path missing", "checkpoint garbage", "export format not on
                 "benchmark unknown network", "convert source missing", "infer model missing"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", IN_A_PROCESS)
 def test_bad_input_in_a_real_process(world, case):
     command, expected = CASES[case]
     assert_one_error_line(run_entry(*command(world)), expected)
 
 
+@pytest.mark.slow
 def test_a_few_bad_images_are_skipped_with_a_count(world, cli):
     result = cli("train.py", "--network", "mobilenet_v1_025", "--dataset", "imagenet",
                  "--dataset_path", world["images"], "--image_size", "32", "--batch_size", "2",

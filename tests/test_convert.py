@@ -176,6 +176,7 @@ def test_eval_transforms_apply_each_input_norm():
                        np.array(std)[:, None, None], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_infer_and_eval_feed_a_megvii_conversion_bgr_pixels(tmp_path, cli):
     """infer.py on a converted megvii checkpoint prints the PyTorch network's own top-5 for an
     image given as megvii feeds it (BGR 0-255 after our resize and crop); eval.py runs on it."""

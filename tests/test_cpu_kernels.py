@@ -202,6 +202,7 @@ def test_split_grouped_conv_equals_native(group):
     assert np.abs(split(x).asnumpy() - reference).max() <= 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["shufflenet_v1_g3_05", "shufflenet_v2_x0_5", "mobilenet_v1_025"])
 def test_mindcv_weights_give_the_same_logits_with_fast_layers_on_and_off(name):
     """MindCV 0.3.0's own network and weights: its logits, ours with our kernels, ours without."""
@@ -245,6 +246,7 @@ def test_auto_is_ours_on_cpu_and_mindspore_never_is(monkeypatch):
     assert resolve_conv_impl("auto") == "native"
 
 
+@pytest.mark.slow
 def test_without_a_compiler_training_falls_back_with_one_line(tmp_path, monkeypatch, capsys):
     # In process: no kernels, "auto" falls back to MindSpore's convs, saying so once.
     monkeypatch.setenv("CXX", "no-such-compiler-zoo")
