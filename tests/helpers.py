@@ -21,9 +21,12 @@ LR = re.compile(r"^epoch: (\d+) step: (\d+), loss: [^,]+, loss\(smoothed\): [^,]
                 r"lr: ([\d.e+-]+),", re.M)
 
 
-def run_entry(script, *args, cwd=None, timeout=600):
-    """Run a top-level entry point in a subprocess; returns CompletedProcess with text output."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "GLOG_v": "3"}
+def run_entry(script, *args, cwd=None, timeout=600, env=None):
+    """Run a top-level entry point in a subprocess; returns CompletedProcess with text output.
+    ``env``: the environment (default: this one, MindSpore's C++ log at errors only)."""
+    if env is None:
+        env = {**os.environ, "GLOG_v": "3"}
+    env = {**env, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)],
                           cwd=cwd or ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
