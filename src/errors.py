@@ -77,4 +77,7 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse whose errors are UserErrors, so a bad flag gets our one line and exit code 2."""
 
     def error(self, message):
+        if message.endswith("expected one argument"):  # "--key -inf": argparse reads a flag
+            raise UserError(message, "command line",
+                            "give it a value (one that starts with '-' as --key=VALUE)")
         raise UserError(message, "command line", f"see {self.prog} --help")

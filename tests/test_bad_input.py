@@ -205,6 +205,9 @@ CASES = {
     "export format not on this backend": (
         lambda w: ("export.py", "--checkpoint_path", w["ckpt"], "--file_format", "AIR"),
         "AIR export needs Ascend"),
+    "a value that argparse reads as a flag": (lambda w: train(w, "--weight_decay", "-inf"),
+                                              "give it a value (one that starts with '-' as "
+                                              "--key=VALUE)"),
     "export boolean typo": (
         lambda w: ("export.py", "--checkpoint_path", w["ckpt"], "--dynamic_batch", "Ture"),
         "dynamic_batch must be True or False, got 'Ture'"),

@@ -5,7 +5,6 @@ type is its default's (an int default also takes a float flag where the key is a
 see FLOAT_KEYS), and every value is checked against RULES; an unknown key, a wrong type,
 an out-of-range value or a bad choice raises UserError naming the key and what is allowed.
 """
-import argparse
 import math
 import os
 from types import SimpleNamespace
@@ -13,7 +12,7 @@ from typing import NamedTuple, Optional
 
 import yaml
 
-from src.errors import UserError
+from src.errors import ArgumentParser, UserError
 
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "default_config.yaml")
@@ -217,7 +216,7 @@ def get_config(argv=None, config_path=None):
     ``explicit`` of keys given on the command line.
     """
     argv = list(argv or [])
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = ArgumentParser(add_help=False)
     pre.add_argument("--config_path", default=config_path or DEFAULT_CONFIG)
     known, rest = pre.parse_known_args(argv)
     path = os.path.abspath(known.config_path)
@@ -235,7 +234,7 @@ def get_config(argv=None, config_path=None):
 
     config = {key: _convert(key, value, kinds[key], path) for key, value in values.items()}
 
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description=f"Every key of {os.path.basename(path)} is a flag.", add_help=True,
         allow_abbrev=False)
     parser.add_argument("--config_path", default=path, help="the yaml to start from")
