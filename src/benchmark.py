@@ -151,22 +151,13 @@ def _exported(args, net, impl):
     """``net`` as export.py writes it (BatchNorm folded, the batch open) and as a deployment
     runs the file: a GraphCell on the MINDIR, or an onnxruntime session on the ONNX file."""
     import mindspore as ms
-    from src.exporter import open_onnx_output_batch
-    from src.models.layers import fold_batch_norms
-    fold_batch_norms(net)
-    path = os.path.join(tempfile.mkdtemp(), "net")
+    from src.exporter import write_model
     side = args.image_size
+    path = write_model(net, impl.upper(), os.path.join(tempfile.mkdtemp(), "net"), side, side)
     if impl == "mindir":
-        ms.export(net, ms.Tensor(shape=[None, 3, side, side], dtype=ms.float32), file_name=path,
-                  file_format="MINDIR")
-        return ms.nn.GraphCell(ms.load(path + ".mindir"))
-    import mindspore.onnx as ms_onnx
+        return ms.nn.GraphCell(ms.load(path))
     import onnxruntime
-    ms_onnx.export(net, ms.Tensor(np.zeros((1, 3, side, side), np.float32)),
-                   file_name=path + ".onnx", input_names=["image"], output_names=["logits"],
-                   dynamic_axes={"image": {0: "batch"}})
-    open_onnx_output_batch(path + ".onnx")
-    session = onnxruntime.InferenceSession(path + ".onnx")
+    session = onnxruntime.InferenceSession(path)
     return lambda x: session.run(None, {"image": x})[0]
 
 

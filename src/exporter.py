@@ -74,29 +74,39 @@ def export(argv) -> str:
     use_device(config.device_target)
     net = record.build(conv_impl=EXPORT_CONV_IMPL[fmt])
     load_weights(net, params, checkpoint)
-    net.set_train(False)
-    fold_batch_norms(net)  # each BatchNorm's moving statistics into the conv before it
     file_name = args.file_name or record.network
     writable_folder(os.path.dirname(os.path.abspath(file_name)), "--file_name")
     batch = None if dynamic else args.batch_size
-    if fmt == "ONNX":
-        import mindspore.onnx as ms_onnx
-        example = ms.Tensor(np.zeros((args.batch_size, 3, height, width), np.float32))
-        axes = {"image": {0: "batch"}, "logits": {0: "batch"}} if dynamic else None
-        ms_onnx.export(net, example, file_name=file_name + SUFFIX[fmt], input_names=["image"],
-                       output_names=["logits"], dynamic_axes=axes)
-        if dynamic:
-            open_onnx_output_batch(file_name + SUFFIX[fmt])
-    else:
-        example = ms.Tensor(shape=[batch, 3, height, width], dtype=ms.float32)
-        ms.export(net, example, file_name=file_name, file_format=fmt)
-    path = file_name + SUFFIX[fmt]
+    path = write_model(net, fmt, file_name, height, width, batch, example_batch=args.batch_size)
     sidecar = {**record.as_dict(), "input_shape": [batch, 3, height, width], "format": fmt,
                "checkpoint": os.path.abspath(checkpoint)}
     with open(path + ".json", "w", encoding="utf-8") as f:
         json.dump(sidecar, f, indent=1)
     print(f"export: {path} ({fmt}, input {sidecar['input_shape']}; None = any batch), "
           f"metadata in {path}.json", flush=True)
+    return path
+
+
+def write_model(net, fmt: str, file_name: str, height: int, width: int, batch=None,
+                example_batch: int = 1) -> str:
+    """Write ``net`` as export.py does: in eval mode, each BatchNorm's moving statistics folded
+    into the conv before it, as ``fmt`` at ``file_name`` + its suffix, for input (``batch``, 3,
+    ``height``, ``width``); ``batch`` None leaves the batch open (the ONNX export traces with
+    ``example_batch``). Returns the file's path. The benchmark and the tests write through it."""
+    net.set_train(False)
+    fold_batch_norms(net)
+    path = file_name + SUFFIX[fmt]
+    if fmt == "ONNX":
+        import mindspore.onnx as ms_onnx
+        example = ms.Tensor(np.zeros((batch or example_batch, 3, height, width), np.float32))
+        axes = {"image": {0: "batch"}, "logits": {0: "batch"}} if batch is None else None
+        ms_onnx.export(net, example, file_name=path, input_names=["image"],
+                       output_names=["logits"], dynamic_axes=axes)
+        if batch is None:
+            open_onnx_output_batch(path)
+    else:
+        example = ms.Tensor(shape=[batch, 3, height, width], dtype=ms.float32)
+        ms.export(net, example, file_name=file_name, file_format=fmt)
     return path
 
 

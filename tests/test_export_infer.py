@@ -79,8 +79,8 @@ def test_every_variant_exports_to_onnx_and_mindir_with_the_fast_layers_logits(tm
     open) and MINDIR give the same logits, and so does the unfused network."""
     import onnxruntime as ort
 
-    from src.exporter import EXPORT_CONV_IMPL, open_onnx_output_batch
-    from src.models.layers import FusedSequence, fold_batch_norms
+    from src.exporter import EXPORT_CONV_IMPL, write_model
+    from src.models.layers import FusedSequence
     x = np.random.RandomState(0).rand(2, 3, 32, 32).astype(np.float32)
     ms.set_context(mode=ms.PYNATIVE_MODE)  # no compile for the two references: the exports compile
     trained = randomize_weights(create_network(name, num_classes=10))
@@ -95,19 +95,14 @@ def test_every_variant_exports_to_onnx_and_mindir_with_the_fast_layers_logits(tm
         nets[fmt].set_train(False)
     unfused = nets["MINDIR"](ms.Tensor(x)).asnumpy()
     ms.set_context(mode=ms.GRAPH_MODE)
-    for net in nets.values():
-        fold_batch_norms(net)
+    files = {fmt: write_model(net, fmt, str(tmp_path / name), 32, 32)  # export.py's writer
+             for fmt, net in nets.items()}
+    for net in nets.values():  # each BatchNorm folded into its conv
         assert not any(isinstance(c, ms.nn.BatchNorm2d) for _, c in net.cells_and_names())
-    path = str(tmp_path / name)
-    import mindspore.onnx as ms_onnx
-    ms_onnx.export(nets["ONNX"], ms.Tensor(x), file_name=path + ".onnx", input_names=["image"],
-                   output_names=["logits"], dynamic_axes={"image": {0: "batch"}})
-    open_onnx_output_batch(path + ".onnx")
-    ms.export(nets["MINDIR"], ms.Tensor(x), file_name=path, file_format="MINDIR")
-    session = ort.InferenceSession(path + ".onnx")
+    session = ort.InferenceSession(files["ONNX"])
     assert session.get_outputs()[0].shape == ["batch", 10]
     onnx_logits = session.run(None, {"image": x})[0]
-    mindir_logits = ms.nn.GraphCell(ms.load(path + ".mindir"))(ms.Tensor(x)).asnumpy()
+    mindir_logits = ms.nn.GraphCell(ms.load(files["MINDIR"]))(ms.Tensor(x)).asnumpy()
     scale = np.abs(unfused).max()
     assert scale > 0.1, name  # logits that tell a wrong layer apart
     for logits in (fused, onnx_logits, mindir_logits):
