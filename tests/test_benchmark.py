@@ -12,7 +12,7 @@ FIGURES = {"compile_s", "step_times", "ms_per_step", "images_per_s", "peak_rss_m
 
 def test_train_against_standard_mindcv_and_torch_writes_the_figures(tmp_path):
     out = tmp_path / "bench.json"
-    proc = run_entry("benchmark.py", "--network", "shufflenet_v1_g3_05", "--mode", "train",
+    proc = run_entry("benchmark.py", "--network", "mobilenet_v1_025", "--mode", "train",
                      "--image_size", "32", "--batch_size", "2", "--steps", "2", "--rounds", "2",
                      "--warmup", "0", "--compare", "standard,mindcv,torch", "--json", out)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -259,7 +259,7 @@ def test_without_a_compiler_training_falls_back_with_one_line(tmp_path, monkeypa
                      "convolutions, which are slower on CPU"]
     # The training command: trains through the fallback and writes its checkpoint.
     data = write_cifar_folder(str(tmp_path / "data"), train_count=64, test_count=16)
-    proc = run_entry("train.py", "--dataset_path", data, "--network", "shufflenet_v2_x0_5",
+    proc = run_entry("train.py", "--dataset_path", data, "--network", "mobilenet_v1_025",
                      "--num_classes", 4, "--epoch_size", 1, "--batch_size", 16,
                      "--output_path", tmp_path / "out", "--image_size", 32,
                      "--num_parallel_workers", 1)

@@ -12,7 +12,7 @@ from src.run_state import RunState
 from tests.helpers import ROOT, write_cifar_folder, write_image_folder
 
 pytestmark = pytest.mark.slow
-SMALL = ["--network", "shufflenet_v2_x0_5", "--num_classes", "4", "--epoch_size", "2",
+SMALL = ["--network", "mobilenet_v1_025", "--num_classes", "4", "--epoch_size", "2",
          "--batch_size", "8", "--log_interval", "1", "--output_path", "output"]
 
 
@@ -77,10 +77,10 @@ def test_cpu_data_parallel_killed_launcher_and_distributed_resume(tmp_path):
     assert starts[0][0] == starts[1][0] >= "2" and [r for _, r in starts] == ["0", "1"]
     # Only rank 0 writes checkpoints; both ranks end with the same weights.
     assert sorted(os.listdir(logs / "output")) == ["ckpt_0"]
-    assert "shufflenet_v2_x0_5-3_4.ckpt" in os.listdir(folder)
+    assert "mobilenet_v1_025-3_4.ckpt" in os.listdir(folder)
     sums = [re.search(r"weights checksum (\S+)", t).group(1) for t in texts]
     assert sums[0] == sums[1]
-    assert proc.stdout.splitlines()[-1].startswith("train: finished shufflenet_v2_x0_5 epochs")
+    assert proc.stdout.splitlines()[-1].startswith("train: finished mobilenet_v1_025 epochs")
 
 
 def test_rank_table_plan_in_dry_run(tmp_path):
@@ -215,16 +215,16 @@ def test_sigterm_to_the_standalone_script_reaches_training(tmp_path):
 def test_standalone_train_then_eval_scripts(tmp_path):
     data = write_cifar_folder(str(tmp_path / "cifar"), train_count=32, test_count=8)
     config = tmp_path / "tiny.yaml"
-    config.write_text("network: shufflenet_v2_x0_5\nnum_classes: 4\nepoch_size: 1\n"
+    config.write_text("network: mobilenet_v1_025\nnum_classes: 4\nepoch_size: 1\n"
                       "batch_size: 8\noutput_path: output\nlog_interval: 1\n")
     proc = run_script("run_standalone_train.sh", "CPU", data, config, cwd=tmp_path,
                       env={"EXTRA_ARGS": "--seed 3"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"log: {tmp_path}/train_standalone/log.txt" in proc.stdout
-    ckpt = tmp_path / "train_standalone" / "output" / "ckpt_0" / "shufflenet_v2_x0_5-1_4.ckpt"
+    ckpt = tmp_path / "train_standalone" / "output" / "ckpt_0" / "mobilenet_v1_025-1_4.ckpt"
     # It ends saying where the checkpoints went.
     assert proc.stdout.splitlines()[-1].startswith(
-        "train: finished shufflenet_v2_x0_5 epochs 1..1") and str(ckpt) in proc.stdout
+        "train: finished mobilenet_v1_025 epochs 1..1") and str(ckpt) in proc.stdout
     assert ckpt.exists() and "loss: " in (tmp_path / "train_standalone" / "log.txt").read_text()
     proc = run_script("run_eval.sh", "CPU", data, ckpt, config, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -11,7 +11,7 @@ from tests.helpers import (LOSS, LR, PROGRESS, RESULT, run_entry, write_cifar_fo
                            write_image_folder)
 
 pytestmark = pytest.mark.slow
-NET = "shufflenet_v2_x0_5"
+NET = "mobilenet_v1_025"
 COMMON = ["--network", NET, "--image_size", "32", "--batch_size", "16", "--warmup_epochs", "0",
           "--lr_decay_mode", "cosine", "--lr_max", "0.05", "--weight_decay", "0", "--log_interval",
           "1", "--seed", "3"]
