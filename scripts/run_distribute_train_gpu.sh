@@ -44,7 +44,14 @@ forward_signals workers
 status=0
 while kill -0 "$MSRUN_PID" 2>/dev/null; do
     if [ -z "$STOP_SIGNAL" ]; then
-        wait "$MSRUN_PID" && status=0 || status=$?
+        # A worker failed: msrun kills the others at once, then waits for its scheduler, which
+        # notices only when their heartbeats time out (about 30 s). End the job now.
+        if grep -q "exit with exception" msrun.log 2>/dev/null; then
+            kill -TERM -- "-$MSRUN_PID" 2>/dev/null || true
+            status=1
+            break
+        fi
+        sleep 0.5
     else  # stopping: once the workers have saved and gone, end msrun and its scheduler (which
         [ -z "$(workers)" ] && kill -TERM -- "-$MSRUN_PID" 2>/dev/null  # would wait for them)
         sleep 0.5
@@ -54,6 +61,7 @@ if [ -n "$STOP_SIGNAL" ]; then  # stopped as asked: say where the run can contin
     show_failure worker_0.log
     exit "$(stop_status)"
 fi
+[ "$status" != 0 ] || { wait "$MSRUN_PID" && status=0 || status=$?; }
 if [ "$status" != 0 ]; then
     echo "error: the job failed (exit $status): see $PWD/worker_*.log" >&2
     show_failure worker_*.log

@@ -52,6 +52,19 @@ def cli(capsys, monkeypatch, tmp_path):
     return run
 
 
+# The end-to-end runs (a minute or two each) start first, on every worker, and the many short
+# tests fill in around them: started last, one would leave the other worker idle at the end.
+LONG_FIRST = ("test_scripts.py", "test_reliability.py", "test_train_eval.py",
+              "test_benchmark.py", "test_quick_start.py", "test_export_infer.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return LONG_FIRST.index(name) if name in LONG_FIRST else len(LONG_FIRST)
+    items.sort(key=rank)  # stable: each file keeps its own order
+
+
 def pytest_sessionfinish(session, exitstatus):
     """Free the session's networks while MindSpore's modules still exist: at interpreter exit
     each live Cell's __del__ finds them torn down and prints a traceback ('Exception ignored
