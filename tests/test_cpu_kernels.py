@@ -16,7 +16,10 @@ from src.models.layers import BatchNorm, Conv1x1, ConvKxK, resolve_conv_impl
 # kind: (in channels, out channels, kernel, group)
 KINDS = {"depthwise": (12, 12, 3, 12), "dense stem": (3, 8, 3, 1),
          "grouped 1x1 g3": (12, 24, 1, 3), "pointwise 1x1": (10, 6, 1, 1)}
-CASES = [(kind, stride, size) for kind in KINDS for stride in (1, 2) for size in ((9, 9), (8, 10))
+# (kind, stride, size, batch): batch 1 is computed in slices of columns (one GEMM would leave
+# every core but one idle), a batch of 3 image by image.
+CASES = [(kind, stride, size, batch) for kind in KINDS for stride in (1, 2)
+         for size, batch in (((9, 9), 3), ((8, 10), 3), ((8, 10), 1))
          if stride == 1 or KINDS[kind][2] > 1]  # the networks' 1x1 convs all have stride 1
 
 
@@ -61,8 +64,8 @@ def relative(a, b):
 
 
 @pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
-@pytest.mark.parametrize("kind, stride, size", CASES)
-def test_fast_layer_equals_grouped_conv2d(kernels, kind, stride, size, mode):
+@pytest.mark.parametrize("kind, stride, size, batch", CASES)
+def test_fast_layer_equals_grouped_conv2d(kernels, kind, stride, size, batch, mode):
     ms.set_context(mode=mode)
     cin, cout, k, group = KINDS[kind]
     if k == 1:
@@ -76,7 +79,7 @@ def test_fast_layer_equals_grouped_conv2d(kernels, kind, stride, size, mode):
     rng = np.random.RandomState(stride * 100 + size[1])
     reference.weight.set_data(ms.Tensor(rng.randn(*reference.weight.shape).astype(np.float32)))
     fast.weight.set_data(reference.weight.data)
-    x = ms.Tensor(rng.randn(3, cin, *size).astype(np.float32))
+    x = ms.Tensor(rng.randn(batch, cin, *size).astype(np.float32))
     y_ref, dx_ref, dw_ref = forward_and_grads(reference, x, 1)
     cotangent = ms.Tensor(rng.randn(*y_ref.shape).astype(np.float32))
     y_ref, dx_ref, dw_ref = forward_and_grads(reference, x, cotangent)
@@ -165,9 +168,10 @@ def conv_bn_act(kind, stride, activation, impl):
 
 
 @pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
+@pytest.mark.parametrize("batch", [3, 1])
 @pytest.mark.parametrize("kind, stride, activation", FUSED)
 def test_fused_inference_equals_conv_batchnorm_activation(kernels, kind, stride, activation,
-                                                          mode):
+                                                          batch, mode):
     """In eval mode a FusedSequence runs conv -> BatchNorm (moving statistics) -> activation as
     one kernel: the same output as the three layers one by one, within float32 rounding."""
     from src.models.layers import FusedSequence
@@ -179,7 +183,7 @@ def test_fused_inference_equals_conv_batchnorm_activation(kernels, kind, stride,
     assert not ms.load_param_into_net(reference, fused.parameters_dict())[0]
     fused.set_train(False)
     reference.set_train(False)
-    x = ms.Tensor((np.random.RandomState(stride).randn(3, KINDS[kind][0], 9, 10) * 12)
+    x = ms.Tensor((np.random.RandomState(stride).randn(batch, KINDS[kind][0], 9, 10) * 12)
                   .astype(np.float32))
     got, expected = fused(x).asnumpy(), reference(x).asnumpy()
     assert got.shape == expected.shape

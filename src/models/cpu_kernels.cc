@@ -241,9 +241,21 @@ GroupedShape grouped_shape(const int64_t *x, const int64_t *wt, const int64_t *)
                       groups > 0 ? wt[0] / groups : 0, groups};
 }
 
+// How wide a slice of its columns each of ``blocks`` GEMMs of ``columns`` columns is cut into,
+// so that every thread has work: the whole width when there are at least as many GEMMs as
+// threads (a batch), else a multiple of 16 columns (at batch 1 one GEMM a layer left every core
+// but one idle).
+int64_t column_slice(int64_t blocks, int64_t columns) {
+  if (blocks >= threads()) return columns;
+  const int64_t pieces = (threads() + blocks - 1) / blocks;
+  const int64_t width = ((columns + pieces - 1) / pieces + 15) / 16 * 16;
+  return std::max<int64_t>(16, std::min(width, columns));
+}
+
 // For every image b and group j, out[b, j] = op(w[j]) . in[b, j]: op the identity for the
 // forward (x[b, j] (cin_per_group x hw) -> y[b, j] (cout_per_group x hw)), the transpose for the
-// input gradient (dy[b, j] -> dx[b, j]). epilogue(channel, rows) runs on each output row.
+// input gradient (dy[b, j] -> dx[b, j]), in slices of columns (column_slice).
+// epilogue(channel, outputs, count) runs on each output row's slice.
 template <typename Epilogue>
 void conv1x1_gemms(const GroupedShape &s, bool transposed, const float *in, const float *wt,
                    float *out, const Epilogue &epilogue) {
@@ -251,14 +263,17 @@ void conv1x1_gemms(const GroupedShape &s, bool transposed, const float *in, cons
   const int64_t depth = transposed ? s.cout_per_group : s.cin_per_group;
   const int64_t in_channels = transposed ? s.cout : s.cin;
   const int64_t out_channels = transposed ? s.cin : s.cout;
+  const int64_t width = column_slice(s.n * s.groups, s.hw);
+  const int64_t slices = (s.hw + width - 1) / width;
 #pragma omp parallel for schedule(static) num_threads(threads())
-  for (int64_t t = 0; t < s.n * s.groups; ++t) {
-    const int64_t b = t / s.groups, j = t % s.groups;
-    float *block = out + (b * out_channels + j * rows) * s.hw;
-    sgemm(transposed ? 'T' : 'N', 'N', rows, s.hw, depth,
+  for (int64_t t = 0; t < s.n * s.groups * slices; ++t) {
+    const int64_t b = t / (s.groups * slices), j = t / slices % s.groups;
+    const int64_t first = t % slices * width, count = std::min(width, s.hw - first);
+    float *block = out + (b * out_channels + j * rows) * s.hw + first;
+    sgemm(transposed ? 'T' : 'N', 'N', rows, count, depth,
           wt + j * s.cout_per_group * s.cin_per_group, s.cin_per_group,
-          in + (b * in_channels + j * depth) * s.hw, s.hw, 0.0f, block, s.hw);
-    for (int64_t r = 0; r < rows; ++r) epilogue(j * rows + r, block + r * s.hw, s.hw);
+          in + (b * in_channels + j * depth) * s.hw + first, s.hw, 0.0f, block, s.hw);
+    for (int64_t r = 0; r < rows; ++r) epilogue(j * rows + r, block + r * s.hw, count);
   }
 }
 
@@ -343,16 +358,33 @@ void col2im(const DenseShape &d, const float *col, float *dx) {
 template <typename Epilogue>
 void dense_forward(const DenseShape &d, const float *x, const float *wt, float *y,
                    const Epilogue &epilogue) {
+  const int64_t plane = d.ho * d.wo;
+  if (d.n < threads()) {  // a small batch: each image's GEMM in slices of its columns
+    std::vector<float> col(static_cast<size_t>(d.taps() * plane));
+    const int64_t width = column_slice(1, plane), slices = (plane + width - 1) / width;
+    for (int64_t b = 0; b < d.n; ++b) {
+      float *image = y + b * d.cout * plane;
+      im2col(d, x + b * d.cin * d.h * d.w, col.data());
+#pragma omp parallel for schedule(static) num_threads(threads())
+      for (int64_t t = 0; t < slices; ++t) {
+        const int64_t first = t * width, count = std::min(width, plane - first);
+        sgemm('N', 'N', d.cout, count, d.taps(), wt, d.taps(), col.data() + first, plane, 0.0f,
+              image + first, plane);
+        for (int64_t c = 0; c < d.cout; ++c) epilogue(c, image + c * plane + first, count);
+      }
+    }
+    return;
+  }
 #pragma omp parallel num_threads(threads())
   {
-    std::vector<float> col(static_cast<size_t>(d.taps() * d.ho * d.wo));
+    std::vector<float> col(static_cast<size_t>(d.taps() * plane));
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < d.n; ++b) {
-      float *image = y + b * d.cout * d.ho * d.wo;
+      float *image = y + b * d.cout * plane;
       im2col(d, x + b * d.cin * d.h * d.w, col.data());
-      sgemm('N', 'N', d.cout, d.ho * d.wo, d.taps(), wt, d.taps(), col.data(), d.ho * d.wo, 0.0f,
-            image, d.ho * d.wo);
-      for (int64_t c = 0; c < d.cout; ++c) epilogue(c, image + c * d.ho * d.wo, d.ho * d.wo);
+      sgemm('N', 'N', d.cout, plane, d.taps(), wt, d.taps(), col.data(), plane, 0.0f, image,
+            plane);
+      for (int64_t c = 0; c < d.cout; ++c) epilogue(c, image + c * plane, plane);
     }
   }
 }
