@@ -192,6 +192,30 @@ def test_fused_inference_equals_conv_batchnorm_activation(kernels, kind, stride,
         assert (expected == 0).any() and (activation != "relu6" or (expected == 6).any())
 
 
+@pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
+@pytest.mark.parametrize("kind", ["max", "avg", "global"])
+@pytest.mark.parametrize("batch, size", [(3, (9, 9)), (1, (8, 10)), (2, (1, 2))])
+def test_eval_mode_pools_equal_mindspores(kernels, kind, batch, size, mode):
+    """In eval mode our pool kernels (3x3 stride 2 with the zero padding, max or average counting
+    the zeros; the global mean) give MindSpore's pad-then-pool and mean; in training the layer
+    is MindSpore's. Negative inputs: a padded zero is the max of a border window of them."""
+    from src.models.layers import GlobalAvgPool, Pool3x3s2
+    ms.set_context(mode=mode)
+    fast, standard = [GlobalAvgPool(impl) if kind == "global" else Pool3x3s2(kind, "pad", impl)
+                      for impl in ("ours", "mindspore")]
+    assert fast.fast and not standard.fast
+    x = ms.Tensor(np.random.RandomState(batch).randn(batch, 5, *size).astype(np.float32))
+    for layer in (fast, standard):
+        layer.set_train(False)
+    got, expected = fast(x).asnumpy(), standard(x).asnumpy()
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() <= 1e-6 * max(1.0, np.abs(expected).max())
+    if kind == "max":
+        assert (expected == 0).any()  # some windows' max is a padded zero
+    fast.set_train(True)
+    assert np.abs(fast(x).asnumpy() - expected).max() <= 1e-6 * max(1.0, np.abs(expected).max())
+
+
 @pytest.mark.parametrize("group", [2, 3, 8])
 def test_split_grouped_conv_equals_native(group):
     rng = np.random.RandomState(group)

@@ -146,6 +146,20 @@ def conv_bn_act_op(kind: str, stride: int = 1, activation=None):
     return _op(f"{name}BN{ACTIVATIONS[activation]}", lambda x, w, *_: out_shape(x, w))
 
 
+def pool_op(kind: str):
+    """x (N, C, H, W) -> the 3x3 stride-2 ``kind`` ("max" or "avg") pool of x padded with one
+    row and column of zeros on each side (the average counts them). Forward only (eval mode).
+    Call only when ``library()`` is not None."""
+    return _op(f"{'Max' if kind == 'max' else 'Avg'}Pool3x3S2",
+               lambda x: [x[0], x[1], (x[2] - 1) // 2 + 1, (x[3] - 1) // 2 + 1])
+
+
+def global_mean_op():
+    """x (N, C, H, W) -> its mean over H and W, (N, C). Forward only (eval mode). Call only when
+    ``library()`` is not None."""
+    return _op("GlobalMean", lambda x: [x[0], x[1]])
+
+
 def batch_norm_op():
     """(x (N, C, H, W), gamma, beta, eps (1,)) -> (y, batch mean, 1 / sqrt(var + eps), biased
     batch variance): training-mode BatchNorm, with the gradient of y. Call only when

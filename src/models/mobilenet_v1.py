@@ -67,7 +67,7 @@ class MobileNetV1(nn.Cell):
             layers.append(separable_block(c, int(out * alpha), stride, act, conv_impl))
             c = int(out * alpha)
         self.features = FusedSequence(layers)
-        self.pool = GlobalAvgPool()
+        self.pool = GlobalAvgPool(conv_impl)
         self.classifier = nn.Dense(c, num_classes, has_bias=True)
         for _, cell in self.cells_and_names():
             if isinstance(cell, nn.Conv2d):

@@ -95,7 +95,7 @@ class ShuffleV1Block(nn.Cell):
             batch_norm(main_out, conv_impl),
         ])
         if stride == 2:
-            self.branch_proj = avg_pool_3x3_s2(pool_pad)
+            self.branch_proj = avg_pool_3x3_s2(pool_pad, conv_impl)
         self.relu = nn.ReLU()
 
     def construct(self, x):
@@ -119,7 +119,7 @@ class ShuffleNetV1(nn.Cell):
         c1, *stages = stage_channels(group, width)
         self.first_conv = FusedSequence([conv3x3(in_channels, c1, 2, conv_impl),
                                              batch_norm(c1, conv_impl), nn.ReLU()])
-        self.max_pool = max_pool_3x3_s2(pool_pad)
+        self.max_pool = max_pool_3x3_s2(pool_pad, conv_impl)
         blocks, c_in = [], c1
         for stage, (repeats, c_out) in enumerate(zip(STAGE_REPEATS, stages)):
             for i in range(repeats):
@@ -129,7 +129,7 @@ class ShuffleNetV1(nn.Cell):
                     shuffle_order=shuffle_order, conv_impl=conv_impl))
                 c_in = c_out
         self.features = nn.SequentialCell(blocks)
-        self.global_pool = GlobalAvgPool()
+        self.global_pool = GlobalAvgPool(conv_impl)
         self.classifier = nn.Dense(c_in, num_classes, has_bias=False)
         init_shufflenet_weights(self)
 

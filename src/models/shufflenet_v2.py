@@ -115,7 +115,7 @@ class ShuffleNetV2(nn.Cell):
         c1, *stages, c5 = CHANNELS[width]
         self.first_conv = FusedSequence([conv3x3(in_channels, c1, 2, conv_impl),
                                              batch_norm(c1, conv_impl), nn.ReLU()])
-        self.max_pool = max_pool_3x3_s2(pool_pad)
+        self.max_pool = max_pool_3x3_s2(pool_pad, conv_impl)
         blocks, c_in = [], c1
         for repeats, c_out in zip(STAGE_REPEATS, stages):
             for i in range(repeats):
@@ -125,7 +125,7 @@ class ShuffleNetV2(nn.Cell):
         self.features = nn.SequentialCell(blocks)
         self.conv_last = FusedSequence([conv1x1(c_in, c5, impl=conv_impl),
                                             batch_norm(c5, conv_impl), nn.ReLU()])
-        self.pool = GlobalAvgPool()
+        self.pool = GlobalAvgPool(conv_impl)
         self.classifier = nn.Dense(c5, num_classes, has_bias=layout == "torchvision")
         init_shufflenet_weights(self)
 
