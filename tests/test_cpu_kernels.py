@@ -14,7 +14,7 @@ from src.models import cpu_kernels, create_network
 from src.models.layers import BatchNorm, Conv1x1, ConvKxK, resolve_conv_impl
 
 # kind: (in channels, out channels, kernel, group)
-KINDS = {"depthwise": (12, 12, 3, 12), "dense stem": (3, 8, 3, 1),
+KINDS = {"depthwise": (12, 12, 3, 12), "depthwise 5x5": (6, 6, 5, 6), "dense stem": (3, 8, 3, 1),
          "grouped 1x1 g3": (12, 24, 1, 3), "pointwise 1x1": (10, 6, 1, 1)}
 # (kind, stride, size, batch): batch 1 is computed in slices of columns (one GEMM would leave
 # every core but one idle), a batch of 3 image by image.

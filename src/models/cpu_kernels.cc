@@ -110,9 +110,55 @@ inline void for_each_tap(const DepthwiseShape &d, int64_t oh, Tap &&tap) {
   }
 }
 
+// One output row of the 3x3 depthwise conv (padding 1) from its three input rows (``zeros``
+// for a padded row), each output written once with its nine products: the networks' convs, and
+// 14x14 and 7x7 planes, where a pass over the row per tap cost more than its arithmetic.
+template <int S>
+inline void depthwise3x3_row(const DepthwiseShape &d, const float *const rows[3],
+                             const float *wp, float *__restrict yrow) {
+  const float *__restrict r0 = rows[0], *__restrict r1 = rows[1], *__restrict r2 = rows[2];
+  const float w0 = wp[0], w1 = wp[1], w2 = wp[2], w3 = wp[3], w4 = wp[4], w5 = wp[5],
+              w6 = wp[6], w7 = wp[7], w8 = wp[8];
+  const auto at = [&](const float *r, int64_t iw) { return iw < 0 || iw >= d.w ? 0.0f : r[iw]; };
+  const auto edge = [&](int64_t ow) {
+    const int64_t c = ow * S;
+    yrow[ow] = w0 * at(r0, c - 1) + w1 * at(r0, c) + w2 * at(r0, c + 1) + w3 * at(r1, c - 1) +
+               w4 * at(r1, c) + w5 * at(r1, c + 1) + w6 * at(r2, c - 1) + w7 * at(r2, c) +
+               w8 * at(r2, c + 1);
+  };
+  // Columns 1 .. inner - 1 read columns c - 1 .. c + 1, all inside the row.
+  const int64_t inner = std::max<int64_t>(1, std::min(d.wo, (d.w - 2) / S + 1));
+  edge(0);
+#pragma omp simd
+  for (int64_t ow = 1; ow < inner; ++ow) {
+    const int64_t c = ow * S;
+    yrow[ow] = w0 * r0[c - 1] + w1 * r0[c] + w2 * r0[c + 1] + w3 * r1[c - 1] + w4 * r1[c] +
+               w5 * r1[c + 1] + w6 * r2[c - 1] + w7 * r2[c] + w8 * r2[c + 1];
+  }
+  for (int64_t ow = inner; ow < d.wo; ++ow) edge(ow);
+}
+
 template <int S, typename Epilogue>
 void depthwise_forward(const DepthwiseShape &d, const float *x, const float *wt, float *y,
                        const Epilogue &epilogue) {
+  if (d.k == 3) {
+    const std::vector<float> zeros(static_cast<size_t>(d.w), 0.0f);
+#pragma omp parallel for schedule(static) num_threads(threads())
+    for (int64_t p = 0; p < d.n * d.channels; ++p) {
+      const float *xp = x + p * d.h * d.w;
+      float *yp = y + p * d.ho * d.wo;
+      for (int64_t oh = 0; oh < d.ho; ++oh) {
+        const float *rows[3];
+        for (int64_t kh = 0; kh < 3; ++kh) {
+          const int64_t ih = oh * S - 1 + kh;
+          rows[kh] = ih >= 0 && ih < d.h ? xp + ih * d.w : zeros.data();
+        }
+        depthwise3x3_row<S>(d, rows, wt + (p % d.channels) * 9, yp + oh * d.wo);
+      }
+      epilogue(p % d.channels, yp, d.ho * d.wo);  // while the plane is in cache
+    }
+    return;
+  }
 #pragma omp parallel for schedule(static) num_threads(threads())
   for (int64_t p = 0; p < d.n * d.channels; ++p) {
     const float *xp = x + p * d.h * d.w;
