@@ -195,7 +195,7 @@ def test_killing_one_worker_fails_the_job_quickly(tmp_path):
             job.kill()
             subprocess.run(["pkill", "-9", "-f", f"train.py.*{data}"])
     assert job.returncode != 0
-    assert time.time() - killed < 60
+    assert time.time() - killed < 20  # msrun alone waited ~35 s for its scheduler
     assert "the job failed" in stderr
 
 
