@@ -24,13 +24,13 @@ def mean_loss_per_epoch(stdout):
     return {epoch: np.mean(values) for epoch, values in losses.items()}
 
 
-def check_trained(proc, ckpt_dir, epochs, steps):
+def check_trained(proc, ckpt_dir, epochs, steps, net=NET):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     losses = mean_loss_per_epoch(proc.stdout)
     assert sorted(losses) == list(range(1, epochs + 1))
     assert losses[epochs] < losses[1], losses
     names = sorted(f for f in os.listdir(ckpt_dir) if f.endswith(".ckpt"))
-    assert names == sorted(f"{NET}-{e}_{steps}.ckpt" for e in range(1, epochs + 1))
+    assert names == sorted(f"{net}-{e}_{steps}.ckpt" for e in range(1, epochs + 1))
 
 
 def check_eval(tmp_path, ckpt, *args):
@@ -99,14 +99,16 @@ def test_image_folder_train_and_eval(tmp_path):
 
 def test_mixed_precision_training_runs_through_the_fast_kernels(tmp_path):
     """amp_level O2 with the default loss scale 1024, as the zoo configs train: float16 reaches
-    our kernels through their cast, the loss falls, the checkpoint's weights are finite."""
+    our kernels through their cast, the loss falls, the checkpoint's weights are finite.
+    ShuffleNetV2 0.5x: in 12 float16 steps MobileNetV1 0.25x's loss did not always fall."""
+    net = "shufflenet_v2_x0_5"
     root = write_image_folder(str(tmp_path / "imgs"), per_class=22, classes=3, size=48)
     out = tmp_path / "run"
-    proc = run_entry("train.py", *COMMON, "--dataset", "imagenet", "--dataset_path", root,
-                     "--num_classes", "3", "--epoch_size", "3", "--amp_level", "O2",
-                     "--output_path", out)
-    check_trained(proc, out / "ckpt_0", epochs=3, steps=4)
-    params, _ = read_checkpoint(str(out / "ckpt_0" / f"{NET}-3_4.ckpt"))
+    proc = run_entry("train.py", *COMMON, "--network", net, "--dataset", "imagenet",
+                     "--dataset_path", root, "--num_classes", "3", "--epoch_size", "3",
+                     "--amp_level", "O2", "--output_path", out)
+    check_trained(proc, out / "ckpt_0", epochs=3, steps=4, net=net)
+    params, _ = read_checkpoint(str(out / "ckpt_0" / f"{net}-3_4.ckpt"))
     assert params and all(np.isfinite(p.asnumpy()).all() for p in params.values())
 
 EVAL = re.compile(r"^eval: epoch (\d+), top-1 ([\d.]+), top-5 ([\d.]+)", re.M)
