@@ -210,6 +210,39 @@ def test_fused_inference_equals_conv_batchnorm_activation(kernels, kind, stride,
 
 
 @pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
+@pytest.mark.parametrize("kernels, stride, in_channels, batch, size",
+                         [(build, *case) for build in BUILDS
+                          for case in ((1, 12, 3, (9, 9)), (1, 12, 1, (8, 10)),
+                                       (2, 6, 3, (9, 9)), (2, 6, 1, (8, 10)))],
+                         indirect=["kernels"])
+def test_whole_shufflenet_v2_unit_equals_its_layers(kernels, stride, in_channels, batch, size,
+                                                    mode):
+    """In eval mode a ShuffleNetV2 unit (megvii's layout) runs as one kernel: the even channels
+    passed and the odd ones through main (stride 1), or proj and main (stride 2), side by side,
+    equal to the unit's layers one by one on MindSpore's operators; training runs the layers."""
+    from src.models.shufflenet_v2 import ShuffleV2Block
+    ms.set_context(mode=mode)
+    unit = randomize_weights(ShuffleV2Block(in_channels, 12, stride, conv_impl="ours"))
+    reference = ShuffleV2Block(in_channels, 12, stride, conv_impl="mindspore")
+    assert unit.whole_unit and not reference.whole_unit
+    assert not ms.load_param_into_net(reference, unit.parameters_dict())[0]
+    unit.set_train(False)
+    reference.set_train(False)
+    x = ms.Tensor(np.random.RandomState(batch).randn(batch, in_channels, *size)
+                  .astype(np.float32))
+    got, expected = unit(x).asnumpy(), reference(x).asnumpy()
+    assert got.shape == expected.shape == (batch, 12, *[(s - 1) // stride + 1 for s in size])
+    assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+    if stride == 1:  # the even input channels come first, as they are
+        assert np.array_equal(got[:, :in_channels // 2], x.asnumpy()[:, 0::2])
+    if mode == ms.PYNATIVE_MODE:  # training: the layers one by one, batch statistics
+        unit.set_train(True)
+        reference.set_train(True)
+        assert np.abs(unit(x).asnumpy() - reference(x).asnumpy()).max() <= \
+            1e-4 * np.abs(expected).max()
+
+
+@pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
 @pytest.mark.parametrize("kind", ["max", "avg", "global"])
 @pytest.mark.parametrize("batch, size", [(3, (9, 9)), (1, (8, 10)), (2, (1, 2))])
 def test_eval_mode_pools_equal_mindspores(kind, batch, size, mode):

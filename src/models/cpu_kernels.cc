@@ -39,6 +39,8 @@ int threads() {
   return count;
 }
 
+float *tensor(void **params, int i) { return static_cast<float *>(params[i]); }
+
 bool all_float32(int nparam, const char **dtypes) {
   for (int i = 0; i < nparam; ++i)
     if (std::strcmp(dtypes[i], "float32") != 0) return false;
@@ -298,35 +300,44 @@ int64_t column_slice(int64_t blocks, int64_t columns) {
   return std::max<int64_t>(16, std::min(width, columns));
 }
 
+// Where a 1x1 conv's channels lie in a larger tensor (the ShuffleNetV2 units read every other
+// channel of their input and write after the channels they pass): channel c is channel
+// first + c * step of a tensor of ``channels`` channels; channels 0 means the conv's own tensor.
+struct ChannelView {
+  int64_t channels = 0, first = 0, step = 1;
+};
+
 // For every image b and group j, out[b, j] = op(w[j]) . in[b, j]: op the identity for the
 // forward (x[b, j] (cin_per_group x hw) -> y[b, j] (cout_per_group x hw)), the transpose for the
 // input gradient (dy[b, j] -> dx[b, j]), in slices of columns (column_slice).
 // epilogue(channel, outputs, count) runs on each output row's slice.
 template <typename Epilogue>
 void conv1x1_gemms(const GroupedShape &s, bool transposed, const float *in, const float *wt,
-                   float *out, const Epilogue &epilogue) {
+                   float *out, const Epilogue &epilogue, ChannelView from = {},
+                   ChannelView to = {}) {
   const int64_t rows = transposed ? s.cin_per_group : s.cout_per_group;
   const int64_t depth = transposed ? s.cout_per_group : s.cin_per_group;
-  const int64_t in_channels = transposed ? s.cout : s.cin;
-  const int64_t out_channels = transposed ? s.cin : s.cout;
+  const int64_t in_channels = from.channels ? from.channels : transposed ? s.cout : s.cin;
+  const int64_t out_channels = to.channels ? to.channels : transposed ? s.cin : s.cout;
   const int64_t width = column_slice(s.n * s.groups, s.hw);
   const int64_t slices = (s.hw + width - 1) / width;
 #pragma omp parallel for schedule(static) num_threads(threads())
   for (int64_t t = 0; t < s.n * s.groups * slices; ++t) {
     const int64_t b = t / (s.groups * slices), j = t / slices % s.groups;
     const int64_t first = t % slices * width, count = std::min(width, s.hw - first);
-    float *block = out + (b * out_channels + j * rows) * s.hw + first;
+    float *block = out + (b * out_channels + to.first + j * rows * to.step) * s.hw + first;
     sgemm(transposed ? 'T' : 'N', 'N', rows, count, depth,
           wt + j * s.cout_per_group * s.cin_per_group, s.cin_per_group,
-          in + (b * in_channels + j * depth) * s.hw + first, s.hw, 0.0f, block, s.hw);
-    for (int64_t r = 0; r < rows; ++r) epilogue(j * rows + r, block + r * s.hw, count);
+          in + (b * in_channels + from.first + j * depth * from.step) * s.hw + first,
+          from.step * s.hw, 0.0f, block, to.step * s.hw);
+    for (int64_t r = 0; r < rows; ++r) epilogue(j * rows + r, block + r * to.step * s.hw, count);
   }
 }
 
 template <typename Epilogue>
 void conv1x1_forward(const GroupedShape &s, const float *x, const float *wt, float *y,
-                     const Epilogue &epilogue) {
-  conv1x1_gemms(s, false, x, wt, y, epilogue);
+                     const Epilogue &epilogue, ChannelView from = {}, ChannelView to = {}) {
+  conv1x1_gemms(s, false, x, wt, y, epilogue, from, to);
 }
 
 void conv1x1_grad_input(const GroupedShape &s, const float *dy, const float *wt, float *dx) {
@@ -589,10 +600,81 @@ int pool_entry(int nparam, void **params, int64_t **shapes, const char **dtypes)
   if (nparam != 2 || !all_float32(nparam, dtypes)) return 1;
   const int64_t *xs = shapes[0], *ys = shapes[1];
   if (ys[2] != (xs[2] - 1) / 2 + 1 || ys[3] != (xs[3] - 1) / 2 + 1) return 2;
-  pool3x3s2<Max>(xs[0] * xs[1], xs[2], xs[3], ys[2], ys[3], static_cast<float *>(params[0]),
-                 static_cast<float *>(params[1]));
+  pool3x3s2<Max>(xs[0] * xs[1], xs[2], xs[3], ys[2], ys[3], tensor(params, 0), tensor(params, 1));
   return 0;
 }
+
+// ---------------------------------------------------------------- ShuffleNetV2 units (inference)
+// A whole eval-mode unit (megvii's layout, shufflenet_v2.py's ShuffleV2Block) as one op, so that
+// neither MindSpore's executor nor a Split or Concat sits between its convs (the Concats and
+// Splits were 14 % of a ShuffleNetV2 inference at batch 32, profiled here):
+//   stride 1: y = concat(x's even channels, main(x's odd channels))
+//   stride 2: y = concat(proj(x), main(x))
+// main = 1x1 + BN + ReLU -> 3x3 depthwise + BN -> 1x1 + BN + ReLU,
+// proj = 3x3 depthwise (stride 2) + BN -> 1x1 + BN + ReLU.
+
+// Scratch of ``count`` floats, kept per thread and slot between calls (the units' intermediate
+// tensors: a fresh allocation each call would fault its pages in again).
+float *scratch(int slot, int64_t count) {
+  thread_local std::vector<float> buffers[2];
+  std::vector<float> &buffer = buffers[slot];
+  if (static_cast<int64_t>(buffer.size()) < count) buffer.resize(static_cast<size_t>(count));
+  return buffer.data();
+}
+
+// Params: x, then (weight, gamma, beta, moving mean, moving variance) of each conv: main's
+// three, then (stride 2) proj's two; eps (1,); y.
+template <int S>
+int shufflenet_v2_unit(int nparam, void **params, int64_t **shapes, const char **dtypes) {
+  const int convs = S == 1 ? 3 : 5, eps_at = 1 + 5 * convs;
+  if (nparam != eps_at + 2 || !all_float32(nparam, dtypes)) return 1;
+  const int64_t *xs = shapes[0], *ys = shapes[eps_at + 1];
+  const int64_t n = xs[0], c = xs[1], h = xs[2], w = xs[3];
+  const int64_t ho = (h - 1) / S + 1, wo = (w - 1) / S + 1;
+  const auto conv = [&](int i, Activation act) {  // the epilogue of conv i, and its weight
+    const int64_t channels = shapes[1 + 5 * i][0];
+    return std::make_pair(
+        BatchNormActivation(channels, tensor(params, 2 + 5 * i), tensor(params, 3 + 5 * i),
+                            tensor(params, 4 + 5 * i), tensor(params, 5 + 5 * i),
+                            *tensor(params, eps_at), act),
+        tensor(params, 1 + 5 * i));
+  };
+  const int64_t *w1 = shapes[1], *wd = shapes[6], *w3 = shapes[11];
+  const int64_t mid = w1[0], main_in = w1[1], main_out = w3[0];
+  const int64_t passed = S == 1 ? c / 2 : shapes[21][0];  // the channels before main's
+  const bool fits = (S == 1 ? c == 2 * main_in : c == main_in) && wd[0] == mid && wd[1] == 1 &&
+                    wd[2] == 3 && wd[3] == 3 && w3[1] == mid && ys[0] == n &&
+                    ys[1] == passed + main_out && ys[2] == ho && ys[3] == wo &&
+                    (S == 1 || (shapes[16][0] == c && shapes[16][2] == 3 && shapes[21][1] == c));
+  if (!fits) return 2;
+  const float *x = tensor(params, 0);
+  float *y = tensor(params, eps_at + 1);
+  float *expanded = scratch(0, n * mid * h * w), *spatial = scratch(1, n * mid * ho * wo);
+  const auto [bn1, k1] = conv(0, Activation::kReLU);
+  conv1x1_forward(GroupedShape{n, main_in, mid, h * w, main_in, mid, 1}, x, k1, expanded, bn1,
+                  S == 1 ? ChannelView{c, 1, 2} : ChannelView{});
+  const auto [bn2, k2] = conv(1, Activation::kNone);
+  depthwise_forward<S>(DepthwiseShape{n, mid, h, w, ho, wo, 3, 1}, expanded, k2, spatial, bn2);
+  const auto [bn3, k3] = conv(2, Activation::kReLU);
+  conv1x1_forward(GroupedShape{n, mid, main_out, ho * wo, mid, main_out, 1}, spatial, k3, y, bn3,
+                  ChannelView{}, ChannelView{ys[1], passed, 1});
+  if (S == 1) {  // the even channels pass as they are
+#pragma omp parallel for schedule(static) num_threads(threads())
+    for (int64_t p = 0; p < n * passed; ++p)
+      std::copy_n(x + (p / passed * c + 2 * (p % passed)) * h * w, h * w,
+                  y + (p / passed * ys[1] + p % passed) * h * w);
+    return 0;
+  }
+  float *projected = scratch(0, n * c * ho * wo);  // main's 1x1 input is used up
+  const auto [bn4, k4] = conv(3, Activation::kNone);
+  depthwise_forward<S>(DepthwiseShape{n, c, h, w, ho, wo, 3, 1}, x, k4, projected, bn4);
+  const auto [bn5, k5] = conv(4, Activation::kReLU);
+  conv1x1_forward(GroupedShape{n, c, passed, ho * wo, c, passed, 1}, projected, k5, y, bn5,
+                  ChannelView{}, ChannelView{ys[1], 0, 1});
+  return 0;
+}
+
+
 
 // ---------------------------------------------------------------- the conv kernels' entries
 
@@ -650,8 +732,6 @@ struct Dense {
     dense_grad_weight(d, dy, x, dw);
   }
 };
-
-float *tensor(void **params, int i) { return static_cast<float *>(params[i]); }
 
 // x, w -> y
 template <typename Kernel>
@@ -744,6 +824,8 @@ int DenseS2BNReLU6(AOT_ARGS) { return inference_entry<Dense<2>, Activation::kReL
 // Inference pools: x -> y
 int MaxPool3x3S2(AOT_ARGS) { return pool_entry<true>(PASS); }
 int AvgPool3x3S2(AOT_ARGS) { return pool_entry<false>(PASS); }
+int ShuffleNetV2UnitS1(AOT_ARGS) { return shufflenet_v2_unit<1>(PASS); }
+int ShuffleNetV2UnitS2(AOT_ARGS) { return shufflenet_v2_unit<2>(PASS); }
 int GlobalMean(AOT_ARGS) {  // x (N, C, H, W) -> y (N, C)
   if (nparam != 2 || !all_float32(nparam, dtypes)) return 1;
   const int64_t *xs = shapes[0];

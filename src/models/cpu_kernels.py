@@ -146,6 +146,23 @@ def conv_bn_act_op(kind: str, stride: int = 1, activation=None):
     return _op(f"{name}BN{ACTIVATIONS[activation]}", lambda x, w, *_: out_shape(x, w))
 
 
+def shufflenet_v2_unit_op(stride: int):
+    """(x, then weight, gamma, beta, moving mean, moving variance of each conv of a ShuffleNetV2
+    unit: main's three, then for stride 2 proj's two; eps (1,)) -> the unit's output, in eval
+    mode, as one op (cpu_kernels.cc's shufflenet_v2_unit; megvii's layout): stride 1
+    concat(x's even channels, main(x's odd channels)), stride 2 concat(proj(x), main(x)). Forward
+    only. Call only when ``library()`` is not None."""
+    if stride not in STRIDES:
+        raise ValueError(f"a ShuffleNetV2 unit has stride {STRIDES}, not {stride}")
+
+    def out_shape(x, *tensors):
+        main_out = tensors[10][0]
+        if stride == 1:
+            return [x[0], x[1] // 2 + main_out, x[2], x[3]]
+        return [x[0], tensors[20][0] + main_out, (x[2] - 1) // 2 + 1, (x[3] - 1) // 2 + 1]
+    return _op(f"ShuffleNetV2UnitS{stride}", out_shape)
+
+
 def pool_op(kind: str):
     """x (N, C, H, W) -> the 3x3 stride-2 ``kind`` ("max" or "avg") pool of x padded with one
     row and column of zeros on each side (the average counts them). Forward only (eval mode).

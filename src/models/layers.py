@@ -232,6 +232,17 @@ class FusedSequence(nn.SequentialCell):
                                 bn.moving_variance, bn.eps_tensor)
         return x
 
+    def conv_bn_tensors(self) -> tuple:
+        """(weight, gamma, beta, moving mean, moving variance) of each fused conv -> BatchNorm,
+        in order, flat: what a whole-unit kernel (cpu_kernels.shufflenet_v2_unit_op) takes."""
+        tensors = ()
+        for start, size in self.groups:
+            if size > 1:
+                conv, bn = self.cell_list[start], self.cell_list[start + 1]
+                tensors = tensors + (conv.weight, bn.gamma, bn.beta, bn.moving_mean,
+                                     bn.moving_variance)
+        return tensors
+
     def fold(self) -> None:
         """Fold every BatchNorm that follows a conv into the conv (in place; eval mode only):
         the sequence then computes the same with fewer, standard operators."""

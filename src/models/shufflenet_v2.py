@@ -1,7 +1,9 @@
 """ShuffleNetV2 (arXiv 1807.11164): x0.5, x1.0, x1.5, x2.0, in the megvii/MindCV layout or
 torchvision's (a different network with the same name, whose weights need it)."""
+import mindspore as ms
 from mindspore import nn, ops
 
+from . import cpu_kernels
 from .layers import (ChannelShuffle, FusedSequence, GlobalAvgPool, batch_norm, conv1x1, conv3x3,
                      depthwise_conv, max_pool_3x3_s2)
 from .shufflenet_v1 import init_shufflenet_weights
@@ -82,8 +84,23 @@ class ShuffleV2Block(nn.Cell):
                 nn.ReLU(),
             ])
         self.shuffle = ChannelShuffle(2, "paper") if self.torchvision else None
+        # Eval mode with our kernels: the whole unit as one op (megvii's layout, every conv and
+        # BatchNorm fused: main's (conv, BN, ReLU), (dw, BN), (conv, BN, ReLU), proj's (dw, BN),
+        # (conv, BN, ReLU)), so no Split, Concat or executor step sits between the convs.
+        fused = (self.branch_main,) + ((self.branch_proj,) if stride == 2 else ())
+        self.whole_unit = not self.torchvision and all(
+            [size for _, size in seq.groups] == expected
+            for seq, expected in zip(fused, ([3, 2, 3], [2, 3])))
+        if self.whole_unit:
+            self.unit_op = cpu_kernels.shufflenet_v2_unit_op(stride)
 
     def construct(self, x):
+        if self.whole_unit and self.branch_main.fusing and not self.training and \
+                x.dtype == ms.float32:
+            tensors = self.branch_main.conv_bn_tensors()
+            if self.stride == 2:
+                tensors = tensors + self.branch_proj.conv_bn_tensors()
+            return self.unit_op(x, *tensors, self.branch_main[1].eps_tensor)
         if self.stride == 2:
             out = ops.concat((self.branch_proj(x), self.branch_main(x)), axis=1)
         elif self.torchvision:  # first half passes, second half goes through main
