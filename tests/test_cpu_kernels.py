@@ -243,6 +243,39 @@ def test_whole_shufflenet_v2_unit_equals_its_layers(kernels, stride, in_channels
 
 
 @pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
+@pytest.mark.parametrize("kernels, stride, in_channels, first_group, order, batch",
+                         [(build, *case) for build in BUILDS
+                          for case in ((1, 24, False, "paper", 3), (1, 24, False, "megvii", 1),
+                                       (2, 12, True, "paper", 1), (2, 12, False, "megvii", 3))],
+                         indirect=["kernels"])
+def test_whole_shufflenet_v1_unit_equals_its_layers(kernels, stride, in_channels, first_group,
+                                                    order, batch, mode):
+    """In eval mode a ShuffleNetV1 unit runs as one kernel, its channel shuffle (either order)
+    read in place: ReLU(x + main(x)) at stride 1, ReLU(concat(avgpool(x), main(x))) at stride 2,
+    equal to the unit's layers one by one on MindSpore's operators; training runs the layers."""
+    from src.models.shufflenet_v1 import ShuffleV1Block
+    ms.set_context(mode=mode)
+    units = [ShuffleV1Block(in_channels, 36 if stride == 2 else 24, stride, 3, first_group,
+                            shuffle_order=order, conv_impl=impl) for impl in ("ours", "mindspore")]
+    unit, reference = randomize_weights(units[0]), units[1]
+    assert unit.whole_unit and not reference.whole_unit
+    assert not ms.load_param_into_net(reference, unit.parameters_dict())[0]
+    unit.set_train(False)
+    reference.set_train(False)
+    x = ms.Tensor(np.random.RandomState(batch).randn(batch, in_channels, 9, 10)
+                  .astype(np.float32))
+    got, expected = unit(x).asnumpy(), reference(x).asnumpy()
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+    assert (expected == 0).any()  # the ReLU clips
+    if mode == ms.PYNATIVE_MODE:  # training: the layers one by one, batch statistics
+        unit.set_train(True)
+        reference.set_train(True)
+        assert np.abs(unit(x).asnumpy() - reference(x).asnumpy()).max() <= \
+            1e-4 * np.abs(expected).max()
+
+
+@pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
 @pytest.mark.parametrize("kind", ["max", "avg", "global"])
 @pytest.mark.parametrize("batch, size", [(3, (9, 9)), (1, (8, 10)), (2, (1, 2))])
 def test_eval_mode_pools_equal_mindspores(kind, batch, size, mode):

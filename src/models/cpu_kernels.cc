@@ -140,14 +140,20 @@ inline void depthwise3x3_row(const DepthwiseShape &d, const float *const rows[3]
   for (int64_t ow = inner; ow < d.wo; ++ow) edge(ow);
 }
 
+// ``source``: channel c reads input channel source[c] (a channel shuffle applied on the way
+// in, ShuffleNetV1's units); nullptr reads channel c.
 template <int S, typename Epilogue>
 void depthwise_forward(const DepthwiseShape &d, const float *x, const float *wt, float *y,
-                       const Epilogue &epilogue) {
+                       const Epilogue &epilogue, const int64_t *source = nullptr) {
+  const auto input_plane = [&](int64_t p) {
+    const int64_t c = p % d.channels;
+    return x + (p - c + (source ? source[c] : c)) * d.h * d.w;
+  };
   if (d.k == 3) {
     const std::vector<float> zeros(static_cast<size_t>(d.w), 0.0f);
 #pragma omp parallel for schedule(static) num_threads(threads())
     for (int64_t p = 0; p < d.n * d.channels; ++p) {
-      const float *xp = x + p * d.h * d.w;
+      const float *xp = input_plane(p);
       float *yp = y + p * d.ho * d.wo;
       for (int64_t oh = 0; oh < d.ho; ++oh) {
         const float *rows[3];
@@ -163,7 +169,7 @@ void depthwise_forward(const DepthwiseShape &d, const float *x, const float *wt,
   }
 #pragma omp parallel for schedule(static) num_threads(threads())
   for (int64_t p = 0; p < d.n * d.channels; ++p) {
-    const float *xp = x + p * d.h * d.w;
+    const float *xp = input_plane(p);
     const float *wp = wt + (p % d.channels) * d.k * d.k;
     float *yp = y + p * d.ho * d.wo;
     for (int64_t oh = 0; oh < d.ho; ++oh) {
@@ -676,6 +682,88 @@ int shufflenet_v2_unit(int nparam, void **params, int64_t **shapes, const char *
 
 
 
+// ---------------------------------------------------------------- ShuffleNetV1 units (inference)
+// A whole eval-mode unit (shufflenet_v1.py's ShuffleV1Block) as one op:
+//   main = 1x1 (g1 groups) + BN + ReLU -> channel shuffle (g groups) -> 3x3 depthwise + BN ->
+//          1x1 (g groups) + BN
+//   stride 1: y = ReLU(x + main(x)); stride 2: y = ReLU(concat(avgpool3x3s2(x), main(x)))
+// The shuffle is no copy: the depthwise conv reads its channels in the shuffled order. g1 is 1
+// in the first unit, g elsewhere (both from the weights' shapes).
+
+// The input channel each shuffled channel k of c takes: "paper" order (view (g, c/g),
+// transpose), else megvii's (view (c/g, g), transpose).
+std::vector<int64_t> shuffled_channels(int64_t c, int64_t groups, bool paper) {
+  std::vector<int64_t> source(static_cast<size_t>(c));
+  const int64_t per_group = c / groups;
+  for (int64_t k = 0; k < c; ++k)
+    source[k] = paper ? k % groups * per_group + k / groups : k % per_group * groups + k / per_group;
+  return source;
+}
+
+// The stride-1 unit's epilogue: the BatchNorm, the shortcut x added, the ReLU; the shortcut's
+// element sits at the output's offset (same shape).
+struct BatchNormAddReLU {
+  BatchNormActivation bn;
+  const float *x, *y;
+  void operator()(int64_t c, float *__restrict out, int64_t count) const {
+    bn(c, out, count);
+    const float *__restrict shortcut = x + (out - y);
+#pragma omp simd
+    for (int64_t i = 0; i < count; ++i) out[i] = std::max(out[i] + shortcut[i], 0.0f);
+  }
+};
+
+// Params: x, then (weight, gamma, beta, moving mean, moving variance) of the three convs in
+// order; eps (1,); y.
+template <int S, bool Paper>
+int shufflenet_v1_unit(int nparam, void **params, int64_t **shapes, const char **dtypes) {
+  constexpr int eps_at = 16;
+  if (nparam != eps_at + 2 || !all_float32(nparam, dtypes)) return 1;
+  const int64_t *xs = shapes[0], *ys = shapes[eps_at + 1];
+  const int64_t n = xs[0], c = xs[1], h = xs[2], w = xs[3];
+  const int64_t ho = (h - 1) / S + 1, wo = (w - 1) / S + 1;
+  const int64_t *w1 = shapes[1], *wd = shapes[6], *w2 = shapes[11];
+  const int64_t mid = w1[0], main_out = w2[0];
+  const int64_t groups1 = w1[1] > 0 ? c / w1[1] : 0, groups = w2[1] > 0 ? mid / w2[1] : 0;
+  const int64_t passed = S == 1 ? 0 : c;  // the pooled channels before main's
+  const bool fits = groups1 > 0 && groups1 * w1[1] == c && mid % groups1 == 0 && groups > 0 &&
+                    groups * w2[1] == mid && main_out % groups == 0 && wd[0] == mid &&
+                    wd[1] == 1 && wd[2] == 3 && wd[3] == 3 && ys[0] == n &&
+                    ys[1] == passed + main_out && ys[2] == ho && ys[3] == wo &&
+                    (S == 2 || main_out == c);
+  if (!fits) return 2;
+  const float eps = *tensor(params, eps_at);
+  const auto bn = [&](int i, Activation act) {
+    return BatchNormActivation(shapes[1 + 5 * i][0], tensor(params, 2 + 5 * i),
+                               tensor(params, 3 + 5 * i), tensor(params, 4 + 5 * i),
+                               tensor(params, 5 + 5 * i), eps, act);
+  };
+  const float *x = tensor(params, 0);
+  float *y = tensor(params, eps_at + 1);
+  float *expanded = scratch(0, n * mid * h * w), *spatial = scratch(1, n * mid * ho * wo);
+  conv1x1_forward(GroupedShape{n, c, mid, h * w, w1[1], mid / groups1, groups1}, x,
+                  tensor(params, 1), expanded, bn(0, Activation::kReLU));
+  const std::vector<int64_t> source = shuffled_channels(mid, groups, Paper);
+  depthwise_forward<S>(DepthwiseShape{n, mid, h, w, ho, wo, 3, 1}, expanded, tensor(params, 6),
+                       spatial, bn(1, Activation::kNone), source.data());
+  const GroupedShape second{n, mid, main_out, ho * wo, w2[1], main_out / groups, groups};
+  if (S == 1) {
+    conv1x1_forward(second, spatial, tensor(params, 11), y,
+                    BatchNormAddReLU{bn(2, Activation::kNone), x, y});
+    return 0;
+  }
+  conv1x1_forward(second, spatial, tensor(params, 11), y, bn(2, Activation::kReLU),
+                  ChannelView{}, ChannelView{ys[1], passed, 1});
+  for (int64_t b = 0; b < n; ++b)  // the shortcut: x's average pool, ReLU'd, first
+    pool3x3s2<false>(c, h, w, ho, wo, x + b * c * h * w, y + b * ys[1] * ho * wo);
+#pragma omp parallel for schedule(static) num_threads(threads())
+  for (int64_t p = 0; p < n * c; ++p) {
+    float *__restrict plane = y + (p / c * ys[1] + p % c) * ho * wo;
+    for (int64_t i = 0; i < ho * wo; ++i) plane[i] = std::max(plane[i], 0.0f);
+  }
+  return 0;
+}
+
 // ---------------------------------------------------------------- the conv kernels' entries
 
 // Each conv kernel: its shape from the (x, w, y) shapes, the forward with an epilogue, and the
@@ -826,6 +914,10 @@ int MaxPool3x3S2(AOT_ARGS) { return pool_entry<true>(PASS); }
 int AvgPool3x3S2(AOT_ARGS) { return pool_entry<false>(PASS); }
 int ShuffleNetV2UnitS1(AOT_ARGS) { return shufflenet_v2_unit<1>(PASS); }
 int ShuffleNetV2UnitS2(AOT_ARGS) { return shufflenet_v2_unit<2>(PASS); }
+int ShuffleNetV1UnitS1(AOT_ARGS) { return shufflenet_v1_unit<1, true>(PASS); }
+int ShuffleNetV1UnitS2(AOT_ARGS) { return shufflenet_v1_unit<2, true>(PASS); }
+int ShuffleNetV1UnitS1Megvii(AOT_ARGS) { return shufflenet_v1_unit<1, false>(PASS); }
+int ShuffleNetV1UnitS2Megvii(AOT_ARGS) { return shufflenet_v1_unit<2, false>(PASS); }
 int GlobalMean(AOT_ARGS) {  // x (N, C, H, W) -> y (N, C)
   if (nparam != 2 || !all_float32(nparam, dtypes)) return 1;
   const int64_t *xs = shapes[0];

@@ -163,6 +163,23 @@ def shufflenet_v2_unit_op(stride: int):
     return _op(f"ShuffleNetV2UnitS{stride}", out_shape)
 
 
+def shufflenet_v1_unit_op(stride: int, shuffle_order: str):
+    """(x, then weight, gamma, beta, moving mean, moving variance of a ShuffleNetV1 unit's three
+    convs; eps (1,)) -> the unit's output, in eval mode, as one op (cpu_kernels.cc's
+    shufflenet_v1_unit; the channel shuffle in ``shuffle_order`` "paper" or "megvii"): stride 1
+    ReLU(x + main(x)), stride 2 ReLU(concat(avgpool(x), main(x))). Forward only. Call only when
+    ``library()`` is not None."""
+    if stride not in STRIDES:
+        raise ValueError(f"a ShuffleNetV1 unit has stride {STRIDES}, not {stride}")
+
+    def out_shape(x, *tensors):
+        if stride == 1:
+            return list(x)
+        return [x[0], x[1] + tensors[10][0], (x[2] - 1) // 2 + 1, (x[3] - 1) // 2 + 1]
+    order = "" if shuffle_order == "paper" else "Megvii"
+    return _op(f"ShuffleNetV1UnitS{stride}{order}", out_shape)
+
+
 def pool_op(kind: str):
     """x (N, C, H, W) -> the 3x3 stride-2 ``kind`` ("max" or "avg") pool of x padded with one
     row and column of zeros on each side (the average counts them). Forward only (eval mode).

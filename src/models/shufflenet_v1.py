@@ -2,9 +2,11 @@
 import math
 from fractions import Fraction
 
+import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common import initializer as init
 
+from . import cpu_kernels
 from .layers import (ChannelShuffle, FusedSequence, GlobalAvgPool, avg_pool_3x3_s2, batch_norm,
                      conv1x1, conv3x3, depthwise_conv, max_pool_3x3_s2)
 from .weights import megvii, mindcv
@@ -97,8 +99,20 @@ class ShuffleV1Block(nn.Cell):
         if stride == 2:
             self.branch_proj = avg_pool_3x3_s2(pool_pad, conv_impl)
         self.relu = nn.ReLU()
+        # Eval mode with our kernels: the whole unit as one op (every conv and BatchNorm fused,
+        # the symmetric pools), so no shuffle copy, Add, Concat or executor step sits between the
+        # convs.
+        self.whole_unit = [size for _, size in self.branch_main_1.groups] == [3] and \
+            [size for _, size in self.branch_main_2.groups] == [2, 2] and \
+            (stride == 1 or self.branch_proj.fast)
+        if self.whole_unit:
+            self.unit_op = cpu_kernels.shufflenet_v1_unit_op(stride, shuffle_order)
 
     def construct(self, x):
+        if self.whole_unit and self.branch_main_1.fusing and not self.training and \
+                x.dtype == ms.float32:
+            tensors = self.branch_main_1.conv_bn_tensors() + self.branch_main_2.conv_bn_tensors()
+            return self.unit_op(x, *tensors, self.branch_main_1[1].eps_tensor)
         y = self.branch_main_2(self.shuffle(self.branch_main_1(x)))
         if self.stride == 1:
             return self.relu(x + y)
