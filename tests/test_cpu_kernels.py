@@ -276,6 +276,39 @@ def test_whole_shufflenet_v1_unit_equals_its_layers(kernels, stride, in_channels
 
 
 @pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
+@pytest.mark.parametrize("kernels, stride, activation, batch, size",
+                         [(build, *case) for build in BUILDS
+                          for case in ((1, "relu", 3, (9, 9)), (2, "relu6", 1, (8, 10)),
+                                       (1, "relu6", 1, (30, 7)), (2, "relu", 3, (9, 9)))],
+                         indirect=["kernels"])
+def test_whole_separable_block_equals_its_layers(kernels, stride, activation, batch, size,
+                                                 mode):
+    """In eval mode a MobileNetV1 block (3x3 depthwise + BN + act, 1x1 + BN + act) runs as one
+    kernel, a band of rows at a time (30 rows: several bands an image), equal to its layers on
+    MindSpore's operators; training runs the layers."""
+    from src.models.mobilenet_v1 import ACTIVATIONS, SeparableBlock
+    ms.set_context(mode=mode)
+    act = ACTIVATIONS[activation]
+    block, reference = [SeparableBlock(10, 6, stride, act, impl) for impl in ("ours", "mindspore")]
+    randomize_weights(block)
+    block[3].weight.set_data(block[3].weight * 20)  # outputs past 6, so ReLU6 clips there too
+    assert block.whole_block and not reference.whole_block
+    assert not ms.load_param_into_net(reference, block.parameters_dict())[0]
+    block.set_train(False)
+    reference.set_train(False)
+    x = ms.Tensor((np.random.RandomState(batch).randn(batch, 10, *size) * 12).astype(np.float32))
+    got, expected = block(x).asnumpy(), reference(x).asnumpy()
+    assert got.shape == expected.shape == (batch, 6, *[(s - 1) // stride + 1 for s in size])
+    assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+    assert (expected == 0).any() and (activation != "relu6" or (expected == 6).any())
+    if mode == ms.PYNATIVE_MODE:  # training: the layers one by one, batch statistics
+        block.set_train(True)
+        reference.set_train(True)
+        assert np.abs(block(x).asnumpy() - reference(x).asnumpy()).max() <= \
+            1e-4 * np.abs(expected).max()
+
+
+@pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
 @pytest.mark.parametrize("kind", ["max", "avg", "global"])
 @pytest.mark.parametrize("batch, size", [(3, (9, 9)), (1, (8, 10)), (2, (1, 2))])
 def test_eval_mode_pools_equal_mindspores(kind, batch, size, mode):

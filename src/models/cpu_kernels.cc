@@ -684,7 +684,8 @@ int pool_entry(int nparam, void **params, int64_t **shapes, const char **dtypes)
 // proj = 3x3 depthwise (stride 2) + BN -> 1x1 + BN + ReLU.
 
 // Scratch of ``count`` floats, kept per thread and slot between calls (the units' intermediate
-// tensors: a fresh allocation each call would fault its pages in again).
+// tensors, a separable block's band on each OpenMP thread: a fresh allocation each call would
+// fault its pages in again).
 float *scratch(int slot, int64_t count) {
   thread_local std::vector<float> buffers[2];
   std::vector<float> &buffer = buffers[slot];
@@ -824,6 +825,70 @@ int shufflenet_v1_unit(int nparam, void **params, int64_t **shapes, const char *
   for (int64_t p = 0; p < n * c; ++p) {
     float *__restrict plane = y + (p / c * ys[1] + p % c) * ho * wo;
     for (int64_t i = 0; i < ho * wo; ++i) plane[i] = std::max(plane[i], 0.0f);
+  }
+  return 0;
+}
+
+// ---------------------------------------------------------------- MobileNetV1 blocks (inference)
+// A separable block (3x3 depthwise + BN + act, then 1x1 + BN + act, mobilenet_v1.py's
+// SeparableBlock) as one op, a band of output rows of one image at a time: the band's depthwise
+// outputs, every channel, stay in this thread's cache (at most 512 KB) until the 1x1's GEMM
+// reads them, instead of going to memory and back (about 260 MB a batch of 32 at 224 x 224).
+// Params: x, then (weight, gamma, beta, moving mean, moving variance) of the depthwise and of
+// the 1x1 conv; eps (1,); y.
+template <int S, Activation A>
+int separable_block(int nparam, void **params, int64_t **shapes, const char **dtypes) {
+  if (nparam != 13 || !all_float32(nparam, dtypes)) return 1;
+  const int64_t *xs = shapes[0], *wd = shapes[1], *wp = shapes[6], *ys = shapes[12];
+  const int64_t n = xs[0], c = xs[1], h = xs[2], w = xs[3];
+  const int64_t ho = (h - 1) / S + 1, wo = (w - 1) / S + 1, cout = wp[0];
+  if (wd[0] != c || wd[1] != 1 || wd[2] != 3 || wd[3] != 3 || wp[1] != c || ys[0] != n ||
+      ys[1] != cout || ys[2] != ho || ys[3] != wo)
+    return 2;
+  const float eps = *tensor(params, 11);
+  const BatchNormActivation depthwise_bn(c, tensor(params, 2), tensor(params, 3),
+                                         tensor(params, 4), tensor(params, 5), eps, A);
+  const BatchNormActivation pointwise_bn(cout, tensor(params, 7), tensor(params, 8),
+                                         tensor(params, 9), tensor(params, 10), eps, A);
+  const float *x = tensor(params, 0), *wdw = tensor(params, 1), *wpw = tensor(params, 6);
+  float *y = tensor(params, 12);
+  const DepthwiseShape d{n, c, h, w, ho, wo, 3, 1};
+  // Rows a band: its depthwise outputs within 512 KB (every row of the networks' 14x14 and 7x7
+  // planes); a small batch is cut into a multiple of the threads' count of bands (3 bands on 2
+  // threads took as long as 4).
+  const int64_t target = std::max<int64_t>(64, 131072 / c);
+  int64_t rows = std::min(ho, (target + wo - 1) / wo);
+  if (n * ((ho + rows - 1) / rows) < 4 * threads()) {
+    const int64_t wanted = (n * ((ho + rows - 1) / rows) + threads() - 1) / threads() * threads();
+    const int64_t per_image = (wanted + n - 1) / n;
+    rows = std::max<int64_t>(1, (ho + per_image - 1) / per_image);
+  }
+  const int64_t bands = (ho + rows - 1) / rows, plane = ho * wo;
+  const std::vector<float> zeros(static_cast<size_t>(w), 0.0f);
+#pragma omp parallel num_threads(threads())
+  {
+    float *band = scratch(0, c * rows * wo);  // this thread's, kept between calls
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < n * bands; ++t) {
+      const int64_t b = t / bands, first = t % bands * rows;
+      const int64_t count = (std::min(ho, first + rows) - first) * wo;
+      for (int64_t ch = 0; ch < c; ++ch) {
+        const float *xp = x + (b * c + ch) * h * w;
+        float *out = band + ch * count;
+        for (int64_t oh = first; oh < first + count / wo; ++oh) {
+          const float *in[3];
+          for (int64_t kh = 0; kh < 3; ++kh) {
+            const int64_t ih = oh * S - 1 + kh;
+            in[kh] = ih >= 0 && ih < h ? xp + ih * w : zeros.data();
+          }
+          depthwise3x3_row<S>(d, in, wdw + ch * 9, out + (oh - first) * wo);
+        }
+        depthwise_bn(ch, out, count);
+      }
+      float *image = y + b * cout * plane + first * wo;
+      sgemm('N', 'N', cout, count, c, wpw, c, band, count, 0.0f, image, plane);
+      for (int64_t co = 0; co < cout; ++co) pointwise_bn(co, image + co * plane, count);
+    }
   }
   return 0;
 }
@@ -982,6 +1047,10 @@ int ShuffleNetV1UnitS1(AOT_ARGS) { return shufflenet_v1_unit<1, true>(PASS); }
 int ShuffleNetV1UnitS2(AOT_ARGS) { return shufflenet_v1_unit<2, true>(PASS); }
 int ShuffleNetV1UnitS1Megvii(AOT_ARGS) { return shufflenet_v1_unit<1, false>(PASS); }
 int ShuffleNetV1UnitS2Megvii(AOT_ARGS) { return shufflenet_v1_unit<2, false>(PASS); }
+int SeparableS1BNReLU(AOT_ARGS) { return separable_block<1, Activation::kReLU>(PASS); }
+int SeparableS2BNReLU(AOT_ARGS) { return separable_block<2, Activation::kReLU>(PASS); }
+int SeparableS1BNReLU6(AOT_ARGS) { return separable_block<1, Activation::kReLU6>(PASS); }
+int SeparableS2BNReLU6(AOT_ARGS) { return separable_block<2, Activation::kReLU6>(PASS); }
 int GlobalMean(AOT_ARGS) {  // x (N, C, H, W) -> y (N, C)
   if (nparam != 2 || !all_float32(nparam, dtypes)) return 1;
   const int64_t *xs = shapes[0];

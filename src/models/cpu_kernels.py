@@ -180,6 +180,18 @@ def shufflenet_v1_unit_op(stride: int, shuffle_order: str):
     return _op(f"ShuffleNetV1UnitS{stride}{order}", out_shape)
 
 
+def separable_block_op(stride: int, activation: str):
+    """(x, then weight, gamma, beta, moving mean, moving variance of a 3x3 depthwise conv and of
+    the 1x1 conv after it; eps (1,)) -> act(BN(1x1(act(BN(depthwise(x)))))) with ``activation``
+    "relu" or "relu6", in eval mode, as one op (cpu_kernels.cc's separable_block). Forward only.
+    Call only when ``library()`` is not None."""
+    if stride not in STRIDES:
+        raise ValueError(f"a separable block has stride {STRIDES}, not {stride}")
+    return _op(f"SeparableS{stride}BN{ACTIVATIONS[activation]}",
+               lambda x, *tensors: [x[0], tensors[5][0], (x[2] - 1) // stride + 1,
+                                    (x[3] - 1) // stride + 1])
+
+
 def pool_op(kind: str):
     """x (N, C, H, W) -> the 3x3 stride-2 ``kind`` ("max" or "avg") pool of x padded with one
     row and column of zeros on each side (the average counts them). Forward only (eval mode).

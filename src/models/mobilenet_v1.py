@@ -1,7 +1,9 @@
 """MobileNetV1 (arXiv 1704.04861) in MindCV's layout: width 0.25, 0.5, 0.75, 1.0."""
+import mindspore as ms
 from mindspore import nn
 from mindspore.common import initializer as init
 
+from . import cpu_kernels
 from .layers import (FusedSequence, GlobalAvgPool, batch_norm, conv1x1, conv3x3,
                      depthwise_conv)
 from .weights import mindcv, timm
@@ -38,14 +40,27 @@ def stem_and_head(alpha: float) -> tuple:
     return int(32 * alpha), int(BLOCKS[-1][0] * alpha)
 
 
-def separable_block(in_channels, out_channels, stride, act, conv_impl) -> FusedSequence:
-    """3x3 depthwise + BN + act, then 1x1 pointwise + BN + act."""
-    return FusedSequence([
-        depthwise_conv(in_channels, 3, stride, conv_impl), batch_norm(in_channels, conv_impl),
-        act(),
-        conv1x1(in_channels, out_channels, impl=conv_impl), batch_norm(out_channels, conv_impl),
-        act(),
-    ])
+class SeparableBlock(FusedSequence):
+    """3x3 depthwise + BN + act, then 1x1 pointwise + BN + act (a FusedSequence: the same
+    children and parameter names). In eval mode with our kernels the whole block is one op
+    (cpu_kernels.separable_block_op), a band of rows at a time."""
+
+    def __init__(self, in_channels, out_channels, stride, act, conv_impl):
+        super().__init__([
+            depthwise_conv(in_channels, 3, stride, conv_impl),
+            batch_norm(in_channels, conv_impl), act(),
+            conv1x1(in_channels, out_channels, impl=conv_impl),
+            batch_norm(out_channels, conv_impl), act(),
+        ])
+        self.whole_block = [size for _, size in self.groups] == [3, 3]
+        if self.whole_block:
+            self.block_op = cpu_kernels.separable_block_op(
+                stride, "relu6" if act is nn.ReLU6 else "relu")
+
+    def construct(self, x):
+        if self.whole_block and self.fusing and not self.training and x.dtype == ms.float32:
+            return self.block_op(x, *self.conv_bn_tensors(), self.cell_list[1].eps_tensor)
+        return super().construct(x)
 
 
 class MobileNetV1(nn.Cell):
@@ -64,7 +79,7 @@ class MobileNetV1(nn.Cell):
         c = int(32 * alpha)
         layers = [conv3x3(in_channels, c, 2, conv_impl), batch_norm(c, conv_impl), act()]
         for out, stride in BLOCKS:
-            layers.append(separable_block(c, int(out * alpha), stride, act, conv_impl))
+            layers.append(SeparableBlock(c, int(out * alpha), stride, act, conv_impl))
             c = int(out * alpha)
         self.features = FusedSequence(layers)
         self.pool = GlobalAvgPool(conv_impl)
