@@ -334,6 +334,27 @@ def test_eval_mode_pools_equal_mindspores(kind, batch, size, mode):
             1e-6 * max(1.0, np.abs(expected).max())
 
 
+@pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
+@pytest.mark.parametrize("kernels, bias, batch",
+                         [(build, bias, batch) for build in BUILDS for bias in (True, False)
+                          for batch in (1, 3)], indirect=["kernels"])
+def test_eval_mode_classifier_equals_dense(kernels, bias, batch, mode):
+    """The networks' classifier in eval mode (our kernel, its 1000 outputs cut among the
+    threads) gives nn.Dense's output with the same parameters; training is nn.Dense's."""
+    from src.models.layers import Classifier
+    ms.set_context(mode=mode)
+    fast, standard = [Classifier(40, 1000, bias, impl) for impl in ("ours", "mindspore")]
+    randomize_weights(fast)
+    assert fast.fast and not standard.fast
+    assert not ms.load_param_into_net(standard, fast.parameters_dict())[0]
+    x = ms.Tensor(np.random.RandomState(batch).randn(batch, 40).astype(np.float32))
+    fast.set_train(False)
+    standard.set_train(False)
+    got, expected = fast(x).asnumpy(), standard(x).asnumpy()
+    assert got.shape == expected.shape == (batch, 1000)
+    assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
 @pytest.mark.parametrize("group", [2, 3, 8])
 def test_split_grouped_conv_equals_native(group):
     rng = np.random.RandomState(group)

@@ -192,6 +192,13 @@ def separable_block_op(stride: int, activation: str):
                                     (x[3] - 1) // stride + 1])
 
 
+def fully_connected_op(bias: bool):
+    """(x (N, K), weight (M, K)[, bias (M,)]) -> x weight^T (+ bias), (N, M): ``nn.Dense``'s
+    forward. Forward only (eval mode). Call only when ``library()`` is not None."""
+    return _op("FullyConnectedBias" if bias else "FullyConnected",
+               lambda x, w, *_: [x[0], w[0]])
+
+
 def pool_op(kind: str):
     """x (N, C, H, W) -> the 3x3 stride-2 ``kind`` ("max" or "avg") pool of x padded with one
     row and column of zeros on each side (the average counts them). Forward only (eval mode).

@@ -4,7 +4,7 @@ from mindspore import nn
 from mindspore.common import initializer as init
 
 from . import cpu_kernels
-from .layers import (FusedSequence, GlobalAvgPool, batch_norm, conv1x1, conv3x3,
+from .layers import (Classifier, FusedSequence, GlobalAvgPool, batch_norm, conv1x1, conv3x3,
                      depthwise_conv)
 from .weights import mindcv, timm
 
@@ -83,7 +83,7 @@ class MobileNetV1(nn.Cell):
             c = int(out * alpha)
         self.features = FusedSequence(layers)
         self.pool = GlobalAvgPool(conv_impl)
-        self.classifier = nn.Dense(c, num_classes, has_bias=True)
+        self.classifier = Classifier(c, num_classes, True, conv_impl)
         for _, cell in self.cells_and_names():
             if isinstance(cell, nn.Conv2d):
                 cell.weight.set_data(init.initializer(init.XavierUniform(), cell.weight.shape,

@@ -7,8 +7,8 @@ from mindspore import nn, ops
 from mindspore.common import initializer as init
 
 from . import cpu_kernels
-from .layers import (ChannelShuffle, FusedSequence, GlobalAvgPool, avg_pool_3x3_s2, batch_norm,
-                     conv1x1, conv3x3, depthwise_conv, max_pool_3x3_s2)
+from .layers import (ChannelShuffle, Classifier, FusedSequence, GlobalAvgPool, avg_pool_3x3_s2,
+                     batch_norm, conv1x1, conv3x3, depthwise_conv, max_pool_3x3_s2)
 from .weights import megvii, mindcv
 
 STAGE_REPEATS = (4, 8, 4)
@@ -144,7 +144,7 @@ class ShuffleNetV1(nn.Cell):
                 c_in = c_out
         self.features = nn.SequentialCell(blocks)
         self.global_pool = GlobalAvgPool(conv_impl)
-        self.classifier = nn.Dense(c_in, num_classes, has_bias=False)
+        self.classifier = Classifier(c_in, num_classes, False, conv_impl)
         init_shufflenet_weights(self)
 
     def construct(self, x):

@@ -4,8 +4,8 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from . import cpu_kernels
-from .layers import (ChannelShuffle, FusedSequence, GlobalAvgPool, batch_norm, conv1x1, conv3x3,
-                     depthwise_conv, max_pool_3x3_s2)
+from .layers import (ChannelShuffle, Classifier, FusedSequence, GlobalAvgPool, batch_norm,
+                     conv1x1, conv3x3, depthwise_conv, max_pool_3x3_s2)
 from .shufflenet_v1 import init_shufflenet_weights
 from .weights import megvii, mindcv, torchvision
 
@@ -143,7 +143,7 @@ class ShuffleNetV2(nn.Cell):
         self.conv_last = FusedSequence([conv1x1(c_in, c5, impl=conv_impl),
                                             batch_norm(c5, conv_impl), nn.ReLU()])
         self.pool = GlobalAvgPool(conv_impl)
-        self.classifier = nn.Dense(c5, num_classes, has_bias=layout == "torchvision")
+        self.classifier = Classifier(c5, num_classes, layout == "torchvision", conv_impl)
         init_shufflenet_weights(self)
 
     def construct(self, x):
