@@ -209,6 +209,25 @@ def test_fused_inference_equals_conv_batchnorm_activation(kernels, kind, stride,
         assert (expected == 0).any() and (activation != "relu6" or (expected == 6).any())
 
 
+def check_whole_kernel(fast, reference, x, mode) -> tuple:
+    """``fast`` (a block our kernel runs whole in eval mode) against ``reference`` (the same
+    block on MindSpore's operators, ``fast``'s weights loaded): equal eval outputs (1e-5) and,
+    in PyNative, equal training outputs (the layers one by one, batch statistics; 1e-4).
+    Returns the eval outputs, ours then the reference's."""
+    assert not ms.load_param_into_net(reference, fast.parameters_dict())[0]
+    fast.set_train(False)
+    reference.set_train(False)
+    got, expected = fast(x).asnumpy(), reference(x).asnumpy()
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+    if mode == ms.PYNATIVE_MODE:  # a mode-free branch: checked once
+        fast.set_train(True)
+        reference.set_train(True)
+        assert np.abs(fast(x).asnumpy() - reference(x).asnumpy()).max() <= \
+            1e-4 * np.abs(expected).max()
+    return got, expected
+
+
 @pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
 @pytest.mark.parametrize("kernels, stride, in_channels, batch, size",
                          [(build, *case) for build in BUILDS
@@ -225,21 +244,12 @@ def test_whole_shufflenet_v2_unit_equals_its_layers(kernels, stride, in_channels
     unit = randomize_weights(ShuffleV2Block(in_channels, 12, stride, conv_impl="ours"))
     reference = ShuffleV2Block(in_channels, 12, stride, conv_impl="mindspore")
     assert unit.whole_unit and not reference.whole_unit
-    assert not ms.load_param_into_net(reference, unit.parameters_dict())[0]
-    unit.set_train(False)
-    reference.set_train(False)
     x = ms.Tensor(np.random.RandomState(batch).randn(batch, in_channels, *size)
                   .astype(np.float32))
-    got, expected = unit(x).asnumpy(), reference(x).asnumpy()
-    assert got.shape == expected.shape == (batch, 12, *[(s - 1) // stride + 1 for s in size])
-    assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+    got, _ = check_whole_kernel(unit, reference, x, mode)
+    assert got.shape == (batch, 12, *[(s - 1) // stride + 1 for s in size])
     if stride == 1:  # the even input channels come first, as they are
         assert np.array_equal(got[:, :in_channels // 2], x.asnumpy()[:, 0::2])
-    if mode == ms.PYNATIVE_MODE:  # training: the layers one by one, batch statistics
-        unit.set_train(True)
-        reference.set_train(True)
-        assert np.abs(unit(x).asnumpy() - reference(x).asnumpy()).max() <= \
-            1e-4 * np.abs(expected).max()
 
 
 @pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
@@ -259,20 +269,10 @@ def test_whole_shufflenet_v1_unit_equals_its_layers(kernels, stride, in_channels
                             shuffle_order=order, conv_impl=impl) for impl in ("ours", "mindspore")]
     unit, reference = randomize_weights(units[0]), units[1]
     assert unit.whole_unit and not reference.whole_unit
-    assert not ms.load_param_into_net(reference, unit.parameters_dict())[0]
-    unit.set_train(False)
-    reference.set_train(False)
     x = ms.Tensor(np.random.RandomState(batch).randn(batch, in_channels, 9, 10)
                   .astype(np.float32))
-    got, expected = unit(x).asnumpy(), reference(x).asnumpy()
-    assert got.shape == expected.shape
-    assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+    _, expected = check_whole_kernel(unit, reference, x, mode)
     assert (expected == 0).any()  # the ReLU clips
-    if mode == ms.PYNATIVE_MODE:  # training: the layers one by one, batch statistics
-        unit.set_train(True)
-        reference.set_train(True)
-        assert np.abs(unit(x).asnumpy() - reference(x).asnumpy()).max() <= \
-            1e-4 * np.abs(expected).max()
 
 
 @pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
@@ -293,19 +293,10 @@ def test_whole_separable_block_equals_its_layers(kernels, stride, activation, ba
     randomize_weights(block)
     block[3].weight.set_data(block[3].weight * 20)  # outputs past 6, so ReLU6 clips there too
     assert block.whole_block and not reference.whole_block
-    assert not ms.load_param_into_net(reference, block.parameters_dict())[0]
-    block.set_train(False)
-    reference.set_train(False)
     x = ms.Tensor((np.random.RandomState(batch).randn(batch, 10, *size) * 12).astype(np.float32))
-    got, expected = block(x).asnumpy(), reference(x).asnumpy()
-    assert got.shape == expected.shape == (batch, 6, *[(s - 1) // stride + 1 for s in size])
-    assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+    _, expected = check_whole_kernel(block, reference, x, mode)
+    assert expected.shape == (batch, 6, *[(s - 1) // stride + 1 for s in size])
     assert (expected == 0).any() and (activation != "relu6" or (expected == 6).any())
-    if mode == ms.PYNATIVE_MODE:  # training: the layers one by one, batch statistics
-        block.set_train(True)
-        reference.set_train(True)
-        assert np.abs(block(x).asnumpy() - reference(x).asnumpy()).max() <= \
-            1e-4 * np.abs(expected).max()
 
 
 @pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
