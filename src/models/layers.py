@@ -234,7 +234,8 @@ class FusedSequence(nn.SequentialCell):
 
     def conv_bn_tensors(self) -> tuple:
         """(weight, gamma, beta, moving mean, moving variance) of each fused conv -> BatchNorm,
-        in order, flat: what a whole-unit kernel (cpu_kernels.shufflenet_v2_unit_op) takes."""
+        in order, flat: what the whole-unit and whole-block kernels take (cpu_kernels'
+        shufflenet_v2_unit_op, shufflenet_v1_unit_op, separable_block_op)."""
         tensors = ()
         for start, size in self.groups:
             if size > 1:
