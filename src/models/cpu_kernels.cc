@@ -71,6 +71,12 @@ struct BatchNormActivation {
     }
   }
 
+  // The BatchNorm whose gamma, beta, moving mean and moving variance are params[at] .. at + 3
+  // (an aot kernel's inputs).
+  BatchNormActivation(void **params, int64_t **shapes, int at, float eps, Activation a)
+      : BatchNormActivation(shapes[at][0], tensor(params, at), tensor(params, at + 1),
+                            tensor(params, at + 2), tensor(params, at + 3), eps, a) {}
+
   // The ``count`` outputs at y, all of output channel c.
   void operator()(int64_t c, float *__restrict y, int64_t count) const {
     const float a = scale[c], b = shift[c];
@@ -140,6 +146,21 @@ inline void depthwise3x3_row(const DepthwiseShape &d, const float *const rows[3]
   for (int64_t ow = inner; ow < d.wo; ++ow) edge(ow);
 }
 
+// Output rows [first, last) of one plane of the 3x3 depthwise conv (padding 1) into ``out``,
+// ``zeros`` standing for a padded input row (d.w floats).
+template <int S>
+void depthwise3x3_rows(const DepthwiseShape &d, const float *xp, const float *wp, int64_t first,
+                       int64_t last, const float *zeros, float *out) {
+  for (int64_t oh = first; oh < last; ++oh) {
+    const float *rows[3];
+    for (int64_t kh = 0; kh < 3; ++kh) {
+      const int64_t ih = oh * S - 1 + kh;
+      rows[kh] = ih >= 0 && ih < d.h ? xp + ih * d.w : zeros;
+    }
+    depthwise3x3_row<S>(d, rows, wp, out + (oh - first) * d.wo);
+  }
+}
+
 // ``source``: channel c reads input channel source[c] (a channel shuffle applied on the way
 // in, ShuffleNetV1's units); nullptr reads channel c.
 template <int S, typename Epilogue>
@@ -153,16 +174,9 @@ void depthwise_forward(const DepthwiseShape &d, const float *x, const float *wt,
     const std::vector<float> zeros(static_cast<size_t>(d.w), 0.0f);
 #pragma omp parallel for schedule(static) num_threads(threads())
     for (int64_t p = 0; p < d.n * d.channels; ++p) {
-      const float *xp = input_plane(p);
       float *yp = y + p * d.ho * d.wo;
-      for (int64_t oh = 0; oh < d.ho; ++oh) {
-        const float *rows[3];
-        for (int64_t kh = 0; kh < 3; ++kh) {
-          const int64_t ih = oh * S - 1 + kh;
-          rows[kh] = ih >= 0 && ih < d.h ? xp + ih * d.w : zeros.data();
-        }
-        depthwise3x3_row<S>(d, rows, wt + (p % d.channels) * 9, yp + oh * d.wo);
-      }
+      depthwise3x3_rows<S>(d, input_plane(p), wt + (p % d.channels) * 9, 0, d.ho, zeros.data(),
+                           yp);
       epilogue(p % d.channels, yp, d.ho * d.wo);  // while the plane is in cache
     }
     return;
@@ -617,16 +631,19 @@ void batch_norm_grad(int64_t n, int64_t c, int64_t hw, const float *dy, const fl
 // By rows, with no edge cases: each output row's three input rows (one or two at the top and
 // bottom, the padded row a zero) reduced column by column into ``line`` between two zeros (the
 // padded columns), then every output column from three neighbours of ``line``.
+// x (n, c, h, w) -> channels [0, c) of y (n, out_channels, ho, wo), each output at least ``low``
+// (-INFINITY: as pooled; 0: ShuffleNetV1's ReLU after its stride-2 shortcut).
 template <bool Max>
-void pool3x3s2(int64_t planes, int64_t h, int64_t w, int64_t ho, int64_t wo, const float *x,
-               float *y) {
+void pool3x3s2(int64_t n, int64_t c, int64_t h, int64_t w, int64_t ho, int64_t wo,
+               const float *x, float *y, int64_t out_channels, float low) {
+  const int64_t planes = n * c;
 #pragma omp parallel num_threads(threads())
   {
     std::vector<float> line(static_cast<size_t>(w + 2), 0.0f);
 #pragma omp for schedule(static)
     for (int64_t p = 0; p < planes; ++p) {
       const float *xp = x + p * h * w;
-      float *yp = y + p * ho * wo;
+      float *yp = y + (p / c * out_channels + p % c) * ho * wo;
       for (int64_t oh = 0; oh < ho; ++oh) {
         const int64_t top = 2 * oh - 1;
         const int64_t first = std::max<int64_t>(top, 0), last = std::min<int64_t>(top + 2, h - 1);
@@ -645,9 +662,12 @@ void pool3x3s2(int64_t planes, int64_t h, int64_t w, int64_t ho, int64_t wo, con
         const float *__restrict l = line.data();
         float *__restrict out = yp + oh * wo;
 #pragma omp simd
-        for (int64_t ow = 0; ow < wo; ++ow)  // line[2 ow] is input column 2 ow - 1
-          out[ow] = Max ? std::max(std::max(l[2 * ow], l[2 * ow + 1]), l[2 * ow + 2])
-                        : (l[2 * ow] + l[2 * ow + 1] + l[2 * ow + 2]) * (1.0f / 9.0f);
+        for (int64_t ow = 0; ow < wo; ++ow) {  // line[2 ow] is input column 2 ow - 1
+          const float left = l[2 * ow], middle = l[2 * ow + 1], right = l[2 * ow + 2];
+          const float pooled = Max ? std::max(std::max(left, middle), right)
+                                   : (left + middle + right) * (1.0f / 9.0f);
+          out[ow] = std::max(low, pooled);
+        }
       }
     }
   }
@@ -670,7 +690,8 @@ int pool_entry(int nparam, void **params, int64_t **shapes, const char **dtypes)
   if (nparam != 2 || !all_float32(nparam, dtypes)) return 1;
   const int64_t *xs = shapes[0], *ys = shapes[1];
   if (ys[2] != (xs[2] - 1) / 2 + 1 || ys[3] != (xs[3] - 1) / 2 + 1) return 2;
-  pool3x3s2<Max>(xs[0] * xs[1], xs[2], xs[3], ys[2], ys[3], tensor(params, 0), tensor(params, 1));
+  pool3x3s2<Max>(xs[0], xs[1], xs[2], xs[3], ys[2], ys[3], tensor(params, 0), tensor(params, 1),
+                 xs[1], -INFINITY);
   return 0;
 }
 
@@ -703,12 +724,9 @@ int shufflenet_v2_unit(int nparam, void **params, int64_t **shapes, const char *
   const int64_t n = xs[0], c = xs[1], h = xs[2], w = xs[3];
   const int64_t ho = (h - 1) / S + 1, wo = (w - 1) / S + 1;
   const auto conv = [&](int i, Activation act) {  // the epilogue of conv i, and its weight
-    const int64_t channels = shapes[1 + 5 * i][0];
-    return std::make_pair(
-        BatchNormActivation(channels, tensor(params, 2 + 5 * i), tensor(params, 3 + 5 * i),
-                            tensor(params, 4 + 5 * i), tensor(params, 5 + 5 * i),
-                            *tensor(params, eps_at), act),
-        tensor(params, 1 + 5 * i));
+    return std::make_pair(BatchNormActivation(params, shapes, 2 + 5 * i, *tensor(params, eps_at),
+                                              act),
+                          tensor(params, 1 + 5 * i));
   };
   const int64_t *w1 = shapes[1], *wd = shapes[6], *w3 = shapes[11];
   const int64_t mid = w1[0], main_in = w1[1], main_out = w3[0];
@@ -800,9 +818,7 @@ int shufflenet_v1_unit(int nparam, void **params, int64_t **shapes, const char *
   if (!fits) return 2;
   const float eps = *tensor(params, eps_at);
   const auto bn = [&](int i, Activation act) {
-    return BatchNormActivation(shapes[1 + 5 * i][0], tensor(params, 2 + 5 * i),
-                               tensor(params, 3 + 5 * i), tensor(params, 4 + 5 * i),
-                               tensor(params, 5 + 5 * i), eps, act);
+    return BatchNormActivation(params, shapes, 2 + 5 * i, eps, act);
   };
   const float *x = tensor(params, 0);
   float *y = tensor(params, eps_at + 1);
@@ -820,13 +836,8 @@ int shufflenet_v1_unit(int nparam, void **params, int64_t **shapes, const char *
   }
   conv1x1_forward(second, spatial, tensor(params, 11), y, bn(2, Activation::kReLU),
                   ChannelView{}, ChannelView{ys[1], passed, 1});
-  for (int64_t b = 0; b < n; ++b)  // the shortcut: x's average pool, ReLU'd, first
-    pool3x3s2<false>(c, h, w, ho, wo, x + b * c * h * w, y + b * ys[1] * ho * wo);
-#pragma omp parallel for schedule(static) num_threads(threads())
-  for (int64_t p = 0; p < n * c; ++p) {
-    float *__restrict plane = y + (p / c * ys[1] + p % c) * ho * wo;
-    for (int64_t i = 0; i < ho * wo; ++i) plane[i] = std::max(plane[i], 0.0f);
-  }
+  // the shortcut first: x's average pool, ReLU'd
+  pool3x3s2<false>(n, c, h, w, ho, wo, x, y, ys[1], 0.0f);
   return 0;
 }
 
@@ -847,10 +858,8 @@ int separable_block(int nparam, void **params, int64_t **shapes, const char **dt
       ys[1] != cout || ys[2] != ho || ys[3] != wo)
     return 2;
   const float eps = *tensor(params, 11);
-  const BatchNormActivation depthwise_bn(c, tensor(params, 2), tensor(params, 3),
-                                         tensor(params, 4), tensor(params, 5), eps, A);
-  const BatchNormActivation pointwise_bn(cout, tensor(params, 7), tensor(params, 8),
-                                         tensor(params, 9), tensor(params, 10), eps, A);
+  const BatchNormActivation depthwise_bn(params, shapes, 2, eps, A);
+  const BatchNormActivation pointwise_bn(params, shapes, 7, eps, A);
   const float *x = tensor(params, 0), *wdw = tensor(params, 1), *wpw = tensor(params, 6);
   float *y = tensor(params, 12);
   const DepthwiseShape d{n, c, h, w, ho, wo, 3, 1};
@@ -874,16 +883,9 @@ int separable_block(int nparam, void **params, int64_t **shapes, const char **dt
       const int64_t b = t / bands, first = t % bands * rows;
       const int64_t count = (std::min(ho, first + rows) - first) * wo;
       for (int64_t ch = 0; ch < c; ++ch) {
-        const float *xp = x + (b * c + ch) * h * w;
         float *out = band + ch * count;
-        for (int64_t oh = first; oh < first + count / wo; ++oh) {
-          const float *in[3];
-          for (int64_t kh = 0; kh < 3; ++kh) {
-            const int64_t ih = oh * S - 1 + kh;
-            in[kh] = ih >= 0 && ih < h ? xp + ih * w : zeros.data();
-          }
-          depthwise3x3_row<S>(d, in, wdw + ch * 9, out + (oh - first) * wo);
-        }
+        depthwise3x3_rows<S>(d, x + (b * c + ch) * h * w, wdw + ch * 9, first,
+                             first + count / wo, zeros.data(), out);
         depthwise_bn(ch, out, count);
       }
       float *image = y + b * cout * plane + first * wo;
@@ -1013,8 +1015,7 @@ int inference_entry(int nparam, void **params, int64_t **shapes, const char **dt
   if (nparam != 8 || !all_float32(nparam, dtypes)) return 1;
   const auto shape = Kernel::shape(shapes[0], shapes[1], shapes[7]);
   if (!shape.valid() || shapes[2][0] != shapes[7][1]) return 2;
-  const BatchNormActivation epilogue(shapes[2][0], tensor(params, 2), tensor(params, 3),
-                                     tensor(params, 4), tensor(params, 5), *tensor(params, 6), A);
+  const BatchNormActivation epilogue(params, shapes, 2, *tensor(params, 6), A);
   Kernel::forward(shape, tensor(params, 0), tensor(params, 1), tensor(params, 7), epilogue);
   return 0;
 }
