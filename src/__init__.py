@@ -10,6 +10,10 @@ Importing it sets two environment variables before MindSpore loads (every entry 
   took 706 ms a step with OpenMP's default wait policy and 509 ms with PASSIVE. libgomp reads the
   policy once, when MindSpore's import loads it. ZOO_OMP_WAIT_POLICY_SET marks ours, for
   processes that run PyTorch.
+
+``from src import create_network, list_networks`` is the Python API (src/pretrained.py's
+``create_network`` takes ``pretrained=TAG``); they are imported on first use, so ``import src``
+stays light for the entry points' argument checks.
 """
 import os
 import sys
@@ -19,3 +23,13 @@ if "GLOG_v" not in os.environ and "--debug" not in sys.argv:
 if "OMP_WAIT_POLICY" not in os.environ:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     os.environ["ZOO_OMP_WAIT_POLICY_SET"] = "1"
+
+
+def __getattr__(name):  # PEP 562: the Python API, imported when first asked for
+    if name == "create_network":
+        from src.pretrained import create_network
+        return create_network
+    if name == "list_networks":
+        from src.models import list_networks
+        return list_networks
+    raise AttributeError(f"module 'src' has no attribute {name!r}")

@@ -207,6 +207,17 @@ def checkpoint_of(config) -> str:
     return config.checkpoint_path
 
 
+def create_network(name: str, num_classes: int = None, pretrained: str = "", **kwargs):
+    """The network ``name``: with ``pretrained`` (a tag of published weights: mindcv,
+    torchvision, timm, megvii; or a checkpoint) its weights, downloaded, verified and cached,
+    in the layout they need and with their classes unless ``num_classes`` says otherwise;
+    without, random weights (src.models' builder). ``kwargs``: the family's options."""
+    if pretrained:
+        return pretrained_network(name, pretrained, num_classes, **kwargs)
+    from src.models import create_network as build
+    return build(name, num_classes, **kwargs)
+
+
 def pretrained_network(name: str, pretrained: str, num_classes=None, **kwargs):
     """``name`` with the weights ``pretrained`` names (a tag or a checkpoint), in the layout they
     were trained with. ``num_classes``: None keeps the weights' classes; 1000 from MindCV's

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from src.checkpoint import read_checkpoint
-from src.models import create_network
+from src import create_network
 from src.models.weights import PublishedWeights, mindcv, torchvision
 from tests.helpers import RESULT, randomize_weights, write_image_folder
 

@@ -55,19 +55,21 @@ def stem_and_head(name: str) -> tuple:
     return family.stem_and_head(**args)
 
 
-def create_network(name: str, num_classes: int = None, pretrained: str = "", **kwargs):
-    """Build the network ``name`` with ``num_classes`` outputs (default 1000).
+def create_network(name: str, num_classes: int = None, **kwargs):
+    """Build the network ``name`` with ``num_classes`` outputs (default 1000), random weights
+    (MindCV's initialisation).
 
     ``kwargs`` are the family's options (``pool_pad``, ``shuffle_order``, ``conv_impl``,
-    ``activation``, ``in_channels``). ``pretrained``: a tag of published weights (mindcv,
-    torchvision, timm: downloaded, verified and cached by src/pretrained.py) or a checkpoint,
-    loaded into the network in the layout they need, with their classes unless ``num_classes``
-    says otherwise. An unknown name raises ValueError with close matches.
+    ``activation``, ``in_channels``). An unknown name raises ValueError with close matches.
+    This layer knows nothing of weights files: ``src.create_network(name, pretrained=TAG)``
+    (src/pretrained.py) builds through here and loads a source's published weights.
     """
     _check_name(name)
-    if pretrained:
-        from src.pretrained import pretrained_network  # the downloader sits above the models
-        return pretrained_network(name, pretrained, num_classes, **kwargs)
+    if kwargs.get("pretrained"):
+        raise ValueError("src.models builds networks with random weights; for published "
+                         "weights call src.create_network(name, pretrained=TAG) "
+                         "(from src import create_network)")
+    kwargs.pop("pretrained", None)
     num_classes = 1000 if num_classes is None else num_classes
     family, args = _REGISTRY[name]
     return family.build(num_classes=num_classes, **args, **kwargs)

@@ -1,0 +1,91 @@
+"""The import graph: src/models/ (the networks, the ground floor) imports nothing of src/ above
+it, and src/ has no import circle. Read from the source (every import statement, those inside
+functions too), so a late import cannot hide an arrow."""
+import ast
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SRC = os.path.join(ROOT, "src")
+
+
+def module_name(path: str, root: str = ROOT) -> str:
+    relative = os.path.relpath(path, root)[:-3].replace(os.sep, ".")
+    return relative[:-len(".__init__")] if relative.endswith(".__init__") else relative
+
+
+def imported_modules(path: str, root: str = ROOT) -> set:
+    """The src modules ``path`` imports, absolute names (``from . import x`` resolved)."""
+    name = module_name(path, root)
+    package = name if path.endswith("__init__.py") else name.rpartition(".")[0]
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), path)
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - (node.level - 1)]
+                stem = ".".join(base + ([node.module] if node.module else []))
+            else:
+                stem = node.module
+            found.add(stem)
+            found |= {f"{stem}.{alias.name}" for alias in node.names}  # from pkg import module
+    return {m for m in found if m == "src" or m.startswith("src.")}
+
+
+def python_files(folder: str) -> list:
+    return sorted(os.path.join(d, f) for d, _, names in os.walk(folder) for f in names
+                  if f.endswith(".py"))
+
+
+def src_modules() -> set:
+    return {module_name(p) for p in python_files(SRC)}
+
+
+@pytest.mark.parametrize("path", python_files(os.path.join(SRC, "models")),
+                         ids=lambda p: os.path.relpath(p, ROOT))
+def test_the_networks_import_nothing_above_them(path):
+    above = {m for m in imported_modules(path) & src_modules()
+             if m != "src" and not m.startswith("src.models")}
+    assert not above, f"{os.path.relpath(path, ROOT)} imports {sorted(above)}"
+
+
+def test_the_checker_sees_an_arrow_up(tmp_path):
+    """The check above would catch the arrow the registry had (a late import of the
+    downloader), relative or absolute."""
+    models = tmp_path / "src" / "models"
+    models.mkdir(parents=True)
+    planted = models / "registry.py"
+    planted.write_text("def f():\n    from ..pretrained import fetch\n    import src.convert\n")
+    assert {"src.pretrained", "src.convert"} <= imported_modules(str(planted), str(tmp_path))
+
+
+def test_src_has_no_import_circle():
+    modules = src_modules()
+    def ancestors(name):  # a module's packages, initialised before it: no arrow of its own
+        parts = name.split(".")
+        return {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+    # An arrow into a package is one into its __init__, held under the package's name.
+    graph = {module_name(p): (imported_modules(p) & modules) - ancestors(module_name(p))
+             for p in python_files(SRC)}
+    state, path = {}, []
+
+    def visit(node):
+        state[node] = "open"
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                raise AssertionError("import circle: " + " -> ".join(path[path.index(nxt):]
+                                                                      + [nxt]))
+            if nxt not in state:
+                visit(nxt)
+        path.pop()
+        state[node] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module)
