@@ -5,7 +5,7 @@ Importing it sets two environment variables before MindSpore loads (every entry 
 - ``GLOG_v=3``: MindSpore's own C++ log shows errors only. Its warnings (some 50 lines of
   "ANALYZER ... side effect nodes were eliminated" at each compile) say nothing a user can act
   on; ``--debug`` on any entry point, or ``GLOG_v=2`` (1 = info), shows them again.
-- ``OMP_WAIT_POLICY=PASSIVE``: our CPU kernels (src/models/cpu_kernels.cc) run on OpenMP threads.
+- ``OMP_WAIT_POLICY=PASSIVE``: our CPU kernels (src/models/kernels/) run on OpenMP threads.
   Spinning between kernels, they take the cores from MindSpore's own ops: ShuffleNetV2 training
   took 706 ms a step with OpenMP's default wait policy and 509 ms with PASSIVE. libgomp reads the
   policy once, when MindSpore's import loads it. ZOO_OMP_WAIT_POLICY_SET marks ours, for

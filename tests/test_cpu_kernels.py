@@ -1,4 +1,4 @@
-"""Our CPU kernels (src/models/cpu_kernels.cc) against MindSpore's nn.Conv2d with group= and
+"""Our CPU kernels (src/models/kernels/) against MindSpore's nn.Conv2d with group= and
 nn.BatchNorm2d: forward, input and weight gradients, every layer kind, stride 1 and 2, odd and
 even sizes; MindCV's weights with the kernels on and off; the fallback without a compiler."""
 import os

@@ -1,12 +1,13 @@
-"""Our CPU kernels (cpu_kernels.cc) as MindSpore ops with their gradients.
+"""Our CPU kernels (kernels/, one C++ file a kind) as MindSpore ops with their gradients.
 
 MindSpore 2.10's CPU depthwise conv is 12-40x slower than PyTorch's, its grouped conv up to
 100x, and its stem conv and BatchNorm were most of a training step once those were fixed
-(docs/PERFORMANCE.md). ``cpu_kernels.cc`` computes these layers with OpenMP, and the GEMMs of
-the 1x1 and dense convs with oneDNN's sgemm from the libdnnl that MindSpore ships (portable
-loops when a MindSpore build has none). It is compiled once per machine on first use, with
-``$CXX`` (default g++) and ``-march=native``, into ``$ZOO_KERNEL_DIR`` (default
-``~/.cache/mobile_cnn_zoo``), under a name hashed from the source, the flags and the CPU's
+(docs/PERFORMANCE.md). The files in ``kernels/`` (kernels.h lists them: depthwise, GEMM convs,
+BatchNorm, pools, whole units) compute these layers with OpenMP, and the GEMMs of the 1x1 and
+dense convs with oneDNN's sgemm from the libdnnl that MindSpore ships (portable loops when a
+MindSpore build has none). They are compiled into one library once per machine on first use,
+with ``$CXX`` (default g++) and ``-march=native``, into ``$ZOO_KERNEL_DIR`` (default
+``~/.cache/mobile_cnn_zoo``), under a name hashed from the sources, the flags and the CPU's
 features, so a changed source or another CPU builds anew. When it cannot be built,
 ``library()`` returns None, says why in one line, and the layers use MindSpore's operators.
 Each kernel uses ``$ZOO_KERNEL_THREADS`` threads, by default every core the process may use
@@ -22,10 +23,10 @@ import tempfile
 import mindspore as ms
 from mindspore import ops
 
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels.cc")
+KERNEL_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kernels")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-std=c++17", "-shared", "-fPIC")
 STRIDES = (1, 2)
-MAX_KERNEL = 7  # cpu_kernels.cc sums at most 64 taps per channel
+MAX_KERNEL = 7  # kernels/depthwise.cc sums at most 64 taps per channel
 _built = {}  # process-wide: the library path, or None once a build has failed
 
 
@@ -66,8 +67,12 @@ def _build():
     command = [compiler, *FLAGS]
     if dnnl:
         command += ["-DZOO_WITH_DNNL", f"-L{dnnl}", "-l:libdnnl.so.3", f"-Wl,-rpath,{dnnl}"]
-    with open(SOURCE, "rb") as src:
-        key = hashlib.sha256(src.read() + " ".join(command).encode() + _cpu_features().encode())
+    sources = sorted(os.path.join(KERNEL_DIR, name) for name in os.listdir(KERNEL_DIR)
+                     if name.endswith(".cc"))
+    key = hashlib.sha256(" ".join(command).encode() + _cpu_features().encode())
+    for name in sorted(os.listdir(KERNEL_DIR)):  # the sources and kernels.h
+        with open(os.path.join(KERNEL_DIR, name), "rb") as src:
+            key.update(name.encode() + b"\0" + src.read())
     folder = os.environ.get("ZOO_KERNEL_DIR") or os.path.join(
         os.path.expanduser("~"), ".cache", "mobile_cnn_zoo")
     path = os.path.join(folder, f"cpu_kernels-{key.hexdigest()[:16]}.so")
@@ -79,8 +84,8 @@ def _build():
         os.close(fd)
     except OSError as err:
         return None, f"cannot write to {folder}: {err.strerror}; set ZOO_KERNEL_DIR"
-    # Source and options first, libraries last (the linker resolves left to right).
-    command = command[:len(FLAGS) + 1] + [SOURCE, "-o", partial] + command[len(FLAGS) + 1:]
+    # Sources and options first, libraries last (the linker resolves left to right).
+    command = command[:len(FLAGS) + 1] + sources + ["-o", partial] + command[len(FLAGS) + 1:]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     except (OSError, subprocess.TimeoutExpired) as err:
@@ -111,7 +116,7 @@ def _gradient_ops(prefix):
 
 
 def conv_kernel(kind: str, stride: int = 1) -> tuple:
-    """(the kernel's name in cpu_kernels.cc, its output shape from the x and w shapes) of a conv
+    """(the kernel's entry in kernels/, its output shape from the x and w shapes) of a conv
     ``kind``: "depthwise" or "dense" (k x k, padding k // 2, stride 1 or 2, odd k <= 7) or
     "1x1" (any number of groups, stride 1)."""
     if kind == "1x1":
@@ -134,7 +139,7 @@ def conv_op(kind: str, stride: int = 1):
 
 
 # Inference: the eval-mode BatchNorm after a conv and the activation after it, in the conv's
-# output pass (cpu_kernels.cc's BatchNormActivation epilogue).
+# output pass (kernels.h's BatchNormActivation epilogue).
 ACTIVATIONS = {None: "", "relu": "ReLU", "relu6": "ReLU6"}
 
 
@@ -149,7 +154,7 @@ def conv_bn_act_op(kind: str, stride: int = 1, activation=None):
 def shufflenet_v2_unit_op(stride: int):
     """(x, then weight, gamma, beta, moving mean, moving variance of each conv of a ShuffleNetV2
     unit: main's three, then for stride 2 proj's two; eps (1,)) -> the unit's output, in eval
-    mode, as one op (cpu_kernels.cc's shufflenet_v2_unit; megvii's layout): stride 1
+    mode, as one op (kernels/whole_units.cc's shufflenet_v2_unit; megvii's layout): stride 1
     concat(x's even channels, main(x's odd channels)), stride 2 concat(proj(x), main(x)). Forward
     only. Call only when ``library()`` is not None."""
     if stride not in STRIDES:
@@ -165,8 +170,8 @@ def shufflenet_v2_unit_op(stride: int):
 
 def shufflenet_v1_unit_op(stride: int, shuffle_order: str):
     """(x, then weight, gamma, beta, moving mean, moving variance of a ShuffleNetV1 unit's three
-    convs; eps (1,)) -> the unit's output, in eval mode, as one op (cpu_kernels.cc's
-    shufflenet_v1_unit; the channel shuffle in ``shuffle_order`` "paper" or "megvii"): stride 1
+    convs; eps (1,)) -> the unit's output, in eval mode, as one op (kernels/
+    whole_units.cc's shufflenet_v1_unit; the channel shuffle in ``shuffle_order`` "paper" or "megvii"): stride 1
     ReLU(x + main(x)), stride 2 ReLU(concat(avgpool(x), main(x))). Forward only. Call only when
     ``library()`` is not None."""
     if stride not in STRIDES:
@@ -183,7 +188,7 @@ def shufflenet_v1_unit_op(stride: int, shuffle_order: str):
 def separable_block_op(stride: int, activation: str):
     """(x, then weight, gamma, beta, moving mean, moving variance of a 3x3 depthwise conv and of
     the 1x1 conv after it; eps (1,)) -> act(BN(1x1(act(BN(depthwise(x)))))) with ``activation``
-    "relu" or "relu6", in eval mode, as one op (cpu_kernels.cc's separable_block). Forward only.
+    "relu" or "relu6", in eval mode, as one op (kernels/whole_units.cc's separable_block). Forward only.
     Call only when ``library()`` is not None."""
     if stride not in STRIDES:
         raise ValueError(f"a separable block has stride {STRIDES}, not {stride}")
