@@ -1,13 +1,19 @@
-"""Evaluate a checkpoint: python eval.py --checkpoint_path CKPT --dataset_path DATA."""
+"""Evaluate a checkpoint or an exported file: python eval.py --checkpoint_path CKPT (or --model
+FILE.mindir|FILE.onnx|FILE.int8.onnx) --dataset_path DATA."""
 import sys
 
 from src.errors import run_main
 
 
 def main(argv):
+    from src.errors import ArgumentParser
     from src.evaluator import evaluate
     from src.model_utils.config import get_config
-    evaluate(get_config(argv))
+    parser = ArgumentParser(description=__doc__, allow_abbrev=False, add_help=False)
+    parser.add_argument("--model", default="", help="an exported .mindir or .onnx to score "
+                        "instead of a checkpoint")
+    args, rest = parser.parse_known_args(argv)
+    evaluate(get_config(rest), args.model)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ def main(argv):
     parser.add_argument("--model", default="", help=".ckpt, .mindir or .onnx file (or give "
                         "--pretrained TAG and --network: a source's published weights)")
     parser.add_argument("--labels", default="", help="text file: one class name per line")
-    parser.add_argument("--batch_size", type=int, default=8, help="images per forward pass")
     parser.add_argument("images", nargs="+", help="image files or folders")
     config_args, rest = split_config_args(argv)  # config keys may stand anywhere on the line
     args = parser.parse_args(rest)
@@ -28,10 +27,14 @@ def main(argv):
         raise UserError("no model given", "--model",
                         "give --model FILE (.ckpt, .mindir, .onnx) or --pretrained TAG")
     use_device(config.device_target, config.conv_impl)
-    predictor = Predictor(model, config)
+    # --batch_size (the config key): images per forward pass; default 8, or a fixed-batch
+    # export's batch, which a given one must equal
+    given = config.batch_size if "batch_size" in config.explicit else None
+    predictor = Predictor(model, config, batch_size=given)
     files = image_files(args.images)
     record = predictor.record
-    started, batch_size = time.time(), max(1, args.batch_size)
+    started = time.time()
+    batch_size = given or predictor.fixed_batch or 8
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
         probs = softmax(predictor.logits(preprocess(chunk, record.dataset, predictor.size,

@@ -16,6 +16,9 @@ neighbouring rounds holds better than two separate runs. Modes:
   tensor ANCHORS §4 and the fast-kernels issue measure (batch x 232 x 28 x 28, ShuffleNetV2
   1.0x stage 3; the stem on the batch of images): ours (our kernels), standard (MindSpore's
   operators as our layers use them without our kernels) and PyTorch's layer.
+``--model FILE`` (infer mode) times an exported file of the user's too, as "file" (a MINDIR,
+an ONNX, an INT8 ONNX), run as infer.py runs it; its graph's input size and batch are checked
+against --image_size and --batch_size, and fill them in when they are not given.
 """
 import importlib.util
 import json
@@ -36,6 +39,7 @@ from src.models.layers import CONV_IMPLS
 # "standard": ours built from standard operators only (our CPU kernels off). Infer mode adds
 # the exported files: "mindir" (GraphCell) and "onnx" (onnxruntime).
 IMPLEMENTATIONS = ("ours", "standard", "mindir", "onnx", "mindcv", "torch")
+DEFAULTS = {"batch_size": 32, "image_size": 224}  # filled in after parsing: a given one is seen
 INFER_ONLY = ("mindir", "onnx")
 # --layer: (in channels, out channels, kernel, stride, group, side); batch_norm: channels, side.
 LAYERS = {"depthwise": (232, 232, 3, 1, 232, 28), "depthwise_s2": (232, 232, 3, 2, 232, 28),
@@ -50,8 +54,10 @@ def parser() -> ArgumentParser:
                    choices=("train", "infer", "data", "layer", "layer_infer"))
     p.add_argument("--layer", default="depthwise", choices=tuple(LAYERS),
                    help="layer modes: the layer timed")
-    p.add_argument("--batch_size", type=int, default=32)
-    p.add_argument("--image_size", type=int, default=224)
+    p.add_argument("--batch_size", type=int, default=None, help="default 32")
+    p.add_argument("--image_size", type=int, default=None, help="default 224")
+    p.add_argument("--model", default="", help="infer mode: an exported .mindir or .onnx file "
+                   "(export.py's) timed beside the others as 'file'")
     p.add_argument("--steps", type=int, default=3, help="timed steps per round")
     p.add_argument("--rounds", type=int, default=2, help="A B A B rounds of --steps each")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps after the compile")
@@ -73,6 +79,10 @@ def parser() -> ArgumentParser:
 
 def check(args) -> None:
     from src.models import list_networks
+    args.explicit = {k for k in DEFAULTS if getattr(args, k) is not None}
+    for key, value in DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     if args.network not in list_networks():
         raise UserError(f"unknown network {args.network!r}", "--network",
                         "give a registered name, e.g. shufflenet_v2_x1_0")
@@ -92,12 +102,47 @@ def check(args) -> None:
     if args.mode.startswith("layer") and "mindcv" in compared(args):
         raise UserError("MindCV is not timed layer by layer", "--compare",
                         "give standard, torch in the layer modes")
+    if args.model:
+        check_model_file(args)
+
+
+def check_model_file(args) -> None:
+    """The --model file against its own graph (src.predictor's checks): a given --image_size or
+    --batch_size that contradicts it is one line; one not given is the file's."""
+    if args.mode != "infer":
+        raise UserError("an exported file is timed in infer mode only", "--model",
+                        "give --mode infer")
+    from src.model_utils.config import get_config
+    from src.predictor import Predictor
+    config = get_config([f"--image_size={args.image_size}"] if "image_size" in args.explicit
+                        else [])
+    batch = args.batch_size if "batch_size" in args.explicit else None
+    predictor = Predictor(args.model, config, batch_size=batch)
+    if predictor.kind == ".ckpt":
+        raise UserError("a checkpoint given as --model", args.model,
+                        "give an exported .mindir or .onnx (ours times checkpoints' networks)")
+    height, width = predictor.size
+    if height != width:
+        raise UserError(f"the file's graph takes {height}x{width} images; the benchmark times "
+                        f"square ones", args.model, "export at a square size")
+    args.image_size = height
+    args.batch_size = predictor.fixed_batch or args.batch_size
 
 
 def compared(args) -> list:
     if args.compare is None:
         return list(IMPLEMENTATIONS[1:]) if args.mode == "infer" else []
     return [c.strip() for c in args.compare.split(",") if c.strip()]
+
+
+def _file_setup(args) -> dict:
+    """{batch: the timed call} of the --model file, as infer.py runs it (a fixed-batch file
+    gets batch 1 padded to its batch)."""
+    from src.model_utils.config import get_config
+    from src.predictor import Predictor
+    predictor = Predictor(args.model, get_config([]))
+    return {batch: (lambda data=np.random.rand(batch, 3, args.image_size, args.image_size)
+                    .astype(np.float32): predictor.logits(data)) for batch in shapes(args)}
 
 
 def shapes(args) -> list:
@@ -305,6 +350,8 @@ def _worker(args, impl, pipe):
             calls = {args.batch_size: _layer_setup(args, impl)}
         elif impl == "torch":
             calls = _torch_setup(args)
+        elif impl == "file":
+            calls = _file_setup(args)
         else:
             calls = _mindspore_setup(args, impl)
         for call in calls.values():
@@ -334,14 +381,15 @@ def available(impl: str) -> str:
     """'' if ``impl`` can run here, else why not. Looks the package up without importing it:
     only its worker process loads it."""
     package = {"mindir": "mindspore", "onnx": "onnxruntime"}.get(impl, impl)
-    if impl in ("ours", "standard") or importlib.util.find_spec(package) is not None:
+    if impl in ("ours", "standard", "file") or importlib.util.find_spec(package) is not None:
         return ""
     return f"{package} is not importable"
 
 
 def run_benchmark(args) -> dict:
     """Time ours (and the references) as ``args`` says; returns the figures."""
-    impls = ["ours"] + ([] if args.mode == "data" else compared(args))
+    impls = ["ours"] + ([] if args.mode == "data" else compared(args)) + \
+        (["file"] if args.model else [])
     context = mp.get_context("spawn")
     workers, result = {}, {"network": args.network, "mode": args.mode,
                            "batch_size": args.batch_size, "image_size": args.image_size,
@@ -349,6 +397,7 @@ def run_benchmark(args) -> dict:
                            "device_target": args.device_target, "conv_impl": args.conv_impl,
                            "jit_level": args.jit_level or "default",
                            "layer": args.layer if args.mode.startswith("layer") else "",
+                           "model": os.path.abspath(args.model) if args.model else "",
                            "machine": machine(), "results": {}, "ratios": {}}
     for impl in impls:
         why = available(impl)

@@ -1,6 +1,8 @@
-"""Evaluation: Loss, Top_1_Acc and Top_5_Acc of a checkpoint over the whole validation set."""
+"""Evaluation: Loss, Top_1_Acc and Top_5_Acc of a checkpoint, or of an exported file (MINDIR,
+ONNX, INT8 ONNX), over the whole validation set."""
 import time
 
+import numpy as np
 from mindspore import nn
 from mindspore.train import Model
 
@@ -9,6 +11,7 @@ from src.CrossEntropySmooth import CrossEntropySmooth
 from src.dataset import check_layout, create_dataset
 from src.device import use_device
 from src.errors import UserError
+from src.model_utils.config import with_values
 from src.pretrained import checkpoint_of
 
 EVAL_LOG = "eval_log.txt"
@@ -21,14 +24,16 @@ def eval_metrics(num_classes: int) -> dict:
             "Top_5_Acc": nn.TopKCategoricalAccuracy(min(5, int(num_classes)))}
 
 
-def evaluate(config) -> dict:
-    """Evaluate ``config.checkpoint_path`` (or the weights ``--pretrained`` names); print the
-    zoo's result line and append it to eval_log.txt."""
+def evaluate(config, model: str = "") -> dict:
+    """Evaluate ``config.checkpoint_path`` (or the weights ``--pretrained`` names), or the
+    exported file ``model``; print the zoo's result line and append it to eval_log.txt."""
+    if model:
+        return evaluate_file(config, model)
     path = checkpoint_of(config)
     if not path:
         raise UserError("no checkpoint given", "--checkpoint_path",
-                        "give --checkpoint_path CKPT or --pretrained TAG (evaluating random "
-                        "weights is never useful)")
+                        "give --checkpoint_path CKPT, --model FILE (.mindir, .onnx) or "
+                        "--pretrained TAG (evaluating random weights is never useful)")
     use_device(config.device_target, config.conv_impl)
     params, meta = read_checkpoint(path)
     record = resolve(config, meta, path)
@@ -43,8 +48,52 @@ def evaluate(config) -> dict:
     model = Model(net, loss_fn=loss, metrics=eval_metrics(record.num_classes))
     started = time.time()
     result = model.eval(dataset, dataset_sink_mode=False)
-    line = (f"result: {result}, network: {record.network}, ckpt: '{path}', "
-            f"time: {time.time() - started:.1f} s")
+    return _report(result, f"network: {record.network}, ckpt: '{path}'", started)
+
+
+def evaluate_file(config, path: str) -> dict:
+    """The result line of an exported file (export.py's MINDIR or ONNX, float32 or INT8) on
+    the validation set, read through the same pipeline as a checkpoint's: the pixels its
+    sidecar records, the size and classes its graph declares."""
+    from src.predictor import Predictor
+    if config.checkpoint_path or config.pretrained:
+        raise UserError("both --model and a checkpoint given", "command line",
+                        "give --model FILE or --checkpoint_path CKPT, not both")
+    use_device(config.device_target, config.conv_impl)
+    batch = config.eval_batch_size if "eval_batch_size" in config.explicit else None
+    predictor = Predictor(path, config, batch_size=batch)
+    if predictor.kind == ".ckpt":
+        raise UserError("a checkpoint given as --model", path,
+                        "give it as --checkpoint_path, or give an exported .mindir or .onnx")
+    record = predictor.record
+    height, width = predictor.size
+    if height != width:
+        raise UserError(f"the file's graph takes {height}x{width} images; the data pipeline "
+                        f"gives square ones", path, "export at a square size (--width only)")
+    check_layout(record.dataset, config.dataset_path)
+    data_config = with_values(record.data_config(config), image_size=height)
+    dataset = create_dataset(data_config, training=False, classes=record.class_names or None,
+                             batch_size=predictor.fixed_batch)
+    metrics = eval_metrics(record.num_classes)
+    started, losses, count = time.time(), 0.0, 0
+    for images, labels in dataset.create_tuple_iterator(output_numpy=True):
+        logits = predictor.logits(images.astype(np.float32))
+        labels = labels.astype(np.int64)
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        losses -= float(log_probs[np.arange(len(labels)), labels].sum())
+        count += len(labels)
+        for name in ("Top_1_Acc", "Top_5_Acc"):
+            metrics[name].update(logits, labels)
+    if not count:
+        raise UserError("no images to evaluate", config.dataset_path, "give a validation set")
+    result = {"Loss": losses / count,
+              **{name: metrics[name].eval() for name in ("Top_1_Acc", "Top_5_Acc")}}
+    return _report(result, f"network: {record.network}, model: '{path}'", started)
+
+
+def _report(result: dict, subject: str, started: float) -> dict:
+    line = f"result: {result}, {subject}, time: {time.time() - started:.1f} s"
     print(line, flush=True)
     try:
         with open(EVAL_LOG, "a", encoding="utf-8") as log:

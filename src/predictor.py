@@ -71,12 +71,41 @@ def read_sidecar(path: str) -> dict:
     return sidecar
 
 
+EXPORTED = (".mindir", ".onnx")
+
+
+def graph_signature(path: str, kind: str, session=None) -> tuple:
+    """((batch, channels, height, width), classes) that the exported file's own graph declares;
+    a dimension it leaves open is None. ``session``: the file's onnxruntime session (ONNX)."""
+    def known(dim):
+        return dim if isinstance(dim, int) and dim > 0 else None
+    if kind == ".onnx":
+        shape, out = session.get_inputs()[0].shape, session.get_outputs()[0].shape
+    else:
+        try:
+            graph = ms.load_mindir(path).graph
+            shape, out = list(graph.input[0].tensor[0].dims), list(graph.output[0].tensor[0].dims)
+        except (RuntimeError, ValueError, IndexError) as err:
+            raise UserError("not a loadable MINDIR file", path,
+                            "export it again with export.py") from err
+    if len(shape) != 4 or len(out) != 2:
+        raise UserError(f"the file's graph takes input {list(shape)} and gives {list(out)}, not "
+                        f"images (N, 3, H, W) to logits (N, classes)", path,
+                        "give a model export.py wrote")
+    return tuple(known(d) for d in shape), known(out[1])
+
+
 class Predictor:
     """Logits of a batch from a .ckpt, a .mindir or an .onnx file, and the record of what it
     expects: ``record`` (network, classes, pixels; resolve()'s precedence) and ``size``, the
-    (height, width) its images are preprocessed to."""
+    (height, width) its images are preprocessed to.
 
-    def __init__(self, model_path: str, config):
+    An exported file is checked against its own graph before it runs: the input shape and
+    classes it declares win over its sidecar (``FILE.json``, which may be missing: then the
+    config gives the pixels) and any flag that contradicts them (``--image_size``,
+    ``--num_classes``, ``batch_size`` when given) is refused in one line."""
+
+    def __init__(self, model_path: str, config, batch_size: int = None):
         if not os.path.isfile(model_path):
             raise UserError("model file not found", model_path, "give a .ckpt, .mindir or .onnx")
         self.kind = os.path.splitext(model_path)[1].lower()
@@ -89,21 +118,43 @@ class Predictor:
             load_weights(self.net, params, model_path)
             self.net.set_train(False)
             return
-        if self.kind not in (".mindir", ".onnx"):
+        if self.kind not in EXPORTED:
             raise UserError(f"unknown model file type {self.kind!r}", model_path,
                             "give a .ckpt, .mindir or .onnx file")
+        self._load(model_path)
+        (batch, channels, height, width), classes = graph_signature(
+            model_path, self.kind, getattr(self, "session", None))
         sidecar = model_path + ".json"
         recorded = read_sidecar(sidecar)
         shape = recorded.pop("input_shape", None)
-        self.record = resolve(config, recorded, sidecar)
+        if shape and [d or None for d in shape] != [batch, channels, height, width]:
+            raise UserError(f"the metadata says input {shape}, the file's graph "
+                            f"{[batch, channels, height, width]}", sidecar,
+                            "export the model again, or remove the .json beside it")
+        if classes and recorded.get("num_classes", classes) != classes:
+            raise UserError(f"the metadata says {recorded['num_classes']} classes, the file's "
+                            f"graph {classes}", sidecar,
+                            "export the model again, or remove the .json beside it")
+        if channels not in (None, 3):
+            raise UserError(f"the file's graph takes {channels}-channel images", model_path,
+                            "give a model of RGB images (3 channels)")
+        if classes:
+            recorded["num_classes"] = classes
+        self.record = resolve(config, recorded, model_path)
         self.size = (self.record.image_size, self.record.image_size)
-        if shape:  # the exported graph fixes the input's height and width (and maybe its batch)
-            self.fixed_batch, (height, width) = shape[0], shape[2:]
+        if height and width:
             if "image_size" in config.explicit and (height, width) != (config.image_size,) * 2:
                 raise UserError(f"--image_size {config.image_size} contradicts the exported "
                                 f"model's input of {height}x{width}", model_path,
                                 "drop --image_size, or export again at that size")
             self.size = (height, width)
+        if batch and batch_size and batch_size != batch:
+            raise UserError(f"--batch_size {batch_size} contradicts the exported model's fixed "
+                            f"batch of {batch}", model_path,
+                            "drop --batch_size, or export with --dynamic_batch True")
+        self.fixed_batch = batch
+
+    def _load(self, model_path: str) -> None:
         if self.kind == ".mindir":
             try:
                 self.net = ms.nn.GraphCell(ms.load(model_path))
