@@ -306,13 +306,16 @@ def check_classes(folder: str, num_classes: int, expected=None) -> list:
 
 
 def create_dataset(config, training: bool, rank_id: int = 0, rank_size: int = 1,
-                   batch_size: int = None, classes=None):
+                   batch_size: int = None, classes=None, augment: bool = None):
     """The batched dataset of ``config.dataset`` for training or evaluation.
 
-    Training shuffles, augments and (with ``drop_remainder``) drops the last partial batch;
-    evaluation scores every image. Each of ``rank_size`` ranks reads its own shard. Labels must
-    fit ``config.num_classes``; an image folder's classes must be ``classes`` when given.
+    Training reads the training split, shuffles, augments and (with ``drop_remainder``) drops
+    the last partial batch; evaluation scores every image of the validation split. ``augment``
+    False reads the training split with the eval transforms (INT8 calibration). Each of
+    ``rank_size`` ranks reads its own shard. Labels must fit ``config.num_classes``; an image
+    folder's classes must be ``classes`` when given.
     """
+    augment = training if augment is None else augment
     batch_size = batch_size or (config.batch_size if training else config.eval_batch_size)
     workers = worker_count(config.num_parallel_workers)
     shard = _shard_args(rank_id, rank_size)
@@ -324,13 +327,13 @@ def create_dataset(config, training: bool, rank_id: int = 0, rank_size: int = 1,
         ops = eval_image_ops("cifar10", size)
         if size == 32:
             ops = ops[1:]  # the 32x32 images need no resize
-        if training:
+        if augment:
             ops = [V.RandomCrop(32, padding=4)] + flip_ops(config) + ops
     elif config.dataset == "imagenet":
         folder = imagenet_folder(config.dataset_path, training)
         check_classes(folder, config.num_classes, classes)
         data = image_folder_dataset(folder, config, training, workers, shard)
-        if training:
+        if augment:
             ops = [V.RandomCropDecodeResize(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3))] + \
                 flip_ops(config)
             if config.color_jitter:
@@ -351,7 +354,7 @@ def create_dataset(config, training: bool, rank_id: int = 0, rank_size: int = 1,
         data = data.map(operations=ops, input_columns="image", num_parallel_workers=workers)
     data = data.map(operations=T.TypeCast(mstype.int32), input_columns="label",
                     num_parallel_workers=workers)
-    drop = training and config.drop_remainder
+    drop = augment and config.drop_remainder
     if drop and data.get_dataset_size() < batch_size:
         raise UserError(f"batch size {batch_size} is larger than the {data.get_dataset_size()} "
                         "images this device reads, and drop_remainder drops them all",

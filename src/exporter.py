@@ -1,5 +1,5 @@
-"""Export a checkpoint to MINDIR, ONNX or AIR, with a sidecar json of what the file needs."""
-import json
+"""Export a checkpoint to MINDIR, ONNX or AIR (and INT8 ONNX), with a sidecar json of what the
+file needs."""
 import os
 
 import mindspore as ms
@@ -11,6 +11,8 @@ from src.device import use_device
 from src.errors import ArgumentParser, UserError, writable_folder
 from src.model_utils.config import MAX_IMAGE_SIZE, get_config, parse_bool
 from src.pretrained import checkpoint_of
+from src.quantize import (DEFAULT_CALIBRATION_IMAGES, INT8_SUFFIX, check_calibration_args,
+                          is_quantized, quantization_tools, quantize_onnx, write_sidecar)
 
 FORMATS = ("MINDIR", "ONNX", "AIR")
 SUFFIX = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
@@ -38,6 +40,16 @@ def export_parser() -> ArgumentParser:
     parser.add_argument("--dynamic_batch", default="True",
                         help="True: the batch dimension is left open, so one file serves any "
                         "batch (default); False: fixed at --batch_size")
+    parser.add_argument("--quantize", default="none", help="int8: also write FILE.int8.onnx, "
+                        "quantized by onnxruntime's tools and calibrated on --calibration_data "
+                        "(ONNX only; docs/DEPLOY.md)")
+    parser.add_argument("--calibration_data", default="", help="with --quantize int8: the "
+                        "training data's folder (its training split is read) or a folder of "
+                        "images like the ones the model will see")
+    parser.add_argument("--calibration_images", type=int, default=DEFAULT_CALIBRATION_IMAGES,
+                        help="how many images calibrate the activations' ranges")
+    parser.add_argument("--model", default="", help="with --quantize int8: a float32 .onnx of "
+                        "export.py's to quantize, instead of exporting a checkpoint")
     return parser
 
 
@@ -58,6 +70,9 @@ def export(argv) -> str:
     if args.batch_size < 1:
         raise UserError(f"batch_size = {args.batch_size} is out of range", "--batch_size",
                         "give a value at least 1")
+    quantize = _check_quantize(args, fmt)
+    if args.model:
+        return _quantize_file(args, config)
     checkpoint = checkpoint_of(config)
     if not checkpoint:
         raise UserError("no checkpoint given", "--checkpoint_path",
@@ -80,10 +95,60 @@ def export(argv) -> str:
     path = write_model(net, fmt, file_name, height, width, batch, example_batch=args.batch_size)
     sidecar = {**record.as_dict(), "input_shape": [batch, 3, height, width], "format": fmt,
                "checkpoint": os.path.abspath(checkpoint)}
-    with open(path + ".json", "w", encoding="utf-8") as f:
-        json.dump(sidecar, f, indent=1)
+    write_sidecar(path, sidecar)
     print(f"export: {path} ({fmt}, input {sidecar['input_shape']}; None = any batch), "
           f"metadata in {path}.json", flush=True)
+    if quantize:
+        return _write_int8(path, file_name + INT8_SUFFIX, record, config, args, sidecar)
+    return path
+
+
+def _check_quantize(args, fmt: str) -> bool:
+    """Whether --quantize asks for INT8; its flags checked before anything is written."""
+    quantize = args.quantize.lower()
+    if quantize not in ("none", "int8"):
+        raise UserError(f"--quantize {args.quantize!r} is not known", "--quantize",
+                        "give int8 (or none)")
+    if quantize == "none":
+        if args.model:
+            raise UserError("--model is a file to quantize", "--model",
+                            "give --quantize int8 with it, or export a --checkpoint_path")
+        return False
+    if fmt != "ONNX":
+        raise UserError(f"INT8 models are written as ONNX, not {fmt}", "--file_format",
+                        "give --file_format ONNX")
+    quantization_tools()
+    check_calibration_args(args.calibration_data, args.calibration_images)
+    return True
+
+
+def _quantize_file(args, config) -> str:
+    """--quantize int8 --model FILE.onnx: the INT8 form of a float32 export of ours."""
+    from src.predictor import Predictor
+    predictor = Predictor(args.model, config)
+    if predictor.kind != ".onnx":
+        raise UserError(f"a {predictor.kind} file cannot be quantized here", args.model,
+                        "give a float32 .onnx (export.py --file_format ONNX)")
+    if is_quantized(args.model):
+        raise UserError("the model is already quantized (INT8); quantizing needs the float32 "
+                        "file", args.model, "give the float32 .onnx it was made from")
+    stem = args.file_name or args.model[:-len(".onnx")]
+    sidecar = {**predictor.record.as_dict(),
+               "input_shape": [predictor.fixed_batch, 3, *predictor.size], "format": "ONNX"}
+    return _write_int8(args.model, stem + INT8_SUFFIX, predictor.record, config, args, sidecar)
+
+
+def _write_int8(float_path: str, path: str, record, config, args, sidecar: dict) -> str:
+    writable_folder(os.path.dirname(os.path.abspath(path)), "--file_name")
+    height, width = sidecar["input_shape"][2:]
+    sidecar = {**sidecar, "quantization": quantize_onnx(
+        float_path, path, record, config, args.calibration_data, args.calibration_images,
+        (height, width))}
+    write_sidecar(path, sidecar)
+    size = os.path.getsize(path) / os.path.getsize(float_path)
+    print(f"export: {path} (ONNX INT8, {size:.2f}x the float32 file's size, calibrated on "
+          f"{sidecar['quantization']['calibration_images']} images), metadata in {path}.json",
+          flush=True)
     return path
 
 

@@ -17,7 +17,6 @@ the file a source publishes of a network, verifies it, converts it and caches it
 import hashlib
 import os
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -26,6 +25,7 @@ from types import SimpleNamespace
 import mindspore as ms
 
 from src.errors import UserError, run_main
+from src.progress import Progress
 from src.models import list_networks, published_weights
 
 CHUNK = 1 << 16
@@ -74,28 +74,6 @@ def sha256_of(path: str) -> str:
     return digest.hexdigest()
 
 
-class Progress:
-    """Bytes, rate and ETA of a download: one line rewritten in place on a terminal, a plain
-    line every 10 % (and at the end) otherwise, so a log reads the same."""
-
-    def __init__(self, name: str, total: int, start: int):
-        self.name, self.total, self.start, self.began = name, total, start, time.time()
-        self.tty, self.shown = sys.stdout.isatty(), -1
-
-    def update(self, done: int, final: bool = False):
-        elapsed = max(time.time() - self.began, 1e-6)
-        rate = (done - self.start) / elapsed
-        share = done / self.total if self.total else 0.0
-        if not (self.tty or final or int(share * 10) > self.shown):
-            return
-        self.shown = int(share * 10)
-        eta = f", eta {(self.total - done) / rate:.0f} s" if rate > 0 and self.total else ""
-        of = f" of {self.total / 2**20:.1f} MB ({share:.0%})" if self.total else ""
-        line = f"download: {self.name}: {done / 2**20:.1f} MB{of}, {rate / 2**20:.1f} MB/s{eta}"
-        print(("\r" + line if self.tty else line) + ("\n" if final and self.tty else ""),
-              end="" if self.tty else "\n", flush=True)
-
-
 def download(url: str, path: str, sha256_prefix: str) -> None:
     """``url`` into ``path``, whole and (when the name carries digits) with a matching hash, or
     a UserError and no ``path``. A partial download is continued where it stopped."""
@@ -111,7 +89,8 @@ def download(url: str, path: str, sha256_prefix: str) -> None:
                 start = 0
             length = response.headers.get("Content-Length")
             total = start + int(length) if length else 0
-            progress = Progress(os.path.basename(path), total, start)
+            progress = Progress(f"download: {os.path.basename(path)}", total, start, unit="MB",
+                                scale=2**20, digits=1)
             done = start
             with open(partial, "ab" if start else "wb") as f:
                 for block in iter(lambda: response.read(CHUNK), b""):
