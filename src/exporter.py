@@ -21,7 +21,8 @@ SUFFIX = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
 # ("mindspore": split on CPU and Ascend, grouped on GPU). onnxruntime runs a grouped Conv
 # faster than the split: ShuffleNetV1 g3 1.0x 224 at batch 1 in 9.9 against 15.8 ms, g8 1.5x
 # in 10.5 against 33.5 ms (docs/PERFORMANCE.md), and the file exports in 2/3 of the time.
-EXPORT_CONV_IMPL = {"MINDIR": "mindspore", "AIR": "mindspore", "ONNX": "mindspore_grouped"}
+EXPORT_CONV_IMPL = {"MINDIR": "mindspore", "AIR": "mindspore", "ONNX": "mindspore_grouped",
+                    "INT8": "mindspore"}
 
 
 def export_parser() -> ArgumentParser:
@@ -98,9 +99,22 @@ def export(argv) -> str:
     write_sidecar(path, sidecar)
     print(f"export: {path} ({fmt}, input {sidecar['input_shape']}; None = any batch), "
           f"metadata in {path}.json", flush=True)
-    if quantize:
-        return _write_int8(path, file_name + INT8_SUFFIX, record, config, args, sidecar)
-    return path
+    if not quantize:
+        return path
+    # The INT8 file is quantized from a float32 graph with each grouped 1x1 conv split into one
+    # conv a group: onnxruntime's integer grouped conv is slow (ShuffleNetV1 g3 1.0x at 224,
+    # batch 32: 281 images/s split against 207 grouped, docs/DEPLOY.md).
+    net = record.build(conv_impl=EXPORT_CONV_IMPL["INT8"])
+    load_weights(net, params, checkpoint)
+    split = os.path.join(os.path.dirname(os.path.abspath(path)),
+                         f".{os.path.basename(file_name)}.split.partial")
+    try:
+        source = write_model(net, "ONNX", split, height, width, batch,
+                             example_batch=args.batch_size)
+        return _write_int8(path, file_name + INT8_SUFFIX, record, config, args, sidecar, source)
+    finally:
+        if os.path.exists(split + SUFFIX["ONNX"]):
+            os.remove(split + SUFFIX["ONNX"])
 
 
 def _check_quantize(args, fmt: str) -> bool:
@@ -138,12 +152,15 @@ def _quantize_file(args, config) -> str:
     return _write_int8(args.model, stem + INT8_SUFFIX, predictor.record, config, args, sidecar)
 
 
-def _write_int8(float_path: str, path: str, record, config, args, sidecar: dict) -> str:
+def _write_int8(float_path: str, path: str, record, config, args, sidecar: dict,
+                source: str = None) -> str:
+    """Quantize ``source`` (default ``float_path``, the user's float32 file) into ``path``."""
     writable_folder(os.path.dirname(os.path.abspath(path)), "--file_name")
     height, width = sidecar["input_shape"][2:]
-    sidecar = {**sidecar, "quantization": quantize_onnx(
-        float_path, path, record, config, args.calibration_data, args.calibration_images,
-        (height, width))}
+    quantization = quantize_onnx(source or float_path, path, record, config,
+                                 args.calibration_data, args.calibration_images, (height, width))
+    sidecar = {**sidecar, "quantization": {**quantization,
+                                           "float_model": os.path.abspath(float_path)}}
     write_sidecar(path, sidecar)
     size = os.path.getsize(path) / os.path.getsize(float_path)
     print(f"export: {path} (ONNX INT8, {size:.2f}x the float32 file's size, calibrated on "
