@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Data-parallel training on Ascend from a rank table:
 #   bash scripts/run_distribute_train.sh [RANK_TABLE_FILE] [DATA_PATH] [CONFIG_PATH](opt)
-# One process per device listed in the rank table (not a fixed 8), each with RANK_TABLE_FILE,
-# RANK_SIZE, RANK_ID and DEVICE_ID set, running in ./train_parallel{RANK_ID}/ with its log in
-# train_parallel{RANK_ID}/log.txt. msrun's --rank_table_file does not start a rank-table job on
+# One process per device of this server in the rank table (not a fixed 8), each with
+# RANK_TABLE_FILE, RANK_SIZE (the whole table's devices), RANK_ID (the table's global rank) and
+# DEVICE_ID set, running in ./train_parallel{RANK_ID}/ with its log in
+# train_parallel{RANK_ID}/log.txt. A table of several servers: run the script on each server;
+# SERVER_ID (an index from 0, or a server_id) says which one this is, else the server whose
+# server_id is one of this host's addresses. msrun's --rank_table_file does not start a rank-table job on
 # MindSpore 2.10 (its own help says so), so this is the env-var launch the zoo uses.
 # If one process fails, the others are stopped and the script exits with its code.
 # SIGTERM / Ctrl-C reach every rank: they finish the same step, rank 0 saves (--resume auto
@@ -20,16 +23,16 @@ need_path "data path" "$DATA_PATH"
 need_path "config file" "$CONFIG_PATH"
 PLAN=$(cd "$ROOT" && python3 -m src.launch "$RANK_TABLE_FILE") || exit 2
 preflight --config_path "$CONFIG_PATH" --dataset_path "$DATA_PATH" ${EXTRA_ARGS:-}
-RANK_SIZE=$(echo "$PLAN" | wc -l)
+RANK_SIZE=$(echo "$PLAN" | head -n 1 | cut -d' ' -f3)
 export RANK_TABLE_FILE RANK_SIZE
 
 pids=()
-while read -r RANK_ID DEVICE_ID; do
+while read -r RANK_ID DEVICE_ID _ SERVER; do
     dir="$PWD/train_parallel$RANK_ID"
     cmd=(python3 "$ROOT/train.py" --config_path "$CONFIG_PATH" --device_target Ascend
          --dataset_path "$DATA_PATH" --is_distributed True ${EXTRA_ARGS:-})
     if [ "${DRY_RUN:-0}" = "1" ]; then
-        echo "rank $RANK_ID: cd $dir && RANK_TABLE_FILE=$RANK_TABLE_FILE RANK_SIZE=$RANK_SIZE RANK_ID=$RANK_ID DEVICE_ID=$DEVICE_ID ${cmd[*]} > $dir/log.txt"
+        echo "server $SERVER rank $RANK_ID: cd $dir && RANK_TABLE_FILE=$RANK_TABLE_FILE RANK_SIZE=$RANK_SIZE RANK_ID=$RANK_ID DEVICE_ID=$DEVICE_ID ${cmd[*]} > $dir/log.txt"
         continue
     fi
     mkdir -p "$dir"

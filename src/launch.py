@@ -1,45 +1,126 @@
 """What the launch scripts ask before they start workers.
 
 - ``python -m src.launch RANK_TABLE_FILE`` (scripts/run_distribute_train.sh) prints one line per
-  device of an Ascend rank table, ``RANK_ID DEVICE_ID``, sorted by rank, or one ``error:`` line
-  and exit code 2 when the table is malformed or disagrees with ``RANK_SIZE`` (when that is set).
+  device of this server of an Ascend rank table, ``RANK_ID DEVICE_ID RANK_SIZE SERVER_INDEX``,
+  sorted by rank, or one ``error:`` line and exit code 2 when the table is malformed, its
+  servers disagree, this host is none of them, or it disagrees with ``RANK_SIZE`` (when set).
+  The server: ``SERVER_ID`` (an index from 0, or a server_id), else the one whose server_id is
+  one of this host's addresses (as the model_zoo's multi-server scripts match them).
 - ``python -m src.launch check TRAIN_ARGS...`` makes the checks train.py makes before it starts
   anything (the config and its values, the data folder's layout), so a bad argument stops a
   multi-process job with one line before any worker starts.
 """
 import json
 import os
+import subprocess
 import sys
 
 from src.errors import UserError, run_main
 
 
-def read_rank_table(path: str) -> list:
-    """[(rank_id, device_id)] of the devices of this server's rank table, sorted by rank."""
+def host_addresses() -> set:
+    """This host's names and IP addresses (a rank table names a server by its address)."""
+    import socket
+    found = {socket.gethostname()}
+    try:
+        found |= set(socket.gethostbyname_ex(socket.gethostname())[2])
+    except OSError:
+        pass
+    try:
+        found |= set(subprocess.run(["hostname", "-I"], capture_output=True, text=True,
+                                    timeout=5).stdout.split())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return found
+
+
+def _load_table(path: str) -> list:
+    """[(server_id, [(rank_id, device_id)])] of a rank table, as the file lists them."""
     if not os.path.isfile(path):
         raise UserError("rank table not found", path, "give the rank table JSON of this job")
     try:
         with open(path, encoding="utf-8") as f:
             table = json.load(f)
-        devices = [d for server in table["server_list"] for d in server["device"]]
-        plan = sorted((int(d["rank_id"]), int(d["device_id"])) for d in devices)
-    except (ValueError, KeyError, TypeError) as err:
+        servers = [(str(server.get("server_id", i)),
+                    [(int(d["rank_id"]), int(d["device_id"])) for d in server["device"]])
+                   for i, server in enumerate(table["server_list"])]
+        count = table.get("server_count")
+        count = None if count is None else int(count)
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise UserError(f"rank table is malformed ({type(err).__name__}: {err})", path,
-                        'give a JSON with "server_list": [{"device": [{"device_id", '
-                        '"device_ip", "rank_id"}, ...]}]') from None
+                        'give a JSON with "server_list": [{"server_id", "device": [{"device_id", '
+                        '"device_ip", "rank_id"}, ...]}, ...]') from None
+    if count is not None and count != len(servers):
+        raise UserError(f"server_count is {count} but server_list holds {len(servers)} servers",
+                        path, "make server_count the number of servers listed")
+    return servers
+
+
+def _check_table(servers: list, path: str) -> None:
+    """The whole table agrees with itself: ranks 0..N-1 once each across every server, each
+    server's devices its own, every server the same number of devices."""
+    plan = sorted(pair for _, devices in servers for pair in devices)
     if not plan:
         raise UserError("rank table lists no device", path, "list the devices of the job")
     ranks = [r for r, _ in plan]
     if ranks != list(range(len(plan))):
-        raise UserError(f"rank ids {ranks} are not 0..{len(plan) - 1}", path,
-                        "number the ranks from 0 without gaps or repeats")
-    if len({d for _, d in plan}) != len(plan):
-        raise UserError("a device id appears twice", path, "give each rank its own device")
+        twice = sorted({r for r in ranks if ranks.count(r) > 1})
+        what = f"rank ids {twice} appear twice" if twice else \
+            f"rank ids {ranks} are not 0..{len(plan) - 1}"
+        raise UserError(what, path, "number the ranks of all servers from 0 without gaps or "
+                        "repeats")
+    ids = [server_id for server_id, _ in servers]
+    if len(set(ids)) != len(ids):
+        raise UserError(f"server_id {sorted({i for i in ids if ids.count(i) > 1})[0]} is listed "
+                        "twice", path, "give each server its own entry")
+    for server_id, devices in servers:
+        if len({d for _, d in devices}) != len(devices):
+            raise UserError(f"a device id appears twice on server {server_id}", path,
+                            "give each rank its own device")
+    counts = {len(devices) for _, devices in servers}
+    if len(counts) > 1:
+        raise UserError(f"the servers list different numbers of devices "
+                        f"({', '.join(f'{i}: {len(d)}' for i, d in servers)})", path,
+                        "give every server the same number of devices")
+
+
+def this_server(servers: list, path: str, chosen: str = None) -> int:
+    """The index of this host's server: ``chosen`` (SERVER_ID: an index from 0 or a
+    server_id), else the one whose server_id is one of this host's addresses, else the only
+    one."""
+    ids = [server_id for server_id, _ in servers]
+    if chosen:
+        if chosen in ids:
+            return ids.index(chosen)
+        if chosen.isdigit() and int(chosen) < len(servers):
+            return int(chosen)
+        raise UserError(f"SERVER_ID {chosen} is none of the table's servers (index 0.."
+                        f"{len(servers) - 1} or a server_id: {', '.join(ids)})", path,
+                        "set SERVER_ID to this server's index or server_id")
+    if len(servers) == 1:
+        return 0
+    mine = [i for i, server_id in enumerate(ids) if server_id in host_addresses()]
+    if len(mine) != 1:
+        raise UserError(f"this host is none of the table's {len(servers)} servers "
+                        f"({', '.join(ids)})", path,
+                        "set SERVER_ID to this server's index (0.."
+                        f"{len(servers) - 1}) or server_id")
+    return mine[0]
+
+
+def read_rank_table(path: str, server: str = None) -> tuple:
+    """(plan, rank size, server index) of an Ascend rank table: plan is [(rank_id, device_id)]
+    of this server's devices (``this_server``), sorted by rank; rank size is the whole table's
+    device count, which RANK_SIZE must equal when it is set."""
+    servers = _load_table(path)
+    _check_table(servers, path)
+    total = sum(len(devices) for _, devices in servers)
     expected = os.environ.get("RANK_SIZE")
-    if expected and int(expected) != len(plan):
-        raise UserError(f"rank table lists {len(plan)} devices but RANK_SIZE is {expected}",
+    if expected and int(expected) != total:
+        raise UserError(f"rank table lists {total} devices but RANK_SIZE is {expected}",
                         path, "make RANK_SIZE and the table agree, or unset RANK_SIZE")
-    return plan
+    index = this_server(servers, path, server)
+    return sorted(servers[index][1]), total, index
 
 
 def check_train_args(argv) -> None:
@@ -57,8 +138,9 @@ def main(argv):
     if len(argv) != 1:
         raise UserError("usage: python -m src.launch RANK_TABLE_FILE", "command line",
                         "give the rank table path")
-    for rank, device in read_rank_table(argv[0]):
-        print(rank, device)
+    plan, total, server = read_rank_table(argv[0], os.environ.get("SERVER_ID"))
+    for rank, device in plan:
+        print(rank, device, total, server)
 
 
 if __name__ == "__main__":

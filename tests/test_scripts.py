@@ -103,6 +103,33 @@ def test_rank_table_plan_in_dry_run(tmp_path):
     assert "RANK_SIZE=4 RANK_ID=0 DEVICE_ID=4" in proc.stdout
 
 
+def test_two_server_rank_table_plans_each_servers_ranks(tmp_path):
+    """Servers 0 and 1 of devices 0-7 each: SERVER_ID 0 plans ranks 0-7, SERVER_ID 1 ranks
+    8-15, both on devices 0-7 with RANK_SIZE 16; without SERVER_ID, this host (in neither)
+    is one line."""
+    data = write_cifar_folder(str(tmp_path / "cifar"), train_count=8, test_count=8)
+    table = tmp_path / "rank_table_16p.json"
+    table.write_text(json.dumps({"version": "1.0", "server_count": "2", "server_list": [
+        {"server_id": f"10.1.1.{s}", "device": [
+            {"device_id": str(d), "device_ip": f"192.98.{s}.{100 + d}", "rank_id": str(8 * s + d)}
+            for d in range(8)]} for s in range(2)]}))
+    for server in (0, 1):
+        proc = run_script("run_distribute_train.sh", table, data, cwd=tmp_path,
+                          env={"DRY_RUN": "1", "SERVER_ID": str(server)})
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stdout.strip().splitlines()
+        assert len(lines) == 8
+        for device, line in enumerate(lines):
+            rank = 8 * server + device
+            assert line.startswith(f"server {server} rank {rank}: cd {tmp_path}/train_parallel"
+                                   f"{rank} && ")
+            assert f"RANK_SIZE=16 RANK_ID={rank} DEVICE_ID={device} " in line
+    proc = run_script("run_distribute_train.sh", table, data, cwd=tmp_path, env={"DRY_RUN": "1"})
+    assert proc.returncode == 2 and not proc.stdout
+    assert proc.stderr.startswith("error: this host is none of the table's 2 servers") and \
+        len(proc.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("case, expected", [
     ("missing", "rank table not found"),
     ("not_json", "rank table is malformed"),
