@@ -31,7 +31,7 @@ show_failure() {
 
 # show_result LOG: where the checkpoints went and the run's figure (train.py's closing line).
 show_result() {
-    grep -h "^train: finished" "$1" || true
+    grep -h "^train: finished" "$1" || grep -h "^train: done" "$1" || true
 }
 
 # OWN_GROUP CMD...: exec CMD in a process group of its own that gets SIGTERM when this script

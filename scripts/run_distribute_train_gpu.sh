@@ -8,6 +8,9 @@
 # (--resume auto continues), the script exits 143 / 130; no process is left behind, also when
 # this script is killed outright.
 # EXTRA_ARGS="--key value ..." adds train.py flags; they are checked before msrun starts.
+# Several nodes: run the script on each with NODE_NUM (default 1), its NODE_RANK (0..NODE_NUM-1)
+# and the same MASTER_ADDR (node 0's address, where msrun's scheduler runs; default 127.0.0.1)
+# and MASTER_PORT (required then); DEVICE_NUM is the workers of each node, ranks are global.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 usage_unless 2 3 $# "bash $0 [DEVICE_NUM] [DATA_PATH] [CONFIG_PATH](opt)"
@@ -20,13 +23,38 @@ need_path "data path" "$DATA_PATH"
 need_path "config file" "$CONFIG_PATH"
 preflight --config_path "$CONFIG_PATH" --device_target "$DEVICE_TARGET" --dataset_path "$DATA_PATH" \
     ${EXTRA_ARGS:-}
+NODE_NUM=${NODE_NUM:-1}
+NODE_RANK=${NODE_RANK:-0}
+MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
+case "$NODE_NUM" in ''|*[!0-9]*|0) echo "error: node count '$NODE_NUM' is not a positive integer (NODE_NUM): give the number of nodes, e.g. 2" >&2; exit 2 ;; esac
+case "$NODE_RANK" in ''|*[!0-9]*) echo "error: node rank '$NODE_RANK' is not an integer (NODE_RANK): give 0..$((NODE_NUM - 1))" >&2; exit 2 ;; esac
+if [ "$NODE_RANK" -ge "$NODE_NUM" ]; then
+    echo "error: node rank $NODE_RANK is not below NODE_NUM $NODE_NUM (NODE_RANK): give 0..$((NODE_NUM - 1))" >&2; exit 2
+fi
+if [ "$NODE_NUM" -gt 1 ] && [ -z "${MASTER_PORT:-}" ]; then
+    echo "error: no MASTER_PORT for a job of $NODE_NUM nodes (MASTER_PORT): give every node the same free port, e.g. MASTER_PORT=8118" >&2; exit 2
+fi
 PORT=${MASTER_PORT:-$((8118 + RANDOM % 1000))}
+# msrun starts its scheduler on every node whose own addresses include MASTER_ADDR: on one
+# machine that simulates several nodes that is each of them, the second scheduler cannot bind
+# the port and its msrun fails the job after training. Only node 0 starts one here.
+MSRUN=(msrun)
+if [ "$NODE_RANK" -gt 0 ]; then
+    MSRUN=(python3 -c 'import sys
+from mindspore.parallel.cluster.process_entity import _api
+from mindspore.parallel.cluster.run import main
+_api._is_local_ip = lambda address: False  # node 0 runs the scheduler
+sys.argv[0] = "msrun"
+main()')
+fi
+FIRST=$((NODE_RANK * DEVICE_NUM))  # this node's first global rank
 mkdir -p train_parallel
 cd train_parallel
-echo "logs: $PWD/worker_{0..$((DEVICE_NUM - 1))}.log"
+echo "logs: $PWD/worker_{$FIRST..$((FIRST + DEVICE_NUM - 1))}.log"
 # --tail_worker_log -2 (no worker): msrun would start a `tail -f` per worker log for its console,
 # which msrun.log does not need and which outlives an msrun that is killed.
-"${OWN_GROUP[@]}" msrun --worker_num "$DEVICE_NUM" --local_worker_num "$DEVICE_NUM" \
+"${OWN_GROUP[@]}" "${MSRUN[@]}" --worker_num "$((DEVICE_NUM * NODE_NUM))" --local_worker_num "$DEVICE_NUM" \
+    --node_rank "$NODE_RANK" --master_addr "$MASTER_ADDR" \
     --master_port "$PORT" --log_dir "$PWD" --join True --tail_worker_log -2 \
     "$ROOT/train.py" --config_path "$CONFIG_PATH" --device_target "$DEVICE_TARGET" \
     --dataset_path "$DATA_PATH" --is_distributed True ${EXTRA_ARGS:-} > msrun.log 2>&1 &
@@ -58,7 +86,7 @@ while kill -0 "$MSRUN_PID" 2>/dev/null; do
     fi
 done
 if [ -n "$STOP_SIGNAL" ]; then  # stopped as asked: say where the run can continue from
-    show_failure worker_0.log
+    show_failure "worker_$FIRST.log"
     exit "$(stop_status)"
 fi
 [ "$status" != 0 ] || { wait "$MSRUN_PID" && status=0 || status=$?; }
@@ -67,4 +95,4 @@ if [ "$status" != 0 ]; then
     show_failure worker_*.log
     exit "$status"
 fi
-show_result worker_0.log
+show_result "worker_$FIRST.log"

@@ -169,15 +169,44 @@ def find_start(config, folder: str) -> Start:
     return start
 
 
-def agree_on_step(step: int, rank: int, size: int) -> None:
-    """Every rank of a distributed run must start at the same step, or the one ahead waits for
-    the others forever at its first step past their end. One all-reduce tells."""
+def agree_on_step(step: int, rank: int, size: int) -> tuple:
+    """(the step every rank starts at, whether ranks take rank 0's state): rank 0's step. A rank
+    whose own folder holds no checkpoint (nodes without shared storage: only rank 0 writes)
+    takes rank 0's weights and train state (``broadcast_state``); a rank that resumes its own
+    checkpoint at another step than rank 0's is refused (two different runs' checkpoints), or
+    the one ahead would wait for the others forever at its first step past their end."""
     steps = gather_over_ranks(step, rank, size)
-    if len(set(steps)) > 1:
+    apart = [s for s in steps if s and s != steps[0]]
+    if apart:
         raise UserError(f"the ranks would resume at different steps ({min(steps)} to "
                         f"{max(steps)})", "--resume",
                         "give every rank the same --output_path on a shared file system, or "
                         "one --resume checkpoint")
+    return steps[0], any(s != steps[0] for s in steps)
+
+
+def broadcast_state(net, opt, step: int, rank: int, size: int) -> None:
+    """Rank 0's weights, BatchNorm statistics, momentum and step on every rank: one all-reduce
+    of a vector that only rank 0 fills (MindSpore's CPU collectives sum floats)."""
+    params = list(net.get_parameters()) + list(opt.moments)
+    sizes = gather_over_ranks(sum(int(np.prod(p.shape)) for p in params), rank, size)
+    if len(set(sizes)) > 1:
+        raise UserError(f"the ranks built networks of different sizes ({min(sizes):,} to "
+                        f"{max(sizes):,} values) to take rank 0's checkpoint into", "--resume",
+                        "give every rank the same flags (network, classes, options)")
+    flat = np.concatenate([p.asnumpy().astype(np.float32).ravel() for p in params]) \
+        if rank == 0 else np.zeros(sizes[0], np.float32)
+    flat = ops.AllReduce()(ms.Tensor(flat)).asnumpy()
+    offset = 0
+    for param in params:
+        count = int(np.prod(param.shape))
+        param.set_data(ms.Tensor(flat[offset:offset + count].reshape(param.shape),
+                                 param.dtype))
+        offset += count
+    opt.global_step.set_data(ms.Tensor([step], ms.int32))
+    if rank:
+        print(f"resume: rank {rank} took rank 0's weights and train state at global step "
+              f"{step} (its own folder had no checkpoint: no shared storage)", flush=True)
 
 
 # ---- step 3: the network record
@@ -335,8 +364,9 @@ def _train(config, rank: int, group_size: int, folder: str) -> str:
     if step >= config.epoch_size * steps:
         raise UserError(f"checkpoint is at epoch {step // steps} of {config.epoch_size}",
                         start.path, "give a larger --epoch_size to train further")
+    take_rank0 = False
     if group_size > 1:
-        agree_on_step(step, rank, group_size)
+        step, take_rank0 = agree_on_step(step, rank, group_size)
     state, history = prepare_folder(config, folder, start, step, steps) if rank == 0 \
         else (None, [])
 
@@ -347,6 +377,8 @@ def _train(config, rank: int, group_size: int, folder: str) -> str:
     opt, lr = build_optimizer(config, net, steps, group_size)
     if start.path:
         restore_train_state(net, opt, start, step, steps, lr)
+    if take_rank0:
+        broadcast_state(net, opt, step, rank, group_size)
 
     loss = CrossEntropySmooth(sparse=True, reduction="mean",
                               smooth_factor=config.label_smooth_factor,

@@ -3,6 +3,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 
@@ -81,6 +82,80 @@ def test_cpu_data_parallel_killed_launcher_and_distributed_resume(tmp_path):
     sums = [re.search(r"weights checksum (\S+)", t).group(1) for t in texts]
     assert sums[0] == sums[1]
     assert proc.stdout.splitlines()[-1].startswith("train: finished mobilenet_v1_025 epochs")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def launch_node(folder, node, port, data, args, nodes=2):
+    """run_distribute_train_cpu.sh as node ``node`` of ``nodes`` (one worker each) on 127.0.0.1,
+    in ``folder`` (a node's own disk: nothing shared with the other)."""
+    os.makedirs(folder, exist_ok=True)
+    env = {**os.environ, "EXTRA_ARGS": " ".join(args), "NODE_NUM": str(nodes),
+           "NODE_RANK": str(node), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    return subprocess.Popen(["bash", os.path.join(ROOT, "scripts", "run_distribute_train_cpu.sh"),
+                             "1", data], cwd=folder, env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def checksum(log):
+    return re.search(r"weights checksum (\S+)", log.read_text()).group(1)
+
+
+@pytest.mark.xdist_group("msrun")
+def test_two_nodes_on_one_machine(tmp_path):
+    """Two msrun nodes simulated on 127.0.0.1 (NODE_NUM=2, NODE_RANK 0 and 1, one worker each,
+    each in a folder of its own): they end with the weights of one node of two workers (same
+    seed and data); --resume auto on both continues at the same step, the node without
+    checkpoints (no shared storage) taking rank 0's; killing one node's launcher stops the other
+    with one line and leaves no process."""
+    data = write_cifar_folder(str(tmp_path / "cifar"), train_count=64, test_count=8)
+    args = SMALL + ["--seed", "3"]
+    os.makedirs(tmp_path / "one")
+    proc = run_script("run_distribute_train_cpu.sh", 2, data, cwd=tmp_path / "one",
+                      env={"EXTRA_ARGS": " ".join(args)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    one = [checksum(tmp_path / "one" / "train_parallel" / f"worker_{r}.log") for r in range(2)]
+
+    nodes = [tmp_path / "node0", tmp_path / "node1"]
+    logs = [nodes[r] / "train_parallel" / f"worker_{r}.log" for r in range(2)]
+    for extra, epochs in (([], "1..2"), (["--epoch_size", "3", "--resume", "auto"], "3..3")):
+        port = free_port()
+        runs = [launch_node(nodes[r], r, port, data, args + extra) for r in range(2)]
+        outs = [run.communicate(timeout=300) for run in runs]
+        assert [run.returncode for run in runs] == [0, 0], outs
+        assert all(f"epochs {epochs}, rank {r}/2" in logs[r].read_text() for r in range(2))
+        assert checksum(logs[0]) == checksum(logs[1])
+        if not extra:
+            assert checksum(logs[0]) == one[0] == one[1]
+            assert "train: finished mobilenet_v1_025 epochs 1..2" in outs[0][0]
+    assert "took rank 0's weights and train state at global step 8" in logs[1].read_text()
+    assert not (nodes[1] / "train_parallel" / "output").exists()  # only rank 0 writes
+
+    port = free_port()
+    long = [a if a != "2" else "200" for a in args]  # --epoch_size 200
+    runs = [launch_node(tmp_path / f"k{r}", r, port, data, long) for r in range(2)]
+    log = tmp_path / "k1" / "train_parallel" / "worker_1.log"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and "epoch: 2 " in log.read_text()):
+        assert runs[0].poll() is None and runs[1].poll() is None
+        time.sleep(0.5)
+    os.killpg(runs[1].pid, signal.SIGKILL)
+    killed = time.time()
+    out, err = runs[0].communicate(timeout=120)
+    assert runs[0].returncode != 0 and time.time() - killed < 60
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines and lines[0].startswith("error: "), (out, err)
+    for _ in range(60):
+        if not run_processes(str(tmp_path)):
+            break
+        time.sleep(0.5)
+    left = run_processes(str(tmp_path))
+    subprocess.run(["pkill", "-9", "-f", str(tmp_path)])
+    assert not left, f"{len(left)} processes of the two nodes are still there"
 
 
 def test_rank_table_plan_in_dry_run(tmp_path):
