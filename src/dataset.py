@@ -5,6 +5,7 @@ bytes per record), because ``mindspore.dataset.Cifar10Dataset`` accepts only fil
 10,000 records. Transforms are the official ports' (ANCHORS 1.4).
 """
 import glob
+import json
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +50,9 @@ def worker_count(requested: int = 0) -> int:
 def check_layout(dataset: str, path: str) -> None:
     """Refuse a data folder laid out for the other ``dataset`` value, naming the right one, before
     anything expensive starts (a process group, a network, a scan of the images)."""
+    if dataset == "mindrecord":
+        mindrecord_info(path)
+        return
     if dataset not in ("cifar10", "imagenet"):
         return
     if not os.path.isdir(path):
@@ -135,11 +139,50 @@ def imagenet_folder(path: str, training: bool) -> str:
 
 
 def dataset_classes(config, training: bool = True):
-    """The class names of an image-folder data set (label i is the i-th), None for the others
-    (CIFAR-10 files carry indices only)."""
+    """The class names of an image-folder data set or of its MindRecord shards (label i is the
+    i-th), None for the others (CIFAR-10 files carry indices only)."""
+    if config.dataset == "mindrecord":
+        return mindrecord_info(config.dataset_path)["classes"]
     if config.dataset != "imagenet":
         return None
     return class_names(imagenet_folder(config.dataset_path, training))
+
+
+# ---- MindRecord shards of an image folder (python -m src.mindrecord writes them)
+MINDRECORD_INFO = "mindrecord.json"
+
+
+def mindrecord_info(folder: str) -> dict:
+    """mindrecord.json of a converted folder (classes, shards, counts), or one line saying the
+    folder is not one."""
+    if not os.path.isdir(folder):
+        raise UserError("data path not found", folder, "give the folder python -m "
+                        "src.mindrecord wrote")
+    path = os.path.join(folder, MINDRECORD_INFO)
+    if not os.path.isfile(path):
+        raise UserError(f"no {MINDRECORD_INFO} in the data folder: it holds no MindRecord "
+                        "shards", folder, "convert the class folders with python -m "
+                        "src.mindrecord SOURCE OUTPUT, or give --dataset imagenet for them")
+    try:
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f)
+        info["classes"], info["shards"] = list(info["classes"]), int(info["shards"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{MINDRECORD_INFO} is not the converter's ({type(err).__name__})",
+                        path, "convert the data set again") from None
+    return info
+
+
+def mindrecord_files(folder: str, training: bool) -> list:
+    """The shard files of the train (or val) split of a converted folder, all there."""
+    split, shards = "train" if training else "val", mindrecord_info(folder)["shards"]
+    files = [os.path.join(folder, f"{split}.mindrecord{i if shards > 1 else ''}")
+             for i in range(shards)]
+    missing = [f for f in files if not os.path.isfile(f) or not os.path.isfile(f + ".db")]
+    if missing:
+        raise UserError(f"{len(missing)} of the {shards} {split} shards are missing (or their "
+                        ".db)", missing[0], "copy the whole converted folder, or convert again")
+    return files
 
 
 def class_names(folder: str) -> list:
@@ -282,12 +325,13 @@ def _shard_args(rank_id: int, rank_size: int) -> dict:
     return {"num_shards": rank_size, "shard_id": rank_id} if rank_size > 1 else {}
 
 
-def check_classes(folder: str, num_classes: int, expected=None) -> list:
-    """The class folders of an image folder, checked against the network: no more than its
-    ``num_classes`` (the labels past them would train nothing and score as wrong), and the same
-    names as ``expected`` (train's for its val/, a checkpoint's for eval), since labels are
-    positions in the sorted list and any difference moves them."""
-    names = class_names(folder)
+def check_classes(folder: str, num_classes: int, expected=None, names=None) -> list:
+    """The class folders of an image folder (or ``names``, its MindRecord shards' classes),
+    checked against the network: no more than its ``num_classes`` (the labels past them would
+    train nothing and score as wrong), and the same names as ``expected`` (train's for its val/,
+    a checkpoint's for eval), since labels are positions in the sorted list and any difference
+    moves them."""
+    names = class_names(folder) if names is None else names
     if len(names) > num_classes:
         raise UserError(f"{len(names)} class folders for a network of {num_classes} classes",
                         folder, f"give --num_classes {len(names)}, or a checkpoint or data of "
@@ -329,10 +373,17 @@ def create_dataset(config, training: bool, rank_id: int = 0, rank_size: int = 1,
             ops = ops[1:]  # the 32x32 images need no resize
         if augment:
             ops = [V.RandomCrop(32, padding=4)] + flip_ops(config) + ops
-    elif config.dataset == "imagenet":
-        folder = imagenet_folder(config.dataset_path, training)
-        check_classes(folder, config.num_classes, classes)
-        data = image_folder_dataset(folder, config, training, workers, shard)
+    elif config.dataset in ("imagenet", "mindrecord"):
+        if config.dataset == "imagenet":
+            folder = imagenet_folder(config.dataset_path, training)
+            check_classes(folder, config.num_classes, classes)
+            data = image_folder_dataset(folder, config, training, workers, shard)
+        else:
+            check_classes(config.dataset_path, config.num_classes, classes,
+                          mindrecord_info(config.dataset_path)["classes"])
+            data = ds.MindDataset(mindrecord_files(config.dataset_path, training),
+                                  columns_list=["image", "label"], shuffle=training,
+                                  num_parallel_workers=workers, **shard)
         if augment:
             ops = [V.RandomCropDecodeResize(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3))] + \
                 flip_ops(config)

@@ -83,6 +83,9 @@ def _has_split(record, path: str) -> bool:
             return bool(cifar10_files(path, training=True))
         except UserError:
             return False
+    if record.dataset == "mindrecord":
+        from src.dataset import MINDRECORD_INFO
+        return os.path.isfile(os.path.join(path, MINDRECORD_INFO))
     return record.dataset == "imagenet" and os.path.isdir(os.path.join(path, "train"))
 
 

@@ -50,7 +50,7 @@ OLD_CONV_IMPLS = ("fast", "standard", "split", "native")
 # Every key that is not free text has a rule (tests check that each number and choice does).
 RULES = {
     "device_target": Choice(("Ascend", "GPU", "CPU")),
-    "dataset": Choice(("cifar10", "imagenet", "synthetic")),
+    "dataset": Choice(("cifar10", "imagenet", "mindrecord", "synthetic")),
     "network": Choice(_networks),
     "pool_pad": Choice(("pad", "same")),
     "shuffle_order": Choice(("paper", "megvii")),
