@@ -37,6 +37,17 @@ def run_processes(marker):
     return subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
 
 
+def assert_none_left(marker, seconds, what):
+    """No process whose command line holds ``marker`` after at most ``seconds`` (any left are
+    killed, so that a failure leaves none behind either)."""
+    deadline = time.time() + seconds
+    while run_processes(marker) and time.time() < deadline:
+        time.sleep(0.5)
+    left = run_processes(marker)
+    subprocess.run(["pkill", "-9", "-f", marker])
+    assert not left, f"{len(left)} processes of {what} are still there"
+
+
 @pytest.mark.xdist_group("msrun")  # one msrun job at a time: ports, cores
 def test_cpu_data_parallel_killed_launcher_and_distributed_resume(tmp_path):
     """msrun with 2 CPU workers through the real script. Killed (SIGKILL to the launcher's whole
@@ -46,7 +57,8 @@ def test_cpu_data_parallel_killed_launcher_and_distributed_resume(tmp_path):
     empty folder and started at epoch 1, then waited forever) and end with the same weights."""
     data = write_cifar_folder(str(tmp_path / "cifar"), train_count=64, test_count=8)
     args = SMALL[:]
-    args[args.index("--epoch_size") + 1] = "3"
+    # 200 epochs: on a fast machine 3 epochs (12 steps, 1-2 s) ended before the kill landed.
+    args[args.index("--epoch_size") + 1] = "200"
     env = {**os.environ, "EXTRA_ARGS": " ".join(args)}
     script = ["bash", os.path.join(ROOT, "scripts", "run_distribute_train_cpu.sh"), "2", data]
     launcher = subprocess.Popen(script, cwd=tmp_path, env=env, start_new_session=True,
@@ -59,26 +71,24 @@ def test_cpu_data_parallel_killed_launcher_and_distributed_resume(tmp_path):
         time.sleep(0.5)
     os.killpg(launcher.pid, signal.SIGKILL)
     launcher.wait(timeout=30)
-    for _ in range(120):
-        if not run_processes(str(tmp_path)):
-            break
-        time.sleep(0.5)
-    left = run_processes(str(tmp_path))
-    subprocess.run(["pkill", "-9", "-f", str(tmp_path)])
-    assert not left, f"{len(left)} processes of the killed run are still there"
+    assert_none_left(str(tmp_path), 60, "the killed run")
 
+    # Resumed to 2 epochs past the newest checkpoint's.
+    last = RunState.load(str(folder)).checkpoints()[-1][0] // 4 + 2
+    args[args.index("--epoch_size") + 1] = str(last)
     proc = run_script("run_distribute_train_cpu.sh", 2, data, cwd=tmp_path,
                       env={"EXTRA_ARGS": " ".join(args + ["--resume", "auto"])})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     texts = [(logs / f"worker_{r}.log").read_text() for r in range(2)]
     resumed = [re.search(r"^resume auto: (.*)$", t, re.M).group(1) for t in texts]
     assert resumed[0] == resumed[1] and resumed[0].startswith(str(folder))
-    starts = [re.search(r"4 steps/epoch, epochs (\d)\.\.3, rank (\d)/2", t).groups()
+    starts = [re.search(rf"4 steps/epoch, epochs (\d+)\.\.{last}, rank (\d)/2", t).groups()
               for t in texts]
-    assert starts[0][0] == starts[1][0] >= "2" and [r for _, r in starts] == ["0", "1"]
+    assert starts[0][0] == starts[1][0] and int(starts[0][0]) >= 2
+    assert [r for _, r in starts] == ["0", "1"]
     # Only rank 0 writes checkpoints; both ranks end with the same weights.
     assert sorted(os.listdir(logs / "output")) == ["ckpt_0"]
-    assert "mobilenet_v1_025-3_4.ckpt" in os.listdir(folder)
+    assert f"mobilenet_v1_025-{last}_4.ckpt" in os.listdir(folder)
     sums = [re.search(r"weights checksum (\S+)", t).group(1) for t in texts]
     assert sums[0] == sums[1]
     assert proc.stdout.splitlines()[-1].startswith("train: finished mobilenet_v1_025 epochs")
@@ -149,13 +159,7 @@ def test_two_nodes_on_one_machine(tmp_path):
     assert runs[0].returncode != 0 and time.time() - killed < 60
     lines = [line for line in err.splitlines() if line.strip()]
     assert lines and lines[0].startswith("error: "), (out, err)
-    for _ in range(60):
-        if not run_processes(str(tmp_path)):
-            break
-        time.sleep(0.5)
-    left = run_processes(str(tmp_path))
-    subprocess.run(["pkill", "-9", "-f", str(tmp_path)])
-    assert not left, f"{len(left)} processes of the two nodes are still there"
+    assert_none_left(str(tmp_path), 30, "the two nodes")
 
 
 def test_rank_table_plan_in_dry_run(tmp_path):
