@@ -118,14 +118,7 @@ def check_model_file(args) -> None:
                         else [])
     batch = args.batch_size if "batch_size" in args.explicit else None
     predictor = Predictor(args.model, config, batch_size=batch)
-    if predictor.kind == ".ckpt":
-        raise UserError("a checkpoint given as --model", args.model,
-                        "give an exported .mindir or .onnx (ours times checkpoints' networks)")
-    height, width = predictor.size
-    if height != width:
-        raise UserError(f"the file's graph takes {height}x{width} images; the benchmark times "
-                        f"square ones", args.model, "export at a square size")
-    args.image_size = height
+    args.image_size = predictor.exported_side(args.model)
     args.batch_size = predictor.fixed_batch or args.batch_size
 
 

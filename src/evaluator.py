@@ -62,16 +62,10 @@ def evaluate_file(config, path: str) -> dict:
     use_device(config.device_target, config.conv_impl)
     batch = config.eval_batch_size if "eval_batch_size" in config.explicit else None
     predictor = Predictor(path, config, batch_size=batch)
-    if predictor.kind == ".ckpt":
-        raise UserError("a checkpoint given as --model", path,
-                        "give it as --checkpoint_path, or give an exported .mindir or .onnx")
+    side = predictor.exported_side(path)
     record = predictor.record
-    height, width = predictor.size
-    if height != width:
-        raise UserError(f"the file's graph takes {height}x{width} images; the data pipeline "
-                        f"gives square ones", path, "export at a square size (--width only)")
     check_layout(record.dataset, config.dataset_path)
-    data_config = with_values(record.data_config(config), image_size=height)
+    data_config = with_values(record.data_config(config), image_size=side)
     dataset = create_dataset(data_config, training=False, classes=record.class_names or None,
                              batch_size=predictor.fixed_batch)
     metrics = eval_metrics(record.num_classes)

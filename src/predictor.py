@@ -154,6 +154,18 @@ class Predictor:
                             "drop --batch_size, or export with --dynamic_batch True")
         self.fixed_batch = batch
 
+    def exported_side(self, model_path: str) -> int:
+        """The side of the square images this exported file takes, for eval.py --model and the
+        benchmark's --model; a checkpoint or a non-square graph is one line."""
+        if self.kind == ".ckpt":
+            raise UserError("a checkpoint given as --model", model_path,
+                            "give it as --checkpoint_path, or give an exported .mindir or .onnx")
+        height, width = self.size
+        if height != width:
+            raise UserError(f"the file's graph takes {height}x{width} images, not square ones",
+                            model_path, "export at a square size (--width only)")
+        return height
+
     def _load(self, model_path: str) -> None:
         if self.kind == ".mindir":
             try:

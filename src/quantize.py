@@ -166,8 +166,6 @@ def quantize_onnx(float_path: str, out_path: str, record, config, calibration_da
     ``calibration_data``; returns what the sidecar records of the quantization."""
     quantization = quantization_tools()
     count, batches = calibration_set(record, config, calibration_data, calibration_images, size)
-    import onnxruntime
-    input_name = onnxruntime.InferenceSession(float_path).get_inputs()[0].name
     folder = os.path.dirname(os.path.abspath(out_path))
     prepared, partial = (os.path.join(folder, f".{os.path.basename(out_path)}.{tag}.partial")
                          for tag in ("prepared", "int8"))
@@ -177,6 +175,7 @@ def quantize_onnx(float_path: str, out_path: str, record, config, calibration_da
         import onnx
         from onnx import version_converter
         model = version_converter.convert_version(onnx.load(float_path), ONNX_OPSET)
+        input_name = model.graph.input[0].name
         quantization.shape_inference.quant_pre_process(model, prepared, skip_symbolic_shape=True)
         quantization.quantize_static(
             prepared, partial, _Reader(input_name, batches, count),

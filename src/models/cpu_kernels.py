@@ -67,10 +67,10 @@ def _build():
     command = [compiler, *FLAGS]
     if dnnl:
         command += ["-DZOO_WITH_DNNL", f"-L{dnnl}", "-l:libdnnl.so.3", f"-Wl,-rpath,{dnnl}"]
-    sources = sorted(os.path.join(KERNEL_DIR, name) for name in os.listdir(KERNEL_DIR)
-                     if name.endswith(".cc"))
+    names = sorted(os.listdir(KERNEL_DIR))  # the sources and kernels.h
+    sources = [os.path.join(KERNEL_DIR, name) for name in names if name.endswith(".cc")]
     key = hashlib.sha256(" ".join(command).encode() + _cpu_features().encode())
-    for name in sorted(os.listdir(KERNEL_DIR)):  # the sources and kernels.h
+    for name in names:
         with open(os.path.join(KERNEL_DIR, name), "rb") as src:
             key.update(name.encode() + b"\0" + src.read())
     folder = os.environ.get("ZOO_KERNEL_DIR") or os.path.join(
