@@ -4,7 +4,11 @@ Each implementation lives in its own worker process (so its threads, memory peak
 cache are its own), builds its network, compiles and warms up; then the parent asks the workers
 in turn, A B A B ..., for ``steps`` timed steps each. On a noisy machine the ratio of two
 neighbouring rounds holds better than two separate runs. Modes:
-- train: one optimizer step (forward, loss, backward, Momentum update) on a fixed batch;
+- train: one optimizer step (forward, loss, backward, Momentum update) on a fixed batch, at
+  each batch size of ``--batch_size`` (a comma list sweeps: 8,16,32,64); then train.py itself
+  on a generated JPEG folder at each batch size, its figure the median of its own progress
+  lines' images/s (what a user's run reports: the data pipeline, the loss scale, weight decay
+  and the callbacks included; ``--no_train_py`` leaves it out);
 - infer: every way to run a trained network, at batch 1 (median and 90th-percentile latency)
   and at ``--batch_size`` (images/s), A B A B: ours (what eval.py and infer.py run: graph mode
   with our kernels, each conv with its BatchNorm and activation in one kernel), standard (ours
@@ -26,8 +30,12 @@ import math
 import multiprocessing as mp
 import os
 import platform
+import re
 import resource
+import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -41,6 +49,7 @@ from src.models.layers import CONV_IMPLS
 IMPLEMENTATIONS = ("ours", "standard", "mindir", "onnx", "mindcv", "torch")
 DEFAULTS = {"batch_size": 32, "image_size": 224}  # filled in after parsing: a given one is seen
 INFER_ONLY = ("mindir", "onnx")
+JPEG_CLASSES = 4  # the class folders of write_jpeg_folder's generated images
 # --layer: (in channels, out channels, kernel, stride, group, side); batch_norm: channels, side.
 LAYERS = {"depthwise": (232, 232, 3, 1, 232, 28), "depthwise_s2": (232, 232, 3, 2, 232, 28),
           "grouped_g3": (231, 231, 1, 1, 3, 28), "pointwise": (232, 232, 1, 1, 1, 28),
@@ -54,7 +63,8 @@ def parser() -> ArgumentParser:
                    choices=("train", "infer", "data", "layer", "layer_infer"))
     p.add_argument("--layer", default="depthwise", choices=tuple(LAYERS),
                    help="layer modes: the layer timed")
-    p.add_argument("--batch_size", type=int, default=None, help="default 32")
+    p.add_argument("--batch_size", type=batch_list, default=None,
+                   help="default 32; train mode takes a comma list to sweep (8,16,32,64)")
     p.add_argument("--image_size", type=int, default=None, help="default 224")
     p.add_argument("--model", default="", help="infer mode: an exported .mindir or .onnx file "
                    "(export.py's) timed beside the others as 'file'")
@@ -73,8 +83,15 @@ def parser() -> ArgumentParser:
     p.add_argument("--data_path", default="", help="data mode: a folder with train/<class>/; "
                    "default: a generated folder of 256 JPEGs of 500x375")
     p.add_argument("--num_parallel_workers", type=int, default=0, help="data mode: 0 = cores")
+    p.add_argument("--no_train_py", action="store_true",
+                   help="train mode: leave out the train.py runs (in-process steps only)")
     p.add_argument("--json", default="", help="write the figures to this file")
     return p
+
+
+def batch_list(text: str) -> list:
+    """'32' -> [32]; '8,16,32' -> [8, 16, 32] (argparse's type: a ValueError is its error)."""
+    return [int(part) for part in text.split(",") if part.strip()]
 
 
 def check(args) -> None:
@@ -82,12 +99,20 @@ def check(args) -> None:
     args.explicit = {k for k in DEFAULTS if getattr(args, k) is not None}
     for key, value in DEFAULTS.items():
         if getattr(args, key) is None:
-            setattr(args, key, value)
+            setattr(args, key, [value] if key == "batch_size" else value)
+    args.batch_sizes = list(dict.fromkeys(args.batch_size))  # the sweep, in the order given
+    if not args.batch_sizes:
+        raise UserError("no batch size given", "--batch_size", "give one, e.g. 32")
+    if len(args.batch_sizes) > 1 and args.mode != "train":
+        raise UserError("a sweep of batch sizes is timed in train mode only", "--batch_size",
+                        "give one batch size, or --mode train")
+    args.batch_size = args.batch_sizes[0]  # the headline figures' batch
     if args.network not in list_networks():
         raise UserError(f"unknown network {args.network!r}", "--network",
                         "give a registered name, e.g. shufflenet_v2_x1_0")
-    for key in ("batch_size", "steps", "rounds"):
-        if getattr(args, key) < 1:
+    for key, value in (("batch_size", min(args.batch_sizes)), ("steps", args.steps),
+                       ("rounds", args.rounds)):
+        if value < 1:
             raise UserError(f"{key} must be at least 1", f"--{key}", "give a positive number")
     if args.image_size < 32 or args.image_size % 32:
         raise UserError(f"image size {args.image_size} is not a multiple of 32", "--image_size",
@@ -139,8 +164,10 @@ def _file_setup(args) -> dict:
 
 
 def shapes(args) -> list:
-    """The input shapes each implementation is timed at: the batch, and for inference batch 1
-    too (latency)."""
+    """The batch sizes each implementation is timed at: the sweep's (train), the batch and
+    batch 1 (infer: latency), the batch (the other modes)."""
+    if args.mode == "train":
+        return args.batch_sizes
     return [1, args.batch_size] if args.mode == "infer" and args.batch_size > 1 \
         else [args.batch_size]
 
@@ -166,14 +193,17 @@ def _mindspore_setup(args, impl) -> dict:
             EXPORT_CONV_IMPL[impl.upper()]  # mindir, onnx: the network export.py writes
         net = create_network(args.network, num_classes=1000, conv_impl=conv_impl)
     if args.mode == "train":
-        x = ms.Tensor(np.random.rand(args.batch_size, 3, args.image_size, args.image_size)
-                      .astype(np.float32))
-        y = ms.Tensor(np.random.randint(0, 1000, args.batch_size).astype(np.int32))
         loss = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
         opt = nn.Momentum(net.trainable_params(), 0.01, 0.9)
         step = nn.TrainOneStepCell(nn.WithLossCell(net, loss), opt)
         step.set_train()
-        return {args.batch_size: lambda: step(x, y).asnumpy()}
+        calls = {}
+        for batch in shapes(args):  # graph mode compiles one graph a shape
+            x = ms.Tensor(np.random.rand(batch, 3, args.image_size, args.image_size)
+                          .astype(np.float32))
+            y = ms.Tensor(np.random.randint(0, 1000, batch).astype(np.int32))
+            calls[batch] = lambda x=x, y=y: step(x, y).asnumpy()
+        return calls
     net.set_train(False)
     if impl in INFER_ONLY:
         net = _exported(args, net, impl)
@@ -277,18 +307,18 @@ def _torch_setup(args) -> dict:
     from reference.torch_models import torch_network
     net = torch_network(args.network)
     if args.mode == "train":
-        x = torch.rand(args.batch_size, 3, args.image_size, args.image_size)
-        y = torch.randint(0, 1000, (args.batch_size,))
         opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
         net.train()
 
-        def step():
+        def step(x, y):
             opt.zero_grad()
             loss = torch.nn.functional.cross_entropy(net(x), y)
             loss.backward()
             opt.step()
             return loss.item()
-        return {args.batch_size: step}
+        return {batch: (lambda x=torch.rand(batch, 3, args.image_size, args.image_size),
+                        y=torch.randint(0, 1000, (batch,)): step(x, y))
+                for batch in shapes(args)}
     net.eval()
 
     def infer(x):
@@ -317,7 +347,19 @@ def _data_setup(args):
     return next_batch
 
 
-def write_jpeg_folder(root: str, count: int = 256, classes: int = 4) -> str:
+def linked_subset(source: str, root: str, count: int) -> str:
+    """root/train/<class>/: links to the first ``count`` images of write_jpeg_folder's
+    ``source`` (one epoch of a given length, without writing the images again)."""
+    for name in sorted(os.listdir(os.path.join(source, "train"))):
+        os.makedirs(os.path.join(root, "train", name))
+    for i in range(count):
+        name = f"class_{i % JPEG_CLASSES}/{i}.jpg"
+        os.symlink(os.path.join(source, "train", name), os.path.join(root, "train", name))
+    return root
+
+
+
+def write_jpeg_folder(root: str, count: int = 256, classes: int = JPEG_CLASSES) -> str:
     """root/train/<class>/*.jpg: ``count`` 500x375 JPEGs, ImageNet's typical size and quality."""
     from PIL import Image
     rng = np.random.RandomState(0)
@@ -392,6 +434,8 @@ def run_benchmark(args) -> dict:
                            "layer": args.layer if args.mode.startswith("layer") else "",
                            "model": os.path.abspath(args.model) if args.model else "",
                            "machine": machine(), "results": {}, "ratios": {}}
+    if args.mode == "train":
+        result["batch_sizes"] = args.batch_sizes
     for impl in impls:
         why = available(impl)
         if why:
@@ -406,43 +450,111 @@ def run_benchmark(args) -> dict:
             raise UserError(f"{impl} failed to set up: {value}", args.network,
                             "run with --debug, or leave it out of --compare")
         workers[impl] = (process, parent)
-        result["results"][impl] = {"compile_s": round(value, 2), "step_times": [],
-                                   "b1_times": []}
+        result["results"][impl] = {"compile_s": round(value, 2)}
         print(f"benchmark: {impl} compiled and warmed up in {value:.1f} s", flush=True)
+    times = {impl: {batch: [] for batch in shapes(args)} for impl in workers}
     for _ in range(args.rounds):  # A B A B ..., each shape in turn
         for batch in shapes(args):
-            key = "step_times" if batch == args.batch_size else "b1_times"
             for impl, (_, pipe) in workers.items():
                 pipe.send((batch, args.steps))
-                kind, times = pipe.recv()
+                kind, value = pipe.recv()
                 if kind == "error":
-                    raise UserError(f"{impl} failed: {times}", args.network, "run with --debug")
-                result["results"][impl][key].append(times)
+                    raise UserError(f"{impl} failed: {value}", args.network, "run with --debug")
+                times[impl][batch].append(value)
     for impl, (process, pipe) in workers.items():
         pipe.send(None)
         _, rss = pipe.recv()
         process.join(timeout=60)
-        figures = result["results"][impl]
-        median = statistics.median(t for times in figures["step_times"] for t in times)
-        figures.update({"ms_per_step": round(median * 1000, 2),
-                        "images_per_s": round(args.batch_size / median, 2),
-                        "peak_rss_mb": round(rss, 1)})
-        latencies = sorted(t for times in figures.pop("b1_times") for t in times)
-        if args.mode == "infer":  # batch 1: the latency a single image waits
-            latencies = latencies or sorted(t for times in figures["step_times"] for t in times)
-            figures.update({"b1_ms_median": round(statistics.median(latencies) * 1000, 2),
-                            "b1_ms_p90": round(latencies[math.ceil(0.9 * len(latencies)) - 1]
-                                               * 1000, 2)})  # nearest rank
-    ours = result["results"].get("ours")
+        result["results"][impl].update(summary(args, times[impl]), peak_rss_mb=round(rss, 1))
     for impl in workers:
-        if impl == "ours":
-            continue
-        # Ratio of images/s (ours / theirs) of each round: the rounds ran side by side.
-        pairs = [statistics.median(theirs) / statistics.median(mine) for mine, theirs in
-                 zip(ours["step_times"], result["results"][impl]["step_times"])]
-        result["ratios"][f"ours/{impl}"] = {"per_round": [round(r, 3) for r in pairs],
-                                            "median": round(statistics.median(pairs), 3)}
+        if impl != "ours":
+            result["ratios"][f"ours/{impl}"] = side_by_side(args, times["ours"], times[impl])
+    if args.mode == "train" and not args.no_train_py:
+        ours = result["results"]["ours"]["by_batch"]
+        figures = result["results"]["train.py"] = time_train_py(args)
+        by_batch = {b: round(f["images_per_s"] / ours[b]["images_per_s"], 3)
+                    for b, f in figures["by_batch"].items()}
+        # train.py's runs come after the rounds: its figure over the in-process one, 1.0 no gap
+        result["ratios"]["train.py/ours"] = {"median": by_batch[str(args.batch_size)],
+                                             "by_batch": by_batch}
     return result
+
+
+def summary(args, times: dict) -> dict:
+    """A worker's figures from its ``times`` ({batch: [each round's step times]}): the headline
+    batch's step_times, ms_per_step and images_per_s; in train mode every batch's (by_batch); in
+    infer mode batch 1's latency, median and 90th percentile."""
+    figures = {"step_times": times[args.batch_size], **rate(args.batch_size,
+                                                            times[args.batch_size])}
+    if args.mode == "train":
+        figures["by_batch"] = {str(batch): rate(batch, rounds) for batch, rounds in times.items()}
+    if args.mode == "infer":  # batch 1: the latency a single image waits
+        latencies = sorted(t for rounds in times[min(times)] for t in rounds)
+        figures.update({"b1_ms_median": round(statistics.median(latencies) * 1000, 2),
+                        "b1_ms_p90": round(latencies[math.ceil(0.9 * len(latencies)) - 1]
+                                           * 1000, 2)})  # nearest rank
+    return figures
+
+
+def rate(batch: int, rounds: list) -> dict:
+    """The median step of ``rounds`` (lists of seconds) as ms and images/s."""
+    median = statistics.median(t for times in rounds for t in times)
+    return {"ms_per_step": round(median * 1000, 2), "images_per_s": round(batch / median, 2)}
+
+
+def side_by_side(args, mine: dict, theirs: dict) -> dict:
+    """ours / theirs images/s: each round's ratio (the two ran side by side in it) and the
+    median over rounds, of the headline batch; in train mode every batch's median too."""
+    def per_round(batch):
+        return [statistics.median(b) / statistics.median(a)
+                for a, b in zip(mine[batch], theirs[batch])]
+    pairs = per_round(args.batch_size)
+    ratio = {"per_round": [round(r, 3) for r in pairs], "median": round(statistics.median(pairs), 3)}
+    if args.mode == "train":
+        ratio["by_batch"] = {str(b): round(statistics.median(per_round(b)), 3) for b in mine}
+    return ratio
+
+
+# train.py's progress line (src/callbacks.py's ProgressMonitor) and the figure it reports
+PROGRESS_RATE = re.compile(r"^epoch: \d+ step: \d+, .*images/s: ([\d.]+|\?), eta: ", re.M)
+
+
+def time_train_py(args) -> dict:
+    """train.py itself, at each batch size: default_config_imagenet.yaml's recipe for
+    ``args.network`` on a generated folder of 500x375 JPEGs (decoded, cropped and jittered by
+    its pipeline as ImageNet's are), one epoch of ``1 + warmup + steps x rounds`` steps, a
+    progress line each step; its figure is the median of the lines' images/s after the first
+    ``1 + warmup`` (the first has none: it holds the compile)."""
+    skip = 1 + args.warmup
+    steps = skip + args.steps * args.rounds
+    root = tempfile.mkdtemp(prefix="benchmark-train-py-")
+    images = write_jpeg_folder(os.path.join(root, "images"), count=max(args.batch_sizes) * steps)
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "train.py")
+    figures = {"by_batch": {}}
+    for batch in args.batch_sizes:
+        data = linked_subset(images, os.path.join(root, f"data-{batch}"), batch * steps)
+        command = [sys.executable, script, "--config_path", os.path.join(
+                       os.path.dirname(script), "default_config_imagenet.yaml"),
+                   "--network", args.network, "--dataset_path", data,
+                   "--image_size", str(args.image_size), "--batch_size", str(batch),
+                   "--epoch_size", "1", "--log_interval", "1", "--save_checkpoint", "False",
+                   "--conv_impl", args.conv_impl, "--device_target", args.device_target,
+                   "--output_path", os.path.join(root, f"run-{batch}")]
+        print(f"benchmark: train.py at batch {batch} ({steps} steps)", flush=True)
+        done = subprocess.run(command, capture_output=True, text=True,
+                              env={**os.environ, "GLOG_v": "3"})
+        rates = [float(r) for r in PROGRESS_RATE.findall(done.stdout) if r != "?"][skip - 1:]
+        if done.returncode != 0 or not rates:
+            lines = (done.stderr.strip() or done.stdout.strip() or "no output").splitlines()
+            raise UserError(f"train.py failed at batch {batch}: {lines[-1][:300]}",
+                            " ".join(command[1:]), "run that command to see why")
+        figures["by_batch"][str(batch)] = {"images_per_s": round(statistics.median(rates), 2),
+                                           "progress_rates": rates}
+    figures["images_per_s"] = figures["by_batch"][str(args.batch_size)]["images_per_s"]
+    figures["command"] = "train.py " + " ".join(command[2:])
+    shutil.rmtree(root, ignore_errors=True)
+    return figures
 
 
 def machine() -> dict:
@@ -461,19 +573,29 @@ def machine() -> dict:
 
 def report(result: dict) -> None:
     unit = "batch" if result["mode"] == "data" else "step"
+    subject = f"{result['layer']} layer" if result["layer"] else \
+        f"{result['network']} at {result['image_size']}"
     for impl, figures in result["results"].items():
         label = "data pipeline" if result["mode"] == "data" else impl
-        subject = f"{result['layer']} layer" if result["layer"] else \
-            f"{result['network']} at {result['image_size']}"
+        if impl == "train.py":
+            for batch, each in figures["by_batch"].items():
+                print(f"train.py: {subject} train batch {batch}: {each['images_per_s']} "
+                      f"images/s (the median of its progress lines)", flush=True)
+            continue
         latency = f"batch 1: {figures['b1_ms_median']} ms (median), {figures['b1_ms_p90']} ms " \
                   f"(90th percentile); " if "b1_ms_median" in figures else ""
         print(f"{label}: {subject} {result['mode']} {latency}batch {result['batch_size']}: "
               f"{figures['images_per_s']} images/s, "
               f"{figures['ms_per_step']} ms per {unit} (median), compile "
               f"{figures['compile_s']} s, peak memory {figures['peak_rss_mb']} MB", flush=True)
+        for batch, each in list(figures.get("by_batch", {}).items())[1:]:
+            print(f"{label}: {subject} {result['mode']} batch {batch}: {each['images_per_s']} "
+                  f"images/s, {each['ms_per_step']} ms per {unit} (median)", flush=True)
     for name, ratio in result["ratios"].items():
-        print(f"ratio {name} (images/s): {ratio['median']} (per round {ratio['per_round']})",
-              flush=True)
+        rounds = f" (per round {ratio['per_round']})" if "per_round" in ratio else ""
+        batches = f"; by batch {ratio['by_batch']}" if len(ratio.get("by_batch", ())) > 1 \
+            or name == "train.py/ours" else ""
+        print(f"ratio {name} (images/s): {ratio['median']}{rounds}{batches}", flush=True)
 
 
 def benchmark_command(argv) -> dict:

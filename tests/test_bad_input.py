@@ -227,6 +227,13 @@ CASES = {
     "benchmark unknown reference": (lambda w: ("benchmark.py", "--compare", "tensorflow"),
                                     "unknown reference 'tensorflow'"),
     "benchmark bad flag": (lambda w: ("benchmark.py", "--mode", "fly"), "invalid choice"),
+    "benchmark sweep outside train": (
+        lambda w: ("benchmark.py", "--mode", "infer", "--batch_size", "8,16"),
+        "a sweep of batch sizes is timed in train mode only"),
+    "benchmark batch not a number": (lambda w: ("benchmark.py", "--batch_size", "8,x"),
+                                     "invalid batch_list value"),
+    "benchmark batch zero": (lambda w: ("benchmark.py", "--batch_size", "8,0"),
+                             "batch_size must be at least 1"),
     "benchmark mindcv per layer": (
         lambda w: ("benchmark.py", "--mode", "layer", "--compare", "mindcv"),
         "MindCV is not timed layer by layer"),

@@ -10,22 +10,35 @@ pytestmark = pytest.mark.slow
 FIGURES = {"compile_s", "step_times", "ms_per_step", "images_per_s", "peak_rss_mb"}
 
 
-def test_train_against_standard_mindcv_and_torch_writes_the_figures(tmp_path):
+def test_train_sweeps_batch_sizes_against_the_references_and_train_py(tmp_path):
+    """Train mode at two batch sizes: ours, standard, MindCV and PyTorch side by side at each,
+    then train.py's own progress figure at each (the median of its lines after the compile)."""
     out = tmp_path / "bench.json"
     proc = run_entry("benchmark.py", "--network", "mobilenet_v1_025", "--mode", "train",
-                     "--image_size", "32", "--batch_size", "2", "--steps", "2", "--rounds", "2",
+                     "--image_size", "32", "--batch_size", "2,3", "--steps", "2", "--rounds", "2",
                      "--warmup", "0", "--compare", "standard,mindcv,torch", "--json", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert set(result["results"]) == {"ours", "standard", "mindcv", "torch"}
-    for figures in result["results"].values():
+    assert result["batch_sizes"] == [2, 3] and result["batch_size"] == 2
+    assert set(result["results"]) == {"ours", "standard", "mindcv", "torch", "train.py"}
+    for impl in ("ours", "standard", "mindcv", "torch"):
+        figures = result["results"][impl]
         assert FIGURES <= set(figures)
         assert len(figures["step_times"]) == 2 and all(len(r) == 2 for r in figures["step_times"])
         assert figures["images_per_s"] > 0 and figures["peak_rss_mb"] > 0
+        assert set(figures["by_batch"]) == {"2", "3"}
+        assert figures["by_batch"]["2"]["images_per_s"] == figures["images_per_s"]
     for name in ("ours/standard", "ours/mindcv", "ours/torch"):
         assert len(result["ratios"][name]["per_round"]) == 2
+        assert set(result["ratios"][name]["by_batch"]) == {"2", "3"}
+    train_py = result["results"]["train.py"]
+    for batch in ("2", "3"):  # steps x rounds lines after the first (the compile's, no figure)
+        assert len(train_py["by_batch"][batch]["progress_rates"]) == 4
+        assert train_py["by_batch"][batch]["images_per_s"] > 0
+    assert set(result["ratios"]["train.py/ours"]["by_batch"]) == {"2", "3"}
     assert result["machine"]["cpu_count"] >= 1
     assert "ratio ours/torch (images/s)" in proc.stdout
+    assert "train.py: mobilenet_v1_025 at 32 train batch 3: " in proc.stdout
 
 
 def test_infer_times_every_way_to_infer_at_batch_1_and_the_batch(tmp_path):
