@@ -209,6 +209,43 @@ def test_fused_inference_equals_conv_batchnorm_activation(kernels, kind, stride,
         assert (expected == 0).any() and (activation != "relu6" or (expected == 6).any())
 
 
+@pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
+@pytest.mark.parametrize("kind, stride, activation", [case for case in FUSED if case[2]])
+def test_fused_training_equals_conv_batchnorm_activation(kind, stride, activation, mode):
+    """In training a FusedSequence's BatchNorm kernel applies the activation after it (its op
+    left out): output, input gradient, and conv weight, gamma and beta gradients equal to the
+    three layers on MindSpore's operators (1e-4), and so are the moving statistics."""
+    from src.models.layers import FusedSequence
+    ms.set_context(mode=mode)
+    fused = FusedSequence(conv_bn_act(kind, stride, activation, "ours"))
+    reference = nn.SequentialCell(conv_bn_act(kind, stride, activation, "mindspore"))
+    assert fused.training_cells == (0, 1)  # the activation runs inside the BatchNorm's kernel
+    randomize_weights(fused)
+    assert not ms.load_param_into_net(reference, fused.parameters_dict())[0]
+    rng = np.random.RandomState(stride)
+    gamma = ms.Tensor(rng.rand(KINDS[kind][1]).astype(np.float32) * 2 + 3)  # reaches 6
+    for sequence in (reference, fused):
+        sequence.cell_list[1].gamma.set_data(gamma)
+    x = ms.Tensor((rng.randn(3, KINDS[kind][0], 9, 10) * 4).astype(np.float32))
+    results = []
+    for sequence in (reference, fused):
+        sequence.set_train(True)
+        conv, bn = sequence.cell_list[0], sequence.cell_list[1]
+        cotangent = ms.Tensor(np.random.RandomState(1).randn(*sequence(x).shape) * 3,
+                              ms.float32)
+        grad = ms.value_and_grad(Probe(sequence, cotangent), grad_position=0,
+                                 weights=[conv.weight, bn.gamma, bn.beta])
+        _, (dx, weight_grads) = grad(x)
+        results.append([sequence(x).asnumpy(), dx.asnumpy(),
+                        *[g.asnumpy() for g in weight_grads], bn.moving_variance.asnumpy()])
+    (y_ref, *grads_ref, var_ref), (y, *grads, var) = results
+    assert np.abs(y - y_ref).max() <= 1e-4 * np.abs(y_ref).max()
+    assert (y_ref == 0).any() and (activation != "relu6" or (y_ref == 6).any())  # it clips
+    for ours, theirs in zip(grads, grads_ref):
+        assert relative(ours, theirs) <= 1e-4
+    assert np.abs(var - var_ref).max() <= 1e-4 * np.abs(var_ref).max()
+
+
 def check_whole_kernel(fast, reference, x, mode) -> tuple:
     """``fast`` (a block our kernel runs whole in eval mode) against ``reference`` (the same
     block on MindSpore's operators, ``fast``'s weights loaded): equal eval outputs (1e-5) and,
@@ -302,16 +339,18 @@ def test_whole_separable_block_equals_its_layers(kernels, stride, activation, ba
 @pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
 @pytest.mark.parametrize("kind", ["max", "avg", "global"])
 @pytest.mark.parametrize("batch, size", [(3, (9, 9)), (1, (8, 10)), (2, (1, 2))])
-def test_eval_mode_pools_equal_mindspores(kind, batch, size, mode):
-    """In eval mode our pool kernels (3x3 stride 2 with the zero padding, max or average counting
-    the zeros; the global mean) give MindSpore's pad-then-pool and mean; in training the layer
-    is MindSpore's. Negative inputs: a padded zero is the max of a border window of them."""
+def test_pools_equal_mindspores_forward_and_gradient(kind, batch, size, mode):
+    """Our pool kernels (3x3 stride 2 with the zero padding, max or average counting the zeros;
+    the global mean) give MindSpore's pad-then-pool and mean, and the same input gradient, in
+    eval and training mode. Negative inputs: a padded zero is the max of a border window of
+    them (its gradient falls on the padding)."""
     from src.models.layers import GlobalAvgPool, Pool3x3s2
     ms.set_context(mode=mode)
     fast, standard = [GlobalAvgPool(impl) if kind == "global" else Pool3x3s2(kind, "pad", impl)
                       for impl in ("ours", "mindspore")]
     assert fast.fast and not standard.fast
-    x = ms.Tensor(np.random.RandomState(batch).randn(batch, 5, *size).astype(np.float32))
+    rng = np.random.RandomState(batch)
+    x = ms.Tensor(rng.randn(batch, 5, *size).astype(np.float32))
     for layer in (fast, standard):
         layer.set_train(False)
     got, expected = fast(x).asnumpy(), standard(x).asnumpy()
@@ -319,10 +358,13 @@ def test_eval_mode_pools_equal_mindspores(kind, batch, size, mode):
     assert np.abs(got - expected).max() <= 1e-6 * max(1.0, np.abs(expected).max())
     if kind == "max":
         assert (expected == 0).any()  # some windows' max is a padded zero
-    if mode == ms.PYNATIVE_MODE:  # training takes MindSpore's path (a mode-free branch)
-        fast.set_train(True)
-        assert np.abs(fast(x).asnumpy() - expected).max() <= \
-            1e-6 * max(1.0, np.abs(expected).max())
+    cotangent = ms.Tensor(rng.randn(*expected.shape).astype(np.float32))
+    grads = []
+    for layer in (fast, standard):
+        layer.set_train(True)
+        grads.append(ms.grad(Probe(layer, cotangent))(x).asnumpy())
+    assert np.abs(grads[0] - grads[1]).max() <= 1e-5 * np.abs(grads[1]).max()
+    assert np.abs(grads[1]).max() > 0
 
 
 @pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])

@@ -206,29 +206,40 @@ def fully_connected_op(bias: bool):
 
 def pool_op(kind: str):
     """x (N, C, H, W) -> the 3x3 stride-2 ``kind`` ("max" or "avg") pool of x padded with one
-    row and column of zeros on each side (the average counts them). Forward only (eval mode).
-    Call only when ``library()`` is not None."""
-    return _op(f"{'Max' if kind == 'max' else 'Avg'}Pool3x3S2",
-               lambda x: [x[0], x[1], (x[2] - 1) // 2 + 1, (x[3] - 1) // 2 + 1])
+    row and column of zeros on each side (the average counts them), with its gradient (the
+    max's to the first input of a window equal to its output). Call only when ``library()`` is
+    not None."""
+    name = f"{'Max' if kind == 'max' else 'Avg'}Pool3x3S2"
+    grad = _op(f"{name}Grad", lambda dy, x, y: x)
+
+    def bprop(x, out, dout):  # a def: graph mode parses a bprop's source
+        return (grad(dout, x, out),)
+    return _op(name, lambda x: [x[0], x[1], (x[2] - 1) // 2 + 1, (x[3] - 1) // 2 + 1], bprop)
 
 
 def global_mean_op():
-    """x (N, C, H, W) -> its mean over H and W, (N, C). Forward only (eval mode). Call only when
+    """x (N, C, H, W) -> its mean over H and W, (N, C), with its gradient. Call only when
     ``library()`` is not None."""
-    return _op("GlobalMean", lambda x: [x[0], x[1]])
+    grad = _op("GlobalMeanGrad", lambda dy, x: x)
+
+    def bprop(x, out, dout):
+        return (grad(dout, x),)
+    return _op("GlobalMean", lambda x: [x[0], x[1]], bprop)
 
 
-def batch_norm_op():
+def batch_norm_op(activation=None):
     """(x (N, C, H, W), gamma, beta, eps (1,)) -> (y, batch mean, 1 / sqrt(var + eps), biased
-    batch variance): training-mode BatchNorm, with the gradient of y. Call only when
-    ``library()`` is not None."""
-    grad = ops.Custom(f"{library()}:BatchNormGrad",
-                      out_shape=lambda dy, x, gamma, mean, invstd: [x, gamma, gamma],
+    batch variance): training-mode BatchNorm, with ``activation`` (None, "relu" or "relu6")
+    applied to y as it is written, and the gradient of y (the activation's mask read from y).
+    Call only when ``library()`` is not None."""
+    name = f"BatchNorm{ACTIVATIONS[activation]}"
+    grad = ops.Custom(f"{library()}:{name}Grad",
+                      out_shape=lambda dy, x, gamma, mean, invstd, y: [x, gamma, gamma],
                       out_dtype=lambda dy, x, *_: [x, x, x], func_type="aot")
 
     def bprop(x, gamma, beta, eps, out, dout):
-        dx, dgamma, dbeta = grad(dout[0], x, gamma, out[1], out[2])
+        dx, dgamma, dbeta = grad(dout[0], x, gamma, out[1], out[2], out[0])
         return dx, dgamma, dbeta, ops.zeros_like(eps)
-    return ops.Custom(f"{library()}:BatchNormForward",
+    return ops.Custom(f"{library()}:{name}Forward",
                       out_shape=lambda x, gamma, beta, eps: [x, gamma, gamma, gamma],
                       out_dtype=lambda x, *_: [x, x, x, x], func_type="aot", bprop=bprop)

@@ -148,7 +148,8 @@ class BatchNorm(nn.BatchNorm2d):
     Same parameters. With ``impl`` "fast", training mode computes the batch statistics, the
     normalisation and its gradient with our CPU kernel and updates the moving statistics as
     MindSpore's does (the moving variance from the unbiased batch variance); eval mode, and
-    every other impl, is MindSpore's own.
+    every other impl, is MindSpore's own. ``fuse_activation`` (FusedSequence calls it) puts the
+    ReLU / ReLU6 after it into that training kernel, forward and gradient.
     """
 
     def __init__(self, channels: int, impl: str = "auto"):
@@ -157,6 +158,12 @@ class BatchNorm(nn.BatchNorm2d):
         self.eps_tensor = ms.Tensor([self.eps], ms.float32)
         if self.fast:
             self.fast_op = cpu_kernels.batch_norm_op()
+
+    def fuse_activation(self, activation: str) -> None:
+        """Apply ``activation`` ("relu", "relu6") in the training kernel too. The caller still
+        applies it after: both are idempotent, so where this kernel runs (training, float32 in)
+        the second one changes nothing, and where it does not the caller's is the one."""
+        self.fast_op = cpu_kernels.batch_norm_op(activation)
 
     def construct(self, x):
         if self.fast and self.training and x.dtype == ms.float32:
@@ -194,13 +201,14 @@ class FusedSequence(nn.SequentialCell):
     """A SequentialCell (the same children and parameter names: checkpoints do not change) whose
     conv -> BatchNorm (-> ReLU / ReLU6) runs, in eval mode, as one op of our CPU kernels: the
     conv with the BatchNorm's moving statistics and the activation applied as its output is
-    written (cpu_kernels.conv_bn_act_op). Training, float16 (amp) and convs without our kernels
-    run the children one by one. ``fold()`` folds each BatchNorm into its conv's weights and a
+    written (cpu_kernels.conv_bn_act_op). In training the BatchNorm's kernel applies the
+    activation, forward and gradient (BatchNorm.fuse_activation), and the activation's own op is
+    left out. Float16 (amp) and convs without our kernels run the children one by one. ``fold()`` folds each BatchNorm into its conv's weights and a
     bias instead, for an export of standard operators."""
 
     def __init__(self, cells):
         super().__init__(cells)
-        groups, i, cells = [], 0, list(self.cell_list)
+        groups, i, cells, skips = [], 0, list(self.cell_list), []
         while i < len(cells):
             conv, bn = cells[i], cells[i + 1] if i + 1 < len(cells) else None
             if isinstance(conv, (Conv1x1, ConvKxK)) and isinstance(bn, nn.BatchNorm2d) and \
@@ -210,14 +218,24 @@ class FusedSequence(nn.SequentialCell):
                     "relu" if isinstance(after, nn.ReLU) else None
                 conv.bn_act = conv.bn_act_op(activation)
                 size = 2 if activation is None else 3
+                if activation is not None and isinstance(bn, BatchNorm) and bn.fast:
+                    bn.fuse_activation(activation)
+                    skips.append(i + 2)
             else:
                 size = 1
             groups.append((i, size))
             i += size
         self.groups = tuple(groups)
         self.fusing = any(size > 1 for _, size in groups)
+        # Training: the children but the activations whose BatchNorm's kernel applies them
+        # (fuse_activation).
+        self.training_cells = tuple(i for i in range(len(cells)) if i not in skips)
 
     def construct(self, x):
+        if self.training and x.dtype == ms.float32:
+            for i in self.training_cells:
+                x = self.cell_list[i](x)
+            return x
         if self.training or not self.fusing or x.dtype != ms.float32:
             for cell in self.cell_list:
                 x = cell(x)
@@ -316,8 +334,8 @@ class Pool3x3s2(nn.Cell):
     (PyTorch's count_include_pad=True), and the max pool follows a ReLU, so its inputs are
     never below the zeros. ``pad_mode="same"`` gives MindCV's TF-style pools instead (the
     extra row/column at the bottom/right only), to reproduce its weights' logits. With ``impl``
-    "fast" (resolve_conv_impl) eval mode computes the symmetric pool with our CPU kernel, the
-    padding included; training, float16 and "same" take MindSpore's pad and pool.
+    "fast" (resolve_conv_impl) the symmetric pool is our CPU kernel, the padding included,
+    forward and gradient; float16 and "same" take MindSpore's pad and pool.
     """
 
     def __init__(self, kind: str, pad_mode: str = "pad", impl: str = "auto"):
@@ -333,7 +351,7 @@ class Pool3x3s2(nn.Cell):
             self.fast_op = cpu_kernels.pool_op(kind)
 
     def construct(self, x):
-        if self.fast and not self.training and x.dtype == ms.float32:
+        if self.fast and x.dtype == ms.float32:
             return self.fast_op(x)
         if self.symmetric:
             x = self.pad(x)
@@ -370,8 +388,9 @@ class Classifier(nn.Dense):
 
 class GlobalAvgPool(nn.Cell):
     """Mean over H and W, (N, C, H, W) -> (N, C). Exports to ONNX, unlike AdaptiveAvgPool2d.
-    With ``impl`` "fast", eval mode takes our CPU kernel (MindSpore's ReduceMean took 6 ms of a
-    ShuffleNetV2 inference at batch 32)."""
+    With ``impl`` "fast", float32 takes our CPU kernel, forward and gradient (MindSpore's
+    ReduceMean took 6 ms of a ShuffleNetV2 inference at batch 32, with its gradient 24 ms of a
+    training step)."""
 
     def __init__(self, impl: str = "auto"):
         super().__init__()
@@ -380,6 +399,6 @@ class GlobalAvgPool(nn.Cell):
             self.fast_op = cpu_kernels.global_mean_op()
 
     def construct(self, x):
-        if self.fast and not self.training and x.dtype == ms.float32:
+        if self.fast and x.dtype == ms.float32:
             return self.fast_op(x)
         return ops.mean(x, (2, 3), False)

@@ -110,8 +110,59 @@ void depthwise_forward(const DepthwiseShape &d, const float *x, const float *wt,
 
 namespace {
 
+// The input gradient of the 3x3 conv, each dx row written once from the dy rows it reads.
+// Stride 1: the conv of dy with the kernel turned by 180 degrees (depthwise3x3_row). Stride 2:
+// an even input row or column takes the middle tap of one output, an odd one the outer taps of
+// two (the output above / left with tap 2, below / right with tap 0).
+template <int S>
+void depthwise3x3_grad_input_plane(const DepthwiseShape &d, const float *dyp, const float *wp,
+                                   const float *zeros, float *dxp) {
+  if (S == 1) {
+    const float turned[9] = {wp[8], wp[7], wp[6], wp[5], wp[4], wp[3], wp[2], wp[1], wp[0]};
+    const DepthwiseShape back{d.n, d.channels, d.ho, d.wo, d.h, d.w, 3, 1};
+    depthwise3x3_rows<1>(back, dyp, turned, 0, d.h, zeros, dxp);
+    return;
+  }
+  const auto dy_row = [&](int64_t oh) { return oh >= 0 && oh < d.ho ? dyp + oh * d.wo : zeros; };
+  for (int64_t ih = 0; ih < d.h; ++ih) {
+    // (dy row, tap row) pairs: even ih one, odd ih two (the second a zero row past the edge)
+    const float *rows[2];
+    int64_t taps[2];
+    int pairs;
+    if (ih % 2 == 0) {
+      rows[0] = dy_row(ih / 2), taps[0] = 1, pairs = 1;
+    } else {
+      rows[0] = dy_row((ih + 1) / 2), taps[0] = 0;
+      rows[1] = dy_row((ih - 1) / 2), taps[1] = 2, pairs = 2;
+    }
+    float *__restrict dxrow = dxp + ih * d.w;
+    for (int64_t iw = 0; iw < d.w; ++iw) {
+      float sum = 0.0f;
+      for (int r = 0; r < pairs; ++r) {
+        const float *__restrict row = rows[r];
+        const float *tap = wp + taps[r] * 3;
+        if (iw % 2 == 0) {
+          if (iw / 2 < d.wo) sum += tap[1] * row[iw / 2];
+        } else {
+          if ((iw + 1) / 2 < d.wo) sum += tap[0] * row[(iw + 1) / 2];
+          sum += tap[2] * row[(iw - 1) / 2];
+        }
+      }
+      dxrow[iw] = sum;
+    }
+  }
+}
+
 template <int S>
 void depthwise_grad_input(const DepthwiseShape &d, const float *dy, const float *wt, float *dx) {
+  if (d.k == 3) {
+    const std::vector<float> zeros(static_cast<size_t>(std::max(d.w, d.wo) + 1), 0.0f);
+#pragma omp parallel for schedule(static) num_threads(threads())
+    for (int64_t p = 0; p < d.n * d.channels; ++p)
+      depthwise3x3_grad_input_plane<S>(d, dy + p * d.ho * d.wo, wt + (p % d.channels) * 9,
+                                       zeros.data(), dx + p * d.h * d.w);
+    return;
+  }
 #pragma omp parallel for schedule(static) num_threads(threads())
   for (int64_t p = 0; p < d.n * d.channels; ++p) {
     const float *dyp = dy + p * d.ho * d.wo;
@@ -131,8 +182,39 @@ void depthwise_grad_input(const DepthwiseShape &d, const float *dy, const float 
   }
 }
 
+// The weight gradient of the 3x3 conv over one output row: the nine sums of dy times the three
+// input rows (``rows``, zeros for a padded one) shifted by each tap, in one pass over the row.
+template <int S>
+inline void depthwise3x3_grad_weight_row(const DepthwiseShape &d, const float *const rows[3],
+                                         const float *__restrict dyrow, double acc[9]) {
+  const float *__restrict r0 = rows[0], *__restrict r1 = rows[1], *__restrict r2 = rows[2];
+  const auto at = [&](const float *r, int64_t iw) { return iw < 0 || iw >= d.w ? 0.0f : r[iw]; };
+  float s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0, s8 = 0;
+  const auto edge = [&](int64_t ow) {
+    const int64_t c = ow * S;
+    const float g = dyrow[ow];
+    s0 += g * at(r0, c - 1), s1 += g * at(r0, c), s2 += g * at(r0, c + 1);
+    s3 += g * at(r1, c - 1), s4 += g * at(r1, c), s5 += g * at(r1, c + 1);
+    s6 += g * at(r2, c - 1), s7 += g * at(r2, c), s8 += g * at(r2, c + 1);
+  };
+  const int64_t inner = std::max<int64_t>(1, std::min(d.wo, (d.w - 2) / S + 1));
+  edge(0);
+#pragma omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7, s8)
+  for (int64_t ow = 1; ow < inner; ++ow) {
+    const int64_t c = ow * S;
+    const float g = dyrow[ow];
+    s0 += g * r0[c - 1], s1 += g * r0[c], s2 += g * r0[c + 1];
+    s3 += g * r1[c - 1], s4 += g * r1[c], s5 += g * r1[c + 1];
+    s6 += g * r2[c - 1], s7 += g * r2[c], s8 += g * r2[c + 1];
+  }
+  for (int64_t ow = inner; ow < d.wo; ++ow) edge(ow);
+  const float sums[9] = {s0, s1, s2, s3, s4, s5, s6, s7, s8};
+  for (int i = 0; i < 9; ++i) acc[i] += sums[i];
+}
+
 template <int S>
 void depthwise_grad_weight(const DepthwiseShape &d, const float *dy, const float *x, float *dw) {
+  const std::vector<float> zeros(static_cast<size_t>(d.w), 0.0f);
 #pragma omp parallel for schedule(static) num_threads(threads())
   for (int64_t c = 0; c < d.channels; ++c) {
     double acc[kMaxTaps] = {0.0};  // one channel sums N * Ho * Wo products per tap
@@ -141,6 +223,15 @@ void depthwise_grad_weight(const DepthwiseShape &d, const float *dy, const float
       const float *dyp = dy + (n * d.channels + c) * d.ho * d.wo;
       for (int64_t oh = 0; oh < d.ho; ++oh) {
         const float *dyrow = dyp + oh * d.wo;
+        if (d.k == 3) {
+          const float *rows[3];
+          for (int64_t kh = 0; kh < 3; ++kh) {
+            const int64_t ih = oh * S - 1 + kh;
+            rows[kh] = ih >= 0 && ih < d.h ? xp + ih * d.w : zeros.data();
+          }
+          depthwise3x3_grad_weight_row<S>(d, rows, dyrow, acc);
+          continue;
+        }
         for_each_tap<S>(d, oh, [&](int64_t ih, int64_t kh, int64_t kw, int64_t lo, int64_t hi) {
           const float *__restrict in = dyrow;
           const float *__restrict xrow = xp + ih * d.w - d.pad;

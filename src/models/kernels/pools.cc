@@ -1,8 +1,10 @@
-// The inference pools: the networks' 3x3 stride-2 pools with one row and column of zeros on
-// each side (layers.py's Pool3x3s2): the max (after a ReLU: the padded zeros take part) or the average counting the
-// padded zeros (a sum / 9); and the global average over H x W. MindSpore 2.10's CPU MaxPool took
-// 26 ms of a 234 ms ShuffleNetV2 inference at batch 32, its zero padding 8 more, and the global
-// ReduceMean 6 (profiled here).
+// The pools: the networks' 3x3 stride-2 pools with one row and column of zeros on each side
+// (layers.py's Pool3x3s2): the max (after a ReLU: the padded zeros take part) or the average
+// counting the padded zeros (a sum / 9); and the global average over H x W; with their
+// gradients. MindSpore 2.10's CPU MaxPool took 26 ms of a 234 ms ShuffleNetV2 inference at
+// batch 32, its zero padding 8 more, and the global ReduceMean 6; in training the stem's pool,
+// its padding and their gradients took 70 ms of a 740 ms step, the global mean's 24 (profiled
+// here).
 #include "kernels.h"
 
 namespace zoo {
@@ -68,6 +70,41 @@ void global_mean(int64_t planes, int64_t hw, const float *x, float *y) {
   }
 }
 
+// The gradient of pool3x3s2 (out_channels c, low -INFINITY) for one plane: each output's dy to
+// the first input of its window (row by row) equal to its output, the max's (none when the max
+// was a padded zero: that gradient falls on the padding); or dy / 9 to each input of the window.
+template <bool Max>
+void pool3x3s2_grad(int64_t n, int64_t c, int64_t h, int64_t w, int64_t ho, int64_t wo,
+                    const float *dy, const float *x, const float *y, float *dx) {
+#pragma omp parallel for schedule(static) num_threads(threads())
+  for (int64_t p = 0; p < n * c; ++p) {
+    const float *xp = x + p * h * w, *yp = y + p * ho * wo, *dyp = dy + p * ho * wo;
+    float *dxp = dx + p * h * w;
+    std::fill(dxp, dxp + h * w, 0.0f);
+    for (int64_t oh = 0; oh < ho; ++oh) {
+      const int64_t first = std::max<int64_t>(2 * oh - 1, 0), last = std::min(2 * oh + 1, h - 1);
+      for (int64_t ow = 0; ow < wo; ++ow) {
+        const int64_t left = std::max<int64_t>(2 * ow - 1, 0), right = std::min(2 * ow + 1, w - 1);
+        const float g = dyp[oh * wo + ow];
+        if (!Max) {
+          for (int64_t ih = first; ih <= last; ++ih)
+            for (int64_t iw = left; iw <= right; ++iw) dxp[ih * w + iw] += g * (1.0f / 9.0f);
+          continue;
+        }
+        const float top = yp[oh * wo + ow];
+        int64_t at = -1;
+        for (int64_t ih = first; ih <= last && at < 0; ++ih)
+          for (int64_t iw = left; iw <= right; ++iw)
+            if (xp[ih * w + iw] == top) {
+              at = ih * w + iw;
+              break;
+            }
+        if (at >= 0) dxp[at] += g;
+      }
+    }
+  }
+}
+
 // x (N, C, H, W) -> y (N, C, (H - 1) / 2 + 1, (W - 1) / 2 + 1)
 template <bool Max>
 int pool_entry(int nparam, void **params, int64_t **shapes, const char **dtypes) {
@@ -79,12 +116,34 @@ int pool_entry(int nparam, void **params, int64_t **shapes, const char **dtypes)
   return 0;
 }
 
+// dy, x, y -> dx
+template <bool Max>
+int pool_grad_entry(int nparam, void **params, int64_t **shapes, const char **dtypes) {
+  if (nparam != 4 || !all_float32(nparam, dtypes)) return 1;
+  const int64_t *ys = shapes[0], *xs = shapes[1];
+  if (ys[2] != (xs[2] - 1) / 2 + 1 || ys[3] != (xs[3] - 1) / 2 + 1) return 2;
+  pool3x3s2_grad<Max>(xs[0], xs[1], xs[2], xs[3], ys[2], ys[3], tensor(params, 0),
+                      tensor(params, 1), tensor(params, 2), tensor(params, 3));
+  return 0;
+}
+
 }  // namespace
 
 extern "C" {
-// Inference pools: x -> y
+// The pools: x -> y; their gradients: dy, x, y -> dx
 int MaxPool3x3S2(AOT_ARGS) { return pool_entry<true>(PASS); }
 int AvgPool3x3S2(AOT_ARGS) { return pool_entry<false>(PASS); }
+int MaxPool3x3S2Grad(AOT_ARGS) { return pool_grad_entry<true>(PASS); }
+int AvgPool3x3S2Grad(AOT_ARGS) { return pool_grad_entry<false>(PASS); }
+int GlobalMeanGrad(AOT_ARGS) {  // dy (N, C), x (N, C, H, W) -> dx = dy / (H W) everywhere
+  if (nparam != 3 || !all_float32(nparam, dtypes)) return 1;
+  const int64_t *xs = shapes[1], planes = xs[0] * xs[1], hw = xs[2] * xs[3];
+  const float *dy = tensor(params, 0);
+  float *dx = tensor(params, 2);
+#pragma omp parallel for schedule(static) num_threads(threads())
+  for (int64_t p = 0; p < planes; ++p) std::fill(dx + p * hw, dx + (p + 1) * hw, dy[p] / hw);
+  return 0;
+}
 int GlobalMean(AOT_ARGS) {  // x (N, C, H, W) -> y (N, C)
   if (nparam != 2 || !all_float32(nparam, dtypes)) return 1;
   const int64_t *xs = shapes[0];
