@@ -70,9 +70,10 @@ void global_mean(int64_t planes, int64_t hw, const float *x, float *y) {
   }
 }
 
-// The gradient of pool3x3s2 (out_channels c, low -INFINITY) for one plane: each output's dy to
-// the first input of its window (row by row) equal to its output, the max's (none when the max
-// was a padded zero: that gradient falls on the padding); or dy / 9 to each input of the window.
+// The gradient of pool3x3s2 (out_channels c, low -INFINITY), a plane a thread: the max's dy to
+// the first input of its window (row by row) equal to its output, found without a branch (the
+// taps in reverse, each match replacing the last; none when the max was a padded zero: that
+// gradient falls on the padding); the average's dy / 9 to each input of its window.
 template <bool Max>
 void pool3x3s2_grad(int64_t n, int64_t c, int64_t h, int64_t w, int64_t ho, int64_t wo,
                     const float *dy, const float *x, const float *y, float *dx) {
@@ -93,12 +94,9 @@ void pool3x3s2_grad(int64_t n, int64_t c, int64_t h, int64_t w, int64_t ho, int6
         }
         const float top = yp[oh * wo + ow];
         int64_t at = -1;
-        for (int64_t ih = first; ih <= last && at < 0; ++ih)
-          for (int64_t iw = left; iw <= right; ++iw)
-            if (xp[ih * w + iw] == top) {
-              at = ih * w + iw;
-              break;
-            }
+        for (int64_t ih = last; ih >= first; --ih)
+          for (int64_t iw = right; iw >= left; --iw)
+            at = xp[ih * w + iw] == top ? ih * w + iw : at;
         if (at >= 0) dxp[at] += g;
       }
     }
