@@ -1,7 +1,13 @@
 """Shared test set-up: MindSpore on CPU, PyNative unless a test asks for graph mode; the entry
 points run in-process (``cli``)."""
 import importlib
+import os
 from typing import NamedTuple
+
+# The tests' tensors are tiny, below the work our kernels run on one thread
+# (kernels.h's kSerialWork): run every parallel region on every thread, as a batch does, here
+# and in the processes the tests start. test_cpu_kernels checks the one-thread path against it.
+os.environ.setdefault("ZOO_SERIAL_WORK", "0")
 
 import src  # noqa: F401  (first: it quiets MindSpore's C++ warnings before MindSpore loads)
 import mindspore as ms  # noqa: E402

@@ -3,13 +3,14 @@ nn.BatchNorm2d: forward, input and weight gradients, every layer kind, stride 1 
 even sizes; MindCV's weights with the kernels on and off; the fallback without a compiler."""
 import os
 import subprocess
+import sys
 
 import numpy as np
 import mindspore as ms
 import pytest
 from mindspore import nn
 
-from tests.helpers import randomize_weights, run_entry, write_cifar_folder
+from tests.helpers import ROOT, randomize_weights, run_entry, write_cifar_folder
 from src.models import cpu_kernels, create_network
 from src.models.layers import BatchNorm, Conv1x1, ConvKxK, resolve_conv_impl
 
@@ -386,6 +387,65 @@ def test_eval_mode_classifier_equals_dense(kernels, bias, batch, mode):
     got, expected = fast(x).asnumpy(), standard(x).asnumpy()
     assert got.shape == expected.shape == (batch, 1000)
     assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+# One network's eval logits at batch 1 and 2, and its training gradients, from fixed weights:
+# run with and without ZOO_SERIAL_WORK=0 (every region on every thread / small ones on one).
+THREADING_SCRIPT = """
+import sys
+import numpy as np
+import src
+import mindspore as ms
+from src.models import create_network
+from tests.helpers import randomize_weights
+ms.set_device("CPU")
+ms.set_context(mode=ms.GRAPH_MODE)
+net = create_network(sys.argv[1], num_classes=10)
+randomize_weights(net)
+rng = np.random.RandomState(0)
+out = {}
+net.set_train(False)
+for batch in (1, 2):
+    out[f"eval{batch}"] = net(ms.Tensor(rng.rand(batch, 3, 64, 64).astype(np.float32))).asnumpy()
+net.set_train(True)
+
+
+def total(x):
+    return net(x).sum()
+
+
+grads = ms.value_and_grad(total, None, net.trainable_params())(
+    ms.Tensor(rng.rand(2, 3, 64, 64).astype(np.float32)))[1]
+for i, grad in enumerate(grads):
+    out[f"grad{i}"] = grad.asnumpy()
+np.savez(sys.argv[2], **out)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["shufflenet_v2_x0_5", "shufflenet_v1_g3_05", "mobilenet_v1_025"])
+def test_small_work_on_one_thread_equals_every_thread(name, tmp_path):
+    """Below kSerialWork a kernel's parallel region runs on one thread (at batch 1 waking the
+    second cost more than it saved): the same logits and gradients as with every region on
+    every thread (ZOO_SERIAL_WORK=0, what the rest of the tests run)."""
+    script = tmp_path / "run.py"  # a file: graph mode reads the functions' source
+    script.write_text(THREADING_SCRIPT)
+    results = []
+    for serial in ("", "0"):
+        env = {k: v for k, v in os.environ.items() if k != "ZOO_SERIAL_WORK"}
+        if serial:
+            env["ZOO_SERIAL_WORK"] = serial
+        path = tmp_path / f"out{serial or 'default'}.npz"
+        done = subprocess.run([sys.executable, str(script), name, str(path)], cwd=ROOT,
+                              env={**env, "PYTHONPATH": ROOT}, capture_output=True, text=True,
+                              timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+        results.append(np.load(path))
+    one_thread, every_thread = results
+    assert set(one_thread) == set(every_thread) and len(one_thread) > 10
+    for key in every_thread:
+        expected = every_thread[key]
+        assert np.abs(one_thread[key] - expected).max() <= 1e-5 * max(1.0, np.abs(expected).max())
 
 
 @pytest.mark.parametrize("group", [2, 3, 8])

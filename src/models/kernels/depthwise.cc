@@ -79,7 +79,8 @@ void depthwise_forward(const DepthwiseShape &d, const float *x, const float *wt,
   };
   if (d.k == 3) {
     const std::vector<float> zeros(static_cast<size_t>(d.w), 0.0f);
-#pragma omp parallel for schedule(static) num_threads(threads())
+#pragma omp parallel for schedule(static) \
+    num_threads(threads_for(d.n * d.channels * d.ho * d.wo * 9))
     for (int64_t p = 0; p < d.n * d.channels; ++p) {
       float *yp = y + p * d.ho * d.wo;
       depthwise3x3_rows<S>(d, input_plane(p), wt + (p % d.channels) * 9, 0, d.ho, zeros.data(),

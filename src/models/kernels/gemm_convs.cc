@@ -96,7 +96,8 @@ void conv1x1_gemms(const GroupedShape &s, bool transposed, const float *in, cons
   const int64_t out_channels = to.channels ? to.channels : transposed ? s.cin : s.cout;
   const int64_t width = column_slice(s.n * s.groups, s.hw);
   const int64_t slices = (s.hw + width - 1) / width;
-#pragma omp parallel for schedule(static) num_threads(threads())
+#pragma omp parallel for schedule(static) \
+    num_threads(threads_for(s.n * s.hw * s.cin_per_group * s.cout_per_group * s.groups))
   for (int64_t t = 0; t < s.n * s.groups * slices; ++t) {
     const int64_t b = t / (s.groups * slices), j = t / slices % s.groups;
     const int64_t first = t % slices * width, count = std::min(width, s.hw - first);
@@ -261,7 +262,7 @@ void dense_forward(const DenseShape &d, const float *x, const float *wt, float *
   const int64_t plane = d.ho * d.wo, columns = (d.wo + 15) / 16 * 16;
   const int64_t span = columns + d.k / S + 1;  // what a 16-column block may read
   const std::vector<float> zeros(static_cast<size_t>(span), 0.0f);
-#pragma omp parallel num_threads(threads())
+#pragma omp parallel num_threads(threads_for(d.n * plane * d.cout * d.taps()))
   {
     std::vector<float> phases(static_cast<size_t>(d.cin * d.k * S * span));
     std::vector<const float *> rows(static_cast<size_t>(d.taps()));
@@ -319,7 +320,7 @@ int fully_connected(int nparam, void **params, int64_t **shapes, const char **dt
   const float *b = bias ? tensor(params, 2) : nullptr;
   float *y = tensor(params, nparam - 1);
   const int64_t width = column_slice(1, m), slices = (m + width - 1) / width;
-#pragma omp parallel for schedule(static) num_threads(threads())
+#pragma omp parallel for schedule(static) num_threads(threads_for(n * m * k))
   for (int64_t t = 0; t < slices; ++t) {
     const int64_t first = t * width, count = std::min(width, m - first);
     sgemm('N', 'T', n, count, k, x, k, w + first * k, k, 0.0f, y + first, m);

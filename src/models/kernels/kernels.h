@@ -41,6 +41,20 @@ inline int threads() {
   return count;
 }
 
+// Threads for a parallel region of ``work`` multiply-adds: one below $ZOO_SERIAL_WORK (default
+// kSerialWork, about 0.3 ms on one core), where waking a second thread cost more than it saved
+// (ShuffleNetV2 1.0x at batch 1, whose convs are 0.4-2.6 M each: 5.1-6.7 ms a call against
+// 7.2-8.3 with two threads on every region, alternating). A float copied or summed counts as
+// kCopyWork multiply-adds (memory-bound).
+constexpr int64_t kSerialWork = 16 << 20, kCopyWork = 16;
+inline int threads_for(int64_t work) {
+  static const int64_t serial = [] {
+    const char *value = std::getenv("ZOO_SERIAL_WORK");
+    return value ? std::atoll(value) : kSerialWork;
+  }();
+  return work < serial ? 1 : threads();
+}
+
 inline float *tensor(void **params, int i) { return static_cast<float *>(params[i]); }
 
 inline bool all_float32(int nparam, const char **dtypes) {

@@ -17,7 +17,7 @@ template <bool Max>
 void pool3x3s2(int64_t n, int64_t c, int64_t h, int64_t w, int64_t ho, int64_t wo,
                const float *x, float *y, int64_t out_channels, float low) {
   const int64_t planes = n * c;
-#pragma omp parallel num_threads(threads())
+#pragma omp parallel num_threads(threads_for(planes * ho * wo * 9))
   {
     std::vector<float> line(static_cast<size_t>(w + 2), 0.0f);
 #pragma omp for schedule(static)
@@ -60,7 +60,8 @@ template void pool3x3s2<false>(int64_t, int64_t, int64_t, int64_t, int64_t, int6
 namespace {
 
 void global_mean(int64_t planes, int64_t hw, const float *x, float *y) {
-#pragma omp parallel for schedule(static) num_threads(threads())
+#pragma omp parallel for schedule(static) \
+    num_threads(threads_for(planes * hw * kCopyWork))
   for (int64_t p = 0; p < planes; ++p) {
     const float *xp = x + p * hw;
     float sum = 0.0f;

@@ -59,7 +59,8 @@ int shufflenet_v2_unit(int nparam, void **params, int64_t **shapes, const char *
   conv1x1_forward(GroupedShape{n, mid, main_out, ho * wo, mid, main_out, 1}, spatial, k3, y, bn3,
                   ChannelView{}, ChannelView{ys[1], passed, 1});
   if (S == 1) {  // the even channels pass as they are
-#pragma omp parallel for schedule(static) num_threads(threads())
+#pragma omp parallel for schedule(static) \
+    num_threads(threads_for(n * passed * h * w * kCopyWork))
     for (int64_t p = 0; p < n * passed; ++p)
       std::copy_n(x + (p / passed * c + 2 * (p % passed)) * h * w, h * w,
                   y + (p / passed * ys[1] + p % passed) * h * w);
@@ -173,7 +174,7 @@ int separable_block(int nparam, void **params, int64_t **shapes, const char **dt
   }
   const int64_t bands = (ho + rows - 1) / rows, plane = ho * wo;
   const std::vector<float> zeros(static_cast<size_t>(w), 0.0f);
-#pragma omp parallel num_threads(threads())
+#pragma omp parallel num_threads(threads_for(n * plane * c * (9 + cout)))
   {
     float *band = scratch(0, c * rows * wo);  // this thread's, kept between calls
 #pragma omp for schedule(static)
