@@ -462,6 +462,32 @@ def test_split_grouped_conv_equals_native(group):
     assert np.abs(split(x).asnumpy() - reference).max() <= 1e-5
 
 
+@pytest.mark.parametrize("mode", [ms.GRAPH_MODE, ms.PYNATIVE_MODE], ids=["graph", "pynative"])
+@pytest.mark.parametrize("kind", ["depthwise", "dense stem"])
+@pytest.mark.parametrize("stride, size", [(1, (9, 9)), (1, (8, 10)), (2, (9, 9)), (2, (8, 10)),
+                                          (2, (1, 2))])
+def test_nine_windows_conv_equals_conv2d(kind, stride, size, mode):
+    """conv_impl mindspore_taps (what export writes for MINDIR on CPU): a 3x3 conv from the nine
+    shifted windows of its input (a 1x1 conv of them, or their per-channel weighted sum) gives
+    Conv2D's output and gradients, at odd and even sides, stride 1 and 2."""
+    ms.set_context(mode=mode)
+    cin, cout, k, group = KINDS[kind]
+    taps = ConvKxK(cin, cout, k, stride, group, impl="mindspore_taps")
+    reference = nn.Conv2d(cin, cout, k, stride=stride, pad_mode="pad", padding=1, group=group,
+                          has_bias=False)
+    assert taps.taps and not taps.fast
+    rng = np.random.RandomState(stride)
+    reference.weight.set_data(ms.Tensor(rng.randn(*reference.weight.shape).astype(np.float32)))
+    taps.weight.set_data(reference.weight.data)
+    x = ms.Tensor(rng.randn(2, cin, *size).astype(np.float32))
+    cotangent = ms.Tensor(rng.randn(*reference(x).shape).astype(np.float32))
+    y_ref, dx_ref, dw_ref = forward_and_grads(reference, x, cotangent)
+    y, dx, dw = forward_and_grads(taps, x, cotangent)
+    assert y.shape == y_ref.shape
+    assert np.abs(y - y_ref).max() <= 1e-5 * np.abs(y_ref).max()
+    assert relative(dx, dx_ref) <= 1e-5 and relative(dw, dw_ref) <= 1e-5
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["shufflenet_v1_g3_05", "shufflenet_v2_x0_5", "mobilenet_v1_025"])
 def test_mindcv_weights_give_the_same_logits_with_fast_layers_on_and_off(name):

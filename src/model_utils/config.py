@@ -56,8 +56,8 @@ RULES = {
     "shuffle_order": Choice(("paper", "megvii")),
     "activation": Choice(("relu", "relu6")),
     "layout": Choice(("megvii", "torchvision")),
-    "conv_impl": Choice(("auto", "ours", "mindspore", "mindspore_split", "mindspore_grouped")
-                        + OLD_CONV_IMPLS),
+    "conv_impl": Choice(("auto", "ours", "mindspore", "mindspore_split", "mindspore_grouped",
+                         "mindspore_taps") + OLD_CONV_IMPLS),
     "input_norm": Choice(("imagenet", "megvii_bgr", "inception")),
     "lr_decay_mode": Choice(("steps", "poly", "cosine", "linear")),
     "amp_level": Choice(("O0", "O1", "O2", "O3")),

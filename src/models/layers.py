@@ -11,7 +11,7 @@ from . import cpu_kernels
 
 # conv_impl: what computes the depthwise, 1x1 and stem convs and BatchNorm (their parameters
 # are the same whatever computes them). The names before 2026-11 still work (ALIASES).
-CONV_IMPLS = ("auto", "ours", "mindspore", "mindspore_split", "mindspore_grouped")
+CONV_IMPLS = ("auto", "ours", "mindspore", "mindspore_split", "mindspore_grouped", "mindspore_taps")
 ALIASES = {"fast": "ours", "standard": "mindspore", "split": "mindspore_split",
            "native": "mindspore_grouped"}
 SHUFFLE_ORDERS = ("paper", "megvii")
@@ -19,7 +19,7 @@ POOL_PADS = ("pad", "same")
 
 
 def resolve_conv_impl(impl: str = "auto") -> str:
-    """How this backend computes the convs and BatchNorm: "fast", "split" or "native".
+    """How this backend computes the convs and BatchNorm: "fast", "split", "native" or "taps".
 
     - "ours" -> "fast": our CPU kernels (cpu_kernels.py) for the depthwise, 1x1 and stem convs
       and BatchNorm, forward and backward; CPU only, refused elsewhere (ValueError).
@@ -27,6 +27,13 @@ def resolve_conv_impl(impl: str = "auto") -> str:
       per group over slices of its one weight. MindSpore's CPU grouped conv is up to 100x slower
       than that, and Ascend runs grouped convs natively only when depthwise.
     - "mindspore_grouped" -> "native": MindSpore's ``nn.Conv2d`` with ``group=`` throughout.
+    - "mindspore_taps" -> "taps": "split", with the 3x3 stem and depthwise convs built from
+      the nine shifted windows of the input (``windows3x3``): the stem as a 1x1 conv of them,
+      the depthwise conv as their per-channel weighted sum. MindSpore 2.10's CPU Conv2D took
+      1,680 ms for ShuffleNetV2's stem at batch 32 (78 as taps), 184 ms for a 14x14 depthwise
+      conv of 232 channels (61), 101 ms for a stride-2 one of 116 on 28x28 (74; on 14x14 41
+      against 46). What export writes for MINDIR (exporter.EXPORT_CONV_IMPL); standard
+      operators only. On CPU; elsewhere it is "mindspore".
     - "mindspore": the faster of those two here: grouped on GPU, split elsewhere. Only standard
       operators: what export writes.
     - "auto": "ours" on CPU when the kernels build (else "mindspore", with one line saying
@@ -41,6 +48,8 @@ def resolve_conv_impl(impl: str = "auto") -> str:
                          f"{'' if target != 'CPU' else ', the kernels did not build'})")
     if impl in ("auto", "ours") and target == "CPU" and cpu_kernels.library():
         return "fast"
+    if impl == "mindspore_taps" and target == "CPU":
+        return "taps"
     if impl in ("mindspore_split", "mindspore_grouped"):
         return {"mindspore_split": "split", "mindspore_grouped": "native"}[impl]
     return "native" if target == "GPU" else "split"
@@ -65,7 +74,7 @@ class Conv1x1(nn.Conv2d):
                          group=group, has_bias=False)
         impl = resolve_conv_impl(impl)
         self.fast = impl == "fast"  # as ConvKxK and BatchNorm say it
-        self.split = impl == "split" and group > 1  # else, if not fast, the native kernel
+        self.split = impl in ("split", "taps") and group > 1  # else, if not fast, native
         if self.fast:
             self.fast_op = cpu_kernels.conv_op("1x1")
         self.split_input = ops.Split(axis=1, output_num=group)
@@ -109,14 +118,29 @@ class ConvKxK(nn.Conv2d):
         depthwise = group == in_channels == out_channels
         fits = (group == 1 or depthwise) and stride in cpu_kernels.STRIDES \
             and kernel_size % 2 == 1 and kernel_size <= cpu_kernels.MAX_KERNEL
-        self.fast = fits and resolve_conv_impl(impl) == "fast"
+        impl = resolve_conv_impl(impl)
+        self.fast = fits and impl == "fast"
         self.kind = "depthwise" if depthwise else "dense"
+        # The nine windows (resolve_conv_impl's "taps"): the dense and depthwise 3x3 convs
+        self.taps = impl == "taps" and kernel_size == 3 and stride in cpu_kernels.STRIDES \
+            and (group == 1 or depthwise)
         if self.fast:
             self.fast_op = cpu_kernels.conv_op(self.kind, stride)
+        self.one_by_one = ops.Conv2D(out_channel=out_channels, kernel_size=(1, 1))
 
     def construct(self, x):
         if self.fast:
             out = _fast_call(self.fast_op, x, self.weight)
+        elif self.taps and self.kind == "dense":  # (Cout, Cin, 3, 3) -> (Cout, 9 Cin, 1, 1)
+            weight = ops.reshape(ops.transpose(self.weight, (0, 2, 3, 1)),
+                                 (self.out_channels, -1, 1, 1))
+            out = self.one_by_one(ops.concat(windows3x3(x, self.stride[0]), axis=1), weight)
+        elif self.taps:
+            taps = ops.split(ops.reshape(self.weight, (self.out_channels, 9)), 1, axis=1)
+            out = None
+            for tap, window in zip(taps, windows3x3(x, self.stride[0])):
+                term = window * ops.reshape(tap, (1, -1, 1, 1))
+                out = term if out is None else out + term
         else:
             out = self.conv2d(x, self.weight)
         return self.bias_add(out, self.bias) if self.has_bias else out
@@ -311,20 +335,51 @@ class ChannelShuffle(nn.Cell):
         return ops.reshape(x, (-1, c, h, w))
 
 
-class ZeroPad1(nn.Cell):
-    """Pad H and W with one row/column of zeros on each side.
+def zero_pad(x, bottom: int = 1, right: int = 1):
+    """x with one row and column of zeros before it and ``bottom`` rows and ``right`` columns
+    after it (H and W). Split and Concat, because both ``ops.pad`` (PadV3) and MindSpore's
+    padded pools (MaxPool3DWithArgmax, AvgPool3D) fail to export to ONNX on 2.10, and not
+    slices: MindSpore's CPU StridedSlice is several times slower. Keeps the batch dynamic."""
+    row = ops.split(x, (1, x.shape[2] - 1), axis=2)[0] * 0
+    x = ops.concat((row, x) + (row,) * bottom, axis=2)
+    col = ops.split(x, (1, x.shape[3] - 1), axis=3)[0] * 0
+    return ops.concat((col, x) + (col,) * right, axis=3)
 
-    Built from slices and concats because both ``ops.pad`` (PadV3) and MindSpore's padded
-    pools (MaxPool3DWithArgmax, AvgPool3D) fail to export to ONNX on 2.10; this keeps the
-    batch dimension dynamic.
-    """
+
+class ZeroPad1(nn.Cell):
+    """Pad H and W with one row/column of zeros on each side (zero_pad)."""
 
     def construct(self, x):
-        # split, not x[:, :, :1]: MindSpore's CPU StridedSlice is several times slower.
-        row = ops.split(x, (1, x.shape[2] - 1), axis=2)[0] * 0
-        x = ops.concat((row, x, row), axis=2)
-        col = ops.split(x, (1, x.shape[3] - 1), axis=3)[0] * 0
-        return ops.concat((col, x, col), axis=3)
+        return zero_pad(x)
+
+
+def windows3x3(x, stride: int) -> list:
+    """The nine (N, C, Ho, Wo) windows a 3x3 conv with padding 1 and ``stride`` 1 or 2 reads,
+    tap by tap (kh, kw row-major), from standard operators: x zero-padded, then for stride 2
+    split into its even and odd rows and columns by reshapes (an odd side padded once more)."""
+    _, c, h, w = x.shape
+    if stride == 1:
+        x = zero_pad(x)
+        rows = [ops.split(x, (h, 2), axis=2)[0], ops.split(x, (1, h, 1), axis=2)[1],
+                ops.split(x, (2, h), axis=2)[1]]
+        windows = []  # loops: graph mode takes one for clause a comprehension
+        for row in rows:
+            windows += [ops.split(row, (w, 2), axis=3)[0], ops.split(row, (1, w, 1), axis=3)[1],
+                        ops.split(row, (2, w), axis=3)[1]]
+        return windows
+    ho, wo = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+    x = zero_pad(x, 1 + h % 2, 1 + w % 2)  # (ho + 1) pairs of rows, (wo + 1) of columns
+    even, odd = [ops.reshape(half, (-1, c, ho + 1, 2 * wo + 2)) for half in
+                 ops.split(ops.reshape(x, (-1, c, ho + 1, 2, 2 * wo + 2)), 1, axis=3)]
+    rows = [ops.split(even, (ho, 1), axis=2)[0], ops.split(odd, (ho, 1), axis=2)[0],
+            ops.split(even, (1, ho), axis=2)[1]]
+    windows = []
+    for row in rows:
+        left, right = [ops.reshape(half, (-1, c, ho, wo + 1)) for half in
+                       ops.split(ops.reshape(row, (-1, c, ho, wo + 1, 2)), 1, axis=4)]
+        windows += [ops.split(left, (wo, 1), axis=3)[0], ops.split(right, (wo, 1), axis=3)[0],
+                    ops.split(left, (1, wo), axis=3)[1]]
+    return windows
 
 
 class Pool3x3s2(nn.Cell):
