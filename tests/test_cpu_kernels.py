@@ -469,13 +469,16 @@ def test_split_grouped_conv_equals_native(group):
 def test_nine_windows_conv_equals_conv2d(kind, stride, size, mode):
     """conv_impl mindspore_taps (what export writes for MINDIR on CPU): a 3x3 conv from the nine
     shifted windows of its input (a 1x1 conv of them, or their per-channel weighted sum) gives
-    Conv2D's output and gradients, at odd and even sides, stride 1 and 2."""
+    Conv2D's output and, in training mode, gradients, at odd and even sides, stride 1 and 2;
+    in eval mode its output too."""
     ms.set_context(mode=mode)
     cin, cout, k, group = KINDS[kind]
     taps = ConvKxK(cin, cout, k, stride, group, impl="mindspore_taps")
     reference = nn.Conv2d(cin, cout, k, stride=stride, pad_mode="pad", padding=1, group=group,
                           has_bias=False)
     assert taps.taps and not taps.fast
+    for layer in (taps, reference):  # gradients in training mode (eval leaves the batch open)
+        layer.set_train(True)
     rng = np.random.RandomState(stride)
     reference.weight.set_data(ms.Tensor(rng.randn(*reference.weight.shape).astype(np.float32)))
     taps.weight.set_data(reference.weight.data)
@@ -486,6 +489,8 @@ def test_nine_windows_conv_equals_conv2d(kind, stride, size, mode):
     assert y.shape == y_ref.shape
     assert np.abs(y - y_ref).max() <= 1e-5 * np.abs(y_ref).max()
     assert relative(dx, dx_ref) <= 1e-5 and relative(dw, dw_ref) <= 1e-5
+    taps.set_train(False)
+    assert np.abs(taps(x).asnumpy() - y_ref).max() <= 1e-5 * np.abs(y_ref).max()
 
 
 @pytest.mark.slow

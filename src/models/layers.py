@@ -131,19 +131,30 @@ class ConvKxK(nn.Conv2d):
     def construct(self, x):
         if self.fast:
             out = _fast_call(self.fast_op, x, self.weight)
-        elif self.taps and self.kind == "dense":  # (Cout, Cin, 3, 3) -> (Cout, 9 Cin, 1, 1)
-            weight = ops.reshape(ops.transpose(self.weight, (0, 2, 3, 1)),
-                                 (self.out_channels, -1, 1, 1))
-            out = self.one_by_one(ops.concat(windows3x3(x, self.stride[0]), axis=1), weight)
         elif self.taps:
-            taps = ops.split(ops.reshape(self.weight, (self.out_channels, 9)), 1, axis=1)
-            out = None
-            for tap, window in zip(taps, windows3x3(x, self.stride[0])):
-                term = window * ops.reshape(tap, (1, -1, 1, 1))
-                out = term if out is None else out + term
+            out = self.from_windows(x)
         else:
             out = self.conv2d(x, self.weight)
         return self.bias_add(out, self.bias) if self.has_bias else out
+
+    def from_windows(self, x):
+        """The 3x3 conv from windows3x3: dense as a 1x1 conv of the nine windows, depthwise as
+        their per-channel weighted sum. Its gradients in training mode only: eval mode slices
+        the whole, possibly open, batch (an export), which MindSpore's SliceGrad refuses."""
+        batch = -1  # eval mode (an export's batch may be open); a constant in graph mode
+        if self.training:
+            batch = x.shape[0]
+        windows = windows3x3(x, self.stride[0], batch)
+        if self.kind == "dense":  # (Cout, Cin, 3, 3) -> (Cout, 9 Cin, 1, 1)
+            weight = ops.reshape(ops.transpose(self.weight, (0, 2, 3, 1)),
+                                 (self.out_channels, -1, 1, 1))
+            return self.one_by_one(ops.concat(windows, axis=1), weight)
+        taps = ops.split(ops.reshape(self.weight, (self.out_channels, 9)), 1, axis=1)
+        out = None
+        for tap, window in zip(taps, windows):
+            term = window * ops.reshape(tap, (1, -1, 1, 1))
+            out = term if out is None else out + term
+        return out
 
     def bn_act_op(self, activation):
         """The inference op of this conv with a BatchNorm and ``activation`` after it."""
@@ -353,32 +364,29 @@ class ZeroPad1(nn.Cell):
         return zero_pad(x)
 
 
-def windows3x3(x, stride: int) -> list:
+def windows3x3(x, stride: int, batch: int = -1) -> list:
     """The nine (N, C, Ho, Wo) windows a 3x3 conv with padding 1 and ``stride`` 1 or 2 reads,
-    tap by tap (kh, kw row-major), from standard operators: x zero-padded, then for stride 2
-    split into its even and odd rows and columns by reshapes (an odd side padded once more)."""
+    tap by tap (kh, kw row-major), from standard operators: x zero-padded, then one Slice a
+    window; for stride 2 the padded x is viewed as (N, C, Ho + 1, 2, Wo + 1, 2), its rows and
+    columns in pairs (an odd side padded once more), so that a window is one Slice too.
+    ``batch``: x's, or -1 (all) where no gradient is taken (MindSpore's SliceGrad takes no -1)
+    and the batch may be open (an export)."""
     _, c, h, w = x.shape
+    n = batch
+    windows = []  # loops: graph mode takes one for clause a comprehension
     if stride == 1:
         x = zero_pad(x)
-        rows = [ops.split(x, (h, 2), axis=2)[0], ops.split(x, (1, h, 1), axis=2)[1],
-                ops.split(x, (2, h), axis=2)[1]]
-        windows = []  # loops: graph mode takes one for clause a comprehension
-        for row in rows:
-            windows += [ops.split(row, (w, 2), axis=3)[0], ops.split(row, (1, w, 1), axis=3)[1],
-                        ops.split(row, (2, w), axis=3)[1]]
+        for kh in range(3):
+            for kw in range(3):
+                windows.append(ops.slice(x, (0, 0, kh, kw), (n, c, h, w)))
         return windows
     ho, wo = (h - 1) // 2 + 1, (w - 1) // 2 + 1
-    x = zero_pad(x, 1 + h % 2, 1 + w % 2)  # (ho + 1) pairs of rows, (wo + 1) of columns
-    even, odd = [ops.reshape(half, (-1, c, ho + 1, 2 * wo + 2)) for half in
-                 ops.split(ops.reshape(x, (-1, c, ho + 1, 2, 2 * wo + 2)), 1, axis=3)]
-    rows = [ops.split(even, (ho, 1), axis=2)[0], ops.split(odd, (ho, 1), axis=2)[0],
-            ops.split(even, (1, ho), axis=2)[1]]
-    windows = []
-    for row in rows:
-        left, right = [ops.reshape(half, (-1, c, ho, wo + 1)) for half in
-                       ops.split(ops.reshape(row, (-1, c, ho, wo + 1, 2)), 1, axis=4)]
-        windows += [ops.split(left, (wo, 1), axis=3)[0], ops.split(right, (wo, 1), axis=3)[0],
-                    ops.split(left, (1, wo), axis=3)[1]]
+    pairs = ops.reshape(zero_pad(x, 1 + h % 2, 1 + w % 2), (-1, c, ho + 1, 2, wo + 1, 2))
+    for kh in range(3):
+        for kw in range(3):
+            window = ops.slice(pairs, (0, 0, kh // 2, kh % 2, kw // 2, kw % 2),
+                               (n, c, ho, 1, wo, 1))
+            windows.append(ops.reshape(window, (-1, c, ho, wo)))
     return windows
 
 
