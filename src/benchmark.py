@@ -47,7 +47,8 @@ from src.models.layers import CONV_IMPLS
 # "standard": ours built from standard operators only (our CPU kernels off). Infer mode adds
 # the exported files: "mindir" (GraphCell) and "onnx" (onnxruntime).
 IMPLEMENTATIONS = ("ours", "standard", "mindir", "onnx", "mindcv", "torch")
-DEFAULTS = {"batch_size": 32, "image_size": 224}  # filled in after parsing: a given one is seen
+# filled in after parsing: a given one is seen; --batch_size is a list (train mode sweeps it)
+DEFAULTS = {"batch_size": [32], "image_size": 224}
 INFER_ONLY = ("mindir", "onnx")
 JPEG_CLASSES = 4  # the class folders of write_jpeg_folder's generated images
 # --layer: (in channels, out channels, kernel, stride, group, side); batch_norm: channels, side.
@@ -99,7 +100,7 @@ def check(args) -> None:
     args.explicit = {k for k in DEFAULTS if getattr(args, k) is not None}
     for key, value in DEFAULTS.items():
         if getattr(args, key) is None:
-            setattr(args, key, [value] if key == "batch_size" else value)
+            setattr(args, key, value)
     args.batch_sizes = list(dict.fromkeys(args.batch_size))  # the sweep, in the order given
     if not args.batch_sizes:
         raise UserError("no batch size given", "--batch_size", "give one, e.g. 32")
@@ -350,27 +351,30 @@ def _data_setup(args):
 def linked_subset(source: str, root: str, count: int) -> str:
     """root/train/<class>/: links to the first ``count`` images of write_jpeg_folder's
     ``source`` (one epoch of a given length, without writing the images again)."""
-    for name in sorted(os.listdir(os.path.join(source, "train"))):
-        os.makedirs(os.path.join(root, "train", name))
     for i in range(count):
-        name = f"class_{i % JPEG_CLASSES}/{i}.jpg"
-        os.symlink(os.path.join(source, "train", name), os.path.join(root, "train", name))
+        path = jpeg_path(root, i)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.symlink(jpeg_path(source, i), path)
     return root
 
 
+def jpeg_path(root: str, i: int) -> str:
+    """Where write_jpeg_folder puts image ``i``: root/train/class_<i mod classes>/<i>.jpg."""
+    return os.path.join(root, "train", f"class_{i % JPEG_CLASSES}", f"{i}.jpg")
 
-def write_jpeg_folder(root: str, count: int = 256, classes: int = JPEG_CLASSES) -> str:
+
+def write_jpeg_folder(root: str, count: int = 256) -> str:
     """root/train/<class>/*.jpg: ``count`` 500x375 JPEGs, ImageNet's typical size and quality."""
     from PIL import Image
     rng = np.random.RandomState(0)
     base = rng.randint(0, 256, (375 // 8 + 1, 500 // 8 + 1, 3)).astype(np.uint8)
     for i in range(count):
-        folder = os.path.join(root, "train", f"class_{i % classes}")
-        os.makedirs(folder, exist_ok=True)
+        path = jpeg_path(root, i)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         # smooth-ish content compresses like a photograph, not like noise
         small = np.roll(base, i, axis=1)
         image = Image.fromarray(small).resize((500, 375), Image.BILINEAR)
-        image.save(os.path.join(folder, f"{i}.jpg"), quality=90)
+        image.save(path, quality=90)
     return root
 
 
@@ -509,7 +513,8 @@ def side_by_side(args, mine: dict, theirs: dict) -> dict:
         return [statistics.median(b) / statistics.median(a)
                 for a, b in zip(mine[batch], theirs[batch])]
     pairs = per_round(args.batch_size)
-    ratio = {"per_round": [round(r, 3) for r in pairs], "median": round(statistics.median(pairs), 3)}
+    ratio = {"per_round": [round(r, 3) for r in pairs],
+             "median": round(statistics.median(pairs), 3)}
     if args.mode == "train":
         ratio["by_batch"] = {str(b): round(statistics.median(per_round(b)), 3) for b in mine}
     return ratio

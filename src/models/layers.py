@@ -126,7 +126,8 @@ class ConvKxK(nn.Conv2d):
             and (group == 1 or depthwise)
         if self.fast:
             self.fast_op = cpu_kernels.conv_op(self.kind, stride)
-        self.one_by_one = ops.Conv2D(out_channel=out_channels, kernel_size=(1, 1))
+        if self.taps and self.kind == "dense":  # the 1x1 conv of the nine windows
+            self.one_by_one = ops.Conv2D(out_channel=out_channels, kernel_size=(1, 1))
 
     def construct(self, x):
         if self.fast:
@@ -238,8 +239,9 @@ class FusedSequence(nn.SequentialCell):
     conv with the BatchNorm's moving statistics and the activation applied as its output is
     written (cpu_kernels.conv_bn_act_op). In training the BatchNorm's kernel applies the
     activation, forward and gradient (BatchNorm.fuse_activation), and the activation's own op is
-    left out. Float16 (amp) and convs without our kernels run the children one by one. ``fold()`` folds each BatchNorm into its conv's weights and a
-    bias instead, for an export of standard operators."""
+    left out. Float16 (amp) and convs without our kernels run the children one by one.
+    ``fold()`` folds each BatchNorm into its conv's weights and a bias instead, for an export of
+    standard operators."""
 
     def __init__(self, cells):
         super().__init__(cells)
@@ -372,20 +374,19 @@ def windows3x3(x, stride: int, batch: int = -1) -> list:
     ``batch``: x's, or -1 (all) where no gradient is taken (MindSpore's SliceGrad takes no -1)
     and the batch may be open (an export)."""
     _, c, h, w = x.shape
-    n = batch
     windows = []  # loops: graph mode takes one for clause a comprehension
     if stride == 1:
         x = zero_pad(x)
         for kh in range(3):
             for kw in range(3):
-                windows.append(ops.slice(x, (0, 0, kh, kw), (n, c, h, w)))
+                windows.append(ops.slice(x, (0, 0, kh, kw), (batch, c, h, w)))
         return windows
     ho, wo = (h - 1) // 2 + 1, (w - 1) // 2 + 1
     pairs = ops.reshape(zero_pad(x, 1 + h % 2, 1 + w % 2), (-1, c, ho + 1, 2, wo + 1, 2))
     for kh in range(3):
         for kw in range(3):
             window = ops.slice(pairs, (0, 0, kh // 2, kh % 2, kw // 2, kw % 2),
-                               (n, c, ho, 1, wo, 1))
+                               (batch, c, ho, 1, wo, 1))
             windows.append(ops.reshape(window, (-1, c, ho, wo)))
     return windows
 
