@@ -145,8 +145,9 @@ def check_value(key, value, where=""):
     rule = RULES.get(key)
     if isinstance(rule, Choice):
         allowed = rule.values() if callable(rule.values) else rule.values
-        if value not in allowed:
-            shown = ", ".join(allowed) if len(allowed) <= 8 else \
+        if value not in allowed:  # a registry's long list: the near names and where it is
+            shown = ", ".join(v for v in allowed if v not in OLD_CONV_IMPLS) \
+                if not callable(rule.values) or len(allowed) <= 8 else \
                 f"{_close(str(value), allowed).replace('--', '')} or another of the " \
                 f"{len(allowed)} names `python -m src.models.complexity` lists"
             raise UserError(f"{key} {value!r} is not allowed", where, f"choose {shown}")
