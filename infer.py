@@ -26,7 +26,7 @@ def main(argv):
     if not model:
         raise UserError("no model given", "--model",
                         "give --model FILE (.ckpt, .mindir, .onnx) or --pretrained TAG")
-    use_device(config.device_target, config.conv_impl)
+    use_device(config.device_target, config.conv_impl, config.device_id)
     # --batch_size (the config key): images per forward pass; default 8, or a fixed-batch
     # export's batch, which a given one must equal
     given = config.batch_size if "batch_size" in config.explicit else None

@@ -34,7 +34,7 @@ def evaluate(config, model: str = "") -> dict:
         raise UserError("no checkpoint given", "--checkpoint_path",
                         "give --checkpoint_path CKPT, --model FILE (.mindir, .onnx) or "
                         "--pretrained TAG (evaluating random weights is never useful)")
-    use_device(config.device_target, config.conv_impl)
+    use_device(config.device_target, config.conv_impl, config.device_id)
     params, meta = read_checkpoint(path)
     record = resolve(config, meta, path)
     check_layout(record.dataset, config.dataset_path)
@@ -59,7 +59,7 @@ def evaluate_file(config, path: str) -> dict:
     if config.checkpoint_path or config.pretrained:
         raise UserError("both --model and a checkpoint given", "command line",
                         "give --model FILE or --checkpoint_path CKPT, not both")
-    use_device(config.device_target, config.conv_impl)
+    use_device(config.device_target, config.conv_impl, config.device_id)
     batch = config.eval_batch_size if "eval_batch_size" in config.explicit else None
     predictor = Predictor(path, config, batch_size=batch)
     side = predictor.exported_side(path)

@@ -89,7 +89,7 @@ def export(argv) -> str:
         if side < 32 or side % 32 or side > MAX_IMAGE_SIZE:
             raise UserError(f"input side {side} is not a multiple of 32 from 32 to "
                             f"{MAX_IMAGE_SIZE}", name, "give 224, 192, 160, 128, 32, ...")
-    use_device(config.device_target)
+    use_device(config.device_target, device_id=config.device_id)
     net = record.build(conv_impl=EXPORT_CONV_IMPL[fmt])
     load_weights(net, params, checkpoint)
     file_name = args.file_name or record.network

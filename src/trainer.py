@@ -40,7 +40,7 @@ def set_up(config) -> tuple:
     ms.set_seed(config.seed)
     np.random.seed(config.seed)
     ms.dataset.config.set_seed(config.seed)
-    use_device(config.device_target, config.conv_impl)
+    use_device(config.device_target, config.conv_impl, config.device_id)
     if not config.is_distributed:
         return 0, 1
     from mindspore.communication import get_group_size, get_rank, init

@@ -62,6 +62,7 @@ RULES = {
     "lr_decay_mode": Choice(("steps", "poly", "cosine", "linear")),
     "amp_level": Choice(("O0", "O1", "O2", "O3")),
     "lr_scaling": Choice(("none", "linear")),
+    "device_id": Range(-1),
     "seed": Range(0, 2 ** 32 - 1),  # numpy's and MindSpore's seeds are unsigned 32-bit
     "log_interval": Range(1),
     "image_size": Range(32, MAX_IMAGE_SIZE, multiple=32),
