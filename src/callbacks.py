@@ -122,8 +122,8 @@ class NonFiniteLossGuard(Callback):
         raise UserError(f"loss or weights not finite (loss {value}) at epoch {epoch} step "
                         f"{step} (global step {done}), lr {lr:g}; stopped without saving this "
                         "step's weights", "training",
-                        "lower --lr_max (or --loss_scale with amp), then --resume the last "
-                        "checkpoint")
+                        "lower --lr_max (with amp: a lower --loss_scale, or --loss_scale_type "
+                        "dynamic on Ascend/GPU), then --resume the last checkpoint")
 
 
 class RunRecorder(Callback):

@@ -127,7 +127,9 @@ def check_train_args(argv) -> None:
     """train.py's checks that need no device: the config, then the data folder's layout."""
     from src.dataset import check_layout
     from src.model_utils.config import get_config
+    from src.trainer import check_recipe
     config = get_config(argv)
+    check_recipe(config)
     check_layout(config.dataset, config.dataset_path)
 
 

@@ -17,7 +17,8 @@ import time
 import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
-from mindspore.train import FixedLossScaleManager, Model, TimeMonitor
+from mindspore.train import (DynamicLossScaleManager, FixedLossScaleManager, Model,
+                             TimeMonitor)
 
 from src.callbacks import (NonFiniteLossGuard, ProgressMonitor, RunRecorder, SignalStop,
                            epoch_and_step)
@@ -33,6 +34,25 @@ from src.models import options_of
 from src.pretrained import checkpoint_for
 from src.run_state import (RunState, best_name, parse_checkpoint_name, pending_best_name,
                            truncate_metrics)
+
+
+def check_recipe(config) -> None:
+    """Combinations of keys that this device cannot train, refused before anything starts."""
+    if config.loss_scale_type == "dynamic" and config.device_target == "CPU":
+        raise UserError("a dynamic loss scale does not run on CPU (MindSpore 2.10 builds its "
+                        "overflow-skipping train step for Ascend and GPU only)",
+                        "--loss_scale_type", "give --loss_scale_type fixed on CPU")
+
+
+def loss_scaling(config) -> tuple:
+    """(the loss-scale manager, the optimizer's loss_scale). Fixed: the optimizer divides the
+    gradients by the scale, every step is applied. Dynamic: the train step divides them itself
+    and skips a step whose gradients overflow, so the optimizer's scale is 1."""
+    if config.loss_scale_type == "dynamic":
+        return DynamicLossScaleManager(config.loss_scale, config.scale_factor,
+                                       config.scale_window), 1.0
+    return FixedLossScaleManager(config.loss_scale, drop_overflow_update=False), \
+        config.loss_scale
 
 
 def set_up(config) -> tuple:
@@ -295,9 +315,9 @@ def restore_best(folder, network, state, best) -> None:
 
 # ---- step 5: the optimizer, its schedule, the train state
 
-def build_optimizer(config, net, steps: int, group_size: int) -> tuple:
+def build_optimizer(config, net, steps: int, group_size: int, loss_scale: float) -> tuple:
     """(Momentum optimizer, per-step lr array): the lr schedule scaled to the global batch when
-    the recipe says so, weight decay on weights only, the loss scale of the manager."""
+    the recipe says so, weight decay on weights only, ``loss_scale`` (``loss_scaling``'s)."""
     lr_init, lr_max = config.lr_init, config.lr_max
     if config.lr_scaling == "linear" and config.lr_base_batch:
         factor = config.batch_size * group_size / config.lr_base_batch
@@ -308,7 +328,7 @@ def build_optimizer(config, net, steps: int, group_size: int) -> tuple:
     lr = get_lr(config.lr_decay_mode, lr_init, lr_max, config.lr_end,
                 config.warmup_epochs, config.epoch_size, steps)
     opt = nn.Momentum(decay_groups(net, config.weight_decay), ms.Tensor(lr), config.momentum,
-                      loss_scale=config.loss_scale)
+                      loss_scale=loss_scale)
     return opt, lr
 
 
@@ -344,7 +364,8 @@ def any_rank_signal(rank: int, size: int):
 
 def train(config) -> str:
     """Train ``config.network`` as ``config`` says; returns the checkpoint folder."""
-    check_layout(config.dataset, config.dataset_path)  # before a process group starts
+    check_recipe(config)  # before a process group starts
+    check_layout(config.dataset, config.dataset_path)
     rank, group_size = set_up(config)
     folder = checkpoint_dir(config)
     if rank != 0:
@@ -374,7 +395,8 @@ def _train(config, rank: int, group_size: int, folder: str) -> str:
     if pretrained is not None:
         load_weights(net, pretrained, config.pretrained, skip=("classifier",))
         print(f"pretrained: loaded all but the classifier ({config.pretrained})", flush=True)
-    opt, lr = build_optimizer(config, net, steps, group_size)
+    scale_manager, optimizer_scale = loss_scaling(config)
+    opt, lr = build_optimizer(config, net, steps, group_size, optimizer_scale)
     if start.path:
         restore_train_state(net, opt, start, step, steps, lr)
     if take_rank0:
@@ -385,8 +407,7 @@ def _train(config, rank: int, group_size: int, folder: str) -> str:
                               num_classes=config.num_classes)
     watch = config.eval_interval > 0 and rank == 0
     model = Model(net, loss_fn=loss, optimizer=opt, amp_level=config.amp_level,
-                  loss_scale_manager=FixedLossScaleManager(config.loss_scale,
-                                                           drop_overflow_update=False),
+                  loss_scale_manager=scale_manager,
                   metrics=eval_metrics(config.num_classes) if watch else None)
     progress = ProgressMonitor(opt, steps, config.log_interval, config.epoch_size,
                                config.batch_size * group_size, history)

@@ -133,3 +133,33 @@ def test_this_wheels_gpu_plugin_names_what_it_lacks_here():
     assert reasons and all(r.startswith("libmindspore_gpu.so") for r in reasons)
     assert re.search(r"lib\w+\.so[.\d]*: cannot open shared object file", reasons[0])
     assert device.plugin_load_errors("CPU") == []
+
+
+def test_loss_scaling_keeps_the_optimizer_and_the_manager_consistent():
+    """Fixed: the optimizer divides by the manager's scale and every step is applied. Dynamic:
+    MindSpore's DynamicLossScaleManager with our scale, factor and window; the train step
+    unscales the gradients itself, so the optimizer's scale is 1."""
+    from src.model_utils.config import get_config
+    from src.trainer import loss_scaling
+    manager, optimizer_scale = loss_scaling(get_config(["--loss_scale", "512"]))
+    assert (manager.get_loss_scale(), optimizer_scale) == (512, 512)
+    assert manager.get_drop_overflow_update() is False
+    config = get_config(["--loss_scale", "4096", "--loss_scale_type", "dynamic",
+                         "--scale_factor", "4", "--scale_window", "50"])
+    manager, optimizer_scale = loss_scaling(config)
+    assert optimizer_scale == 1.0 and manager.get_drop_overflow_update() is True
+    assert (manager.get_loss_scale(), manager.scale_factor, manager.scale_window) == \
+        (4096, 4, 50)
+
+
+def test_a_dynamic_loss_scale_on_cpu_is_one_line_before_anything_starts(cli, tmp_path):
+    data = write_cifar_folder(str(tmp_path / "cifar"), train_count=8, test_count=8)
+    result = cli("train.py", "--dataset_path", data, "--loss_scale_type", "dynamic",
+                 "--output_path", str(tmp_path / "out"))
+    assert result.returncode == 2 and result.error_lines() == [
+        "error: a dynamic loss scale does not run on CPU (MindSpore 2.10 builds its "
+        "overflow-skipping train step for Ascend and GPU only) (--loss_scale_type): give "
+        "--loss_scale_type fixed on CPU"]
+    assert not (tmp_path / "out").exists()
+    result = cli("src.launch", "check", "--dataset_path", data, "--loss_scale_type", "dynamic")
+    assert result.returncode == 2 and "dynamic loss scale does not run on CPU" in result.stderr

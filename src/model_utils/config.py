@@ -19,7 +19,8 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
 
 # Keys whose values are real numbers even where a yaml writes them as 0 or 1.
 FLOAT_KEYS = {"lr_init", "lr_max", "lr_end", "warmup_epochs", "momentum", "weight_decay",
-              "label_smooth_factor", "loss_scale", "bad_image_limit", "color_jitter"}
+              "label_smooth_factor", "loss_scale", "scale_factor", "bad_image_limit",
+              "color_jitter"}
 
 
 def _networks():
@@ -62,6 +63,7 @@ RULES = {
     "lr_decay_mode": Choice(("steps", "poly", "cosine", "linear")),
     "amp_level": Choice(("O0", "O1", "O2", "O3")),
     "lr_scaling": Choice(("none", "linear")),
+    "loss_scale_type": Choice(("fixed", "dynamic")),
     "device_id": Range(-1),
     "seed": Range(0, 2 ** 32 - 1),  # numpy's and MindSpore's seeds are unsigned 32-bit
     "log_interval": Range(1),
@@ -82,6 +84,8 @@ RULES = {
     "weight_decay": Range(0.0),
     "label_smooth_factor": Range(0.0, 1.0, high_inclusive=False),
     "loss_scale": Range(1.0),
+    "scale_factor": Range(1.0),
+    "scale_window": Range(1),
     "save_checkpoint_epochs": Range(1),
     "keep_checkpoint_max": Range(1),
     "lr_base_batch": Range(0),
