@@ -72,9 +72,16 @@ forward_signals workers
 status=0
 while kill -0 "$MSRUN_PID" 2>/dev/null; do
     if [ -z "$STOP_SIGNAL" ]; then
-        # A worker failed: msrun kills the others at once, then waits for its scheduler, which
-        # notices only when their heartbeats time out (about 30 s). End the job now.
+        # A worker ended with an error: msrun kills the others at once, then waits for its
+        # scheduler, which notices only when their heartbeats time out (about 30 s). End the
+        # job now, unless the workers are stopping as a signal sent to them asked (their stop
+        # line): then let each finish, as for a signal sent to this script.
         if grep -q "exit with exception" msrun.log 2>/dev/null; then
+            line=$(grep -h -m 1 "^stopped: " worker_*.log 2>/dev/null | head -n 1)
+            if [ -n "$line" ]; then
+                case "$line" in "stopped: SIGINT"*) STOP_SIGNAL=INT ;; *) STOP_SIGNAL=TERM ;; esac
+                continue
+            fi
             kill -TERM -- "-$MSRUN_PID" 2>/dev/null || true
             status=1
             break

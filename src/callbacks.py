@@ -1,8 +1,9 @@
 """Training callbacks: progress lines, the NaN/Inf guard, the run's record (eval, metrics,
 checkpoints, best, run state, curves), and stopping on SIGTERM/SIGINT.
 
-Every step and epoch number comes from the optimizer's own step counter, so it is right after a
-resume too, also one that starts in the middle of an epoch.
+Every step and epoch number comes from StepClock, the host's count of the steps taken from where
+the run started, so it is right after a resume too, also one that starts in the middle of an
+epoch; the callbacks read the device only at its sync points.
 """
 import os
 import signal
@@ -14,13 +15,6 @@ from mindspore.train import Callback
 from src.checkpoint import save_atomically
 from src.errors import UserError
 from src.run_state import (best_name, checkpoint_name, pending_best_name, write_metrics)
-
-
-def step_loss(params) -> float:
-    """The loss of the step just taken, from a callback's run-context arguments."""
-    loss = params.net_outputs[0] if isinstance(params.net_outputs, (tuple, list)) \
-        else params.net_outputs
-    return float(np.mean(loss.asnumpy()))
 
 
 def global_step(optimizer) -> int:
@@ -49,75 +43,151 @@ def format_duration(seconds: float) -> str:
     return f"{days}d {clock}" if days else clock
 
 
-class ProgressMonitor(Callback):
-    """One progress line at each epoch's first step (and the run's first) and every ``interval``
-    steps, the run's only loss line:
+class StepClock(Callback):
+    """The run's global step, counted on the host, and when the callbacks may read the device.
 
-    ``epoch: E step: S, loss: L, loss(smoothed): M, lr: X, images/s: R, eta: [Dd ]HH:MM:SS``.
-    The lr is read from the optimizer's own step counter and lr array, so after a resume it is
-    what training really used. Plain text, no terminal control codes, so a log file reads the
-    same. It also keeps every step's (epoch, global step, loss, lr) for metrics.csv and the
-    curves (``history``, which starts with the rows of the run before a resume).
+    Reading a tensor (a loss, a weight, the optimizer's counter) makes the host wait for the
+    device, which on Ascend and GPU costs the step its overlap with the next one. So every other
+    callback reads the device only at a *sync point*: a call that covers the run's first step, an
+    epoch's first step or a multiple of ``interval`` in it (where a progress line is printed,
+    ``printing``), an epoch's last step, or (one process) the step after a stop signal
+    (``urgent``). Distributed runs have no urgent sync point: every rank must reach the same
+    ones. A call ends ``per_call`` steps: 1, or in sink mode the sink's size.
+
+    It also keeps each call's loss tensor, read from the device at a sync point, once, for the
+    guard and the progress line (``losses``). It goes first in the callback list.
+
+    Test hook: ZOO_TEST_SIGNAL_AT_STEP=N (or N@R: on rank R only) sends this process a SIGTERM
+    after global step N.
     """
 
-    def __init__(self, optimizer, steps_per_epoch: int, interval: int, total_epochs: int,
-                 images_per_step: int, history=()):
+    def __init__(self, start_step: int, steps_per_epoch: int, interval: int, rank: int = 0):
         super().__init__()
-        self.optimizer, self.steps, self.interval = optimizer, steps_per_epoch, interval
-        self.lrs = lr_schedule(optimizer)  # fixed during training: read once, not every step
-        self.total_steps = total_epochs * steps_per_epoch
-        self.images_per_step = images_per_step
-        self.smoothed, self.history = None, list(history)
-        self.last_time, self.last_step, self.step_times = None, None, []
-
-    def on_train_epoch_begin(self, run_context):
-        self.last_time = None  # a step time must not span the eval and the save between epochs
+        self.done = self.started = start_step
+        self.steps, self.interval, self.rank = steps_per_epoch, interval, rank
+        self.per_call, self.sync, self.urgent = 1, False, False
+        self._pending, self._read = [], None
 
     def on_train_step_end(self, run_context):
-        params = run_context.original_args()
-        now = time.time()
-        done = global_step(self.optimizer)
-        epoch, step_in_epoch = epoch_and_step(done, self.steps)
-        lr = float(self.lrs[done - 1])
-        loss = step_loss(params)
-        first = self.smoothed is None
-        self.smoothed = loss if first else 0.9 * self.smoothed + 0.1 * loss
-        self.history.append((epoch, done, loss, lr))
-        if self.last_time is not None:
-            self.step_times.append((now - self.last_time) / max(1, done - self.last_step))
-        self.last_time, self.last_step = now, done
-        if not first and step_in_epoch != 1 and step_in_epoch % self.interval:
+        if self.sync:  # what the last sync point read is consumed
+            self._pending, self._read = [], None
+        self.done += self.per_call
+        self._pending.append((self.done, step_loss_tensor(run_context.original_args())))
+        hook = os.environ.get("ZOO_TEST_SIGNAL_AT_STEP", "")
+        if hook and hook.split("@")[0] == str(self.done) and \
+                (hook.split("@") + [str(self.rank)])[1] == str(self.rank):
+            os.kill(os.getpid(), signal.SIGTERM)
+        self.sync = self.printing() or self.done % self.steps == 0 or self.urgent
+
+    def printing(self) -> bool:
+        """Whether this call's steps hold the run's first, an epoch's first, or a multiple of
+        ``interval`` in its epoch: a progress line's place."""
+        low = self.done - self.per_call
+        if low == self.started:
+            return True
+        return any(in_epoch == 1 or in_epoch % self.interval == 0
+                   for in_epoch in ((s - 1) % self.steps + 1 for s in range(low + 1,
+                                                                           self.done + 1)))
+
+    def losses(self) -> list:
+        """[(global step, loss)] of the calls since the last sync point (one per call), read
+        from the device once."""
+        if self._read is None:
+            self._read = [(step, float(np.mean(loss.asnumpy()))) for step, loss in self._pending]
+        return self._read
+
+
+def step_loss_tensor(params):
+    """The loss output of the step just taken (a train step with a loss scale returns the loss,
+    the overflow flag and the scale), still on the device."""
+    return params.net_outputs[0] if isinstance(params.net_outputs, (tuple, list)) \
+        else params.net_outputs
+
+
+class ProgressMonitor(Callback):
+    """One progress line at each epoch's first step (and the run's first) and every ``interval``
+    steps (``StepClock.printing``), the run's only loss line:
+
+    ``epoch: E step: S, loss: L, loss(smoothed): M, lr: X, images/s: R, eta: [Dd ]HH:MM:SS``.
+    The lr is what the optimizer's own step counter and lr array say it used (a step skipped for
+    an overflowed dynamic loss scale does not count there). The rate is the images between two
+    sync points over the time between them (the host waits for the device at each, so the time
+    is the device's). Plain text, no terminal control codes, so a log file reads the same. It
+    also keeps each read step's (epoch, global step, loss, lr) for metrics.csv and the curves
+    (``history``, which starts with the rows of the run before a resume).
+    """
+
+    def __init__(self, clock: StepClock, optimizer, total_epochs: int, images_per_step: int,
+                 history=()):
+        super().__init__()
+        self.clock, self.optimizer, self.steps = clock, optimizer, clock.steps
+        self.lrs = lr_schedule(optimizer)  # fixed during training: read once, not every step
+        self.total_steps = total_epochs * clock.steps
+        self.images_per_step = images_per_step
+        self.smoothed, self.history = None, list(history)
+        self.last_time, self.last_step, self.step_time = None, None, None
+        self.epoch_began = None
+
+    def on_train_epoch_begin(self, run_context):
+        if self.clock.done % self.steps == 0:  # a real epoch's start, not a sink's
+            self.last_time = None  # a rate must not span the eval and the save between epochs
+            self.epoch_began = (time.time(), self.clock.done)
+
+    def on_train_step_end(self, run_context):
+        if not self.clock.sync:
             return
-        recent = self.step_times[-self.interval:]
+        losses = self.clock.losses()
+        now, done = time.time(), self.clock.done
+        skipped = done - global_step(self.optimizer)  # overflowed steps the lr did not count
+        for step, loss in losses:
+            self.smoothed = loss if self.smoothed is None else 0.9 * self.smoothed + 0.1 * loss
+            self.history.append((epoch_and_step(step, self.steps)[0], step, loss,
+                                 float(self.lrs[max(step - 1 - skipped, 0)])))
+        if self.last_time is not None and done > self.last_step:
+            self.step_time = (now - self.last_time) / (done - self.last_step)
+        self.last_time, self.last_step = now, done
+        if self.clock.printing():
+            self.print_line(done)
+        if done % self.steps == 0 and self.epoch_began:  # the epoch's time, eval and save aside
+            seconds, taken = now - self.epoch_began[0], done - self.epoch_began[1]
+            print(f"Train epoch time: {seconds * 1000:5.3f} ms, per step time: "
+                  f"{seconds * 1000 / max(taken, 1):5.3f} ms", flush=True)
+
+    def print_line(self, done: int) -> None:
+        epoch, step_in_epoch = epoch_and_step(done, self.steps)
+        _, _, loss, lr = self.history[-1]
         rate, eta = "?", "?"
-        if recent:
-            step_time = float(np.median(recent))
-            rate = f"{self.images_per_step / step_time:.1f}"
-            eta = format_duration(step_time * (self.total_steps - done))
+        if self.step_time:
+            rate = f"{self.images_per_step / self.step_time:.1f}"
+            eta = format_duration(self.step_time * (self.total_steps - done))
         print(f"epoch: {epoch} step: {step_in_epoch}, loss: {loss:.6f}, "
               f"loss(smoothed): {self.smoothed:.4f}, lr: {lr:.8f}, images/s: {rate}, "
               f"eta: {eta}", flush=True)
 
 
 class NonFiniteLossGuard(Callback):
-    """Stops training on the step whose loss or weights turn NaN or Inf, before anything saves it.
+    """Stops training at the first sync point (StepClock) after a loss or the weights turned
+    NaN or Inf, before anything saves them.
 
-    Placed before the run's record, it raises first, so the bad weights are never written.
-    Besides the loss it checks the stem conv's weights: MindSpore's CPU softmax cross entropy
-    returns a finite ln(C) for NaN logits, so NaN weights can hide behind a finite loss
+    Placed before the run's record and the stop, it raises first, so the bad weights are never
+    written. Besides the losses it checks the stem conv's weights: MindSpore's CPU softmax cross
+    entropy returns a finite ln(C) for NaN logits, so NaN weights can hide behind a finite loss
     (measured on 2.10); a NaN anywhere reaches the stem's gradient on the same step.
     """
 
-    def __init__(self, optimizer, steps_per_epoch: int, sentinel):
+    def __init__(self, clock: StepClock, optimizer, sentinel):
         super().__init__()
-        self.optimizer, self.steps, self.sentinel = optimizer, steps_per_epoch, sentinel
+        self.clock, self.optimizer, self.sentinel = clock, optimizer, sentinel
 
     def on_train_step_end(self, run_context):
-        value = step_loss(run_context.original_args())
-        if np.isfinite(value) and np.isfinite(self.sentinel.asnumpy()).all():
+        if not self.clock.sync:
             return
-        done = global_step(self.optimizer)
-        epoch, step = epoch_and_step(max(done, 1), self.steps)
+        losses = self.clock.losses()
+        bad = [(step, loss) for step, loss in losses if not np.isfinite(loss)]
+        if not bad and np.isfinite(self.sentinel.asnumpy()).all():
+            return
+        done, value = bad[0] if bad else losses[-1]
+        epoch, step = epoch_and_step(max(done, 1), self.clock.steps)
         lr = float(lr_schedule(self.optimizer)[max(done - 1, 0)])
         raise UserError(f"loss or weights not finite (loss {value}) at epoch {epoch} step "
                         f"{step} (global step {done}), lr {lr:g}; stopped without saving this "
@@ -139,11 +209,11 @@ class RunRecorder(Callback):
     ``meta`` (the network record), the epoch and the global step (and the optimizer's state).
     """
 
-    def __init__(self, folder, state, meta, progress, optimizer, total_epochs, *, save=True,
+    def __init__(self, folder, state, meta, progress, total_epochs, *, save=True,
                  save_every=1, keep=10, model=None, eval_data=None, eval_interval=0):
         super().__init__()
         self.folder, self.state, self.meta, self.progress = folder, state, meta, progress
-        self.optimizer, self.total_epochs, self.save = optimizer, total_epochs, save
+        self.clock, self.total_epochs, self.save = progress.clock, total_epochs, save
         self.save_every, self.keep = save_every, keep
         self.model, self.eval_data, self.eval_interval = model, eval_data, eval_interval
         self.network, self.steps = meta["network"], state.steps_per_epoch
@@ -152,9 +222,9 @@ class RunRecorder(Callback):
 
     def on_train_epoch_end(self, run_context):
         params = run_context.original_args()
-        done = global_step(self.optimizer)
+        done = self.clock.done
         if done % self.steps:
-            return  # MindSpore calls this after a stop in the middle of an epoch too
+            return  # MindSpore calls this after a stop in the middle of an epoch, and per sink
         epoch = done // self.steps
         record = {"global_step": done, "checkpoint": None, "top1": None, "top5": None}
         watching = self.eval_interval and epoch % self.eval_interval == 0
@@ -182,7 +252,7 @@ class RunRecorder(Callback):
     def save_stop(self, train_network) -> str:
         """Save the checkpoint a stop by signal continues from, whatever save_every says, and
         commit it as the run's stop; returns its path."""
-        done = global_step(self.optimizer)
+        done = self.clock.done
         epoch, step = epoch_and_step(done, self.steps)
         name = checkpoint_name(self.network, epoch, step)
         if self.eval_interval:
@@ -269,21 +339,21 @@ class RunRecorder(Callback):
 
 
 class SignalStop(Callback):
-    """SIGTERM and SIGINT (a cluster's pre-emption, Ctrl-C) end the run cleanly: the current step
-    finishes, rank 0 saves a checkpoint ``--resume auto`` continues from, and training stops;
-    ``signum`` then tells the trainer which signal it was. A stop on an epoch's last step lets
-    the epoch end as usual first (its eval and checkpoint). A second signal ends the process at
-    once. ``agree`` (distributed runs) turns the local flag into one all ranks share, so every
-    rank stops after the same step. Test hook: ZOO_TEST_SIGNAL_AT_STEP=N sends this process a
-    SIGTERM after global step N.
+    """SIGTERM and SIGINT (a cluster's pre-emption, Ctrl-C) end the run cleanly: at the next sync
+    point (StepClock: right after the current step in one process, within ``log_interval`` steps
+    in a distributed run, at the sink's end in sink mode) rank 0 saves a checkpoint
+    ``--resume auto`` continues from, and training stops; ``signum`` then tells the trainer which
+    signal it was. A stop on an epoch's last step lets the epoch end as usual first (its eval and
+    checkpoint). A second signal ends the process at once. ``agree`` (distributed runs) turns the
+    local flag into one all ranks share, at the sync points every rank reaches, so every rank
+    stops after the same step.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self, optimizer, steps_per_epoch, recorder=None, agree=None):
+    def __init__(self, clock: StepClock, recorder=None, agree=None):
         super().__init__()
-        self.optimizer, self.steps = optimizer, steps_per_epoch
-        self.recorder, self.agree = recorder, agree
+        self.clock, self.recorder, self.agree = clock, recorder, agree
         self.signum, self.at_epoch_end = 0, False
         self.saved, self.save_seconds = "", 0.0
         self.previous = {}
@@ -303,15 +373,17 @@ class SignalStop(Callback):
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
         self.signum = signum
+        if self.agree is None:
+            self.clock.urgent = True  # one process: the step under way is a sync point
 
     def on_train_step_end(self, run_context):
-        if os.environ.get("ZOO_TEST_SIGNAL_AT_STEP") == str(global_step(self.optimizer)):
-            os.kill(os.getpid(), signal.SIGTERM)  # test hook: a signal after this exact step
+        if not self.clock.sync:
+            return
         requested = self.agree(self.signum) if self.agree else self.signum
         if not requested:
             return
         self.signum = self.signum or requested  # a rank that got no signal stops with the rest
-        if global_step(self.optimizer) % self.steps == 0:
+        if self.clock.done % self.clock.steps == 0:
             self.at_epoch_end = True  # stop after the epoch's own end: its eval and checkpoint
             return
         self.stop(run_context)
@@ -321,11 +393,10 @@ class SignalStop(Callback):
             self.stop(run_context)
 
     def stop(self, run_context):
-        if self.recorder is not None and not self.recorder.saved_at(
-                global_step(self.optimizer)):
+        if self.recorder is not None and not self.recorder.saved_at(self.clock.done):
             started = time.time()
             self.saved = self.recorder.save_stop(run_context.original_args().train_network)
             self.save_seconds = time.time() - started
         elif self.recorder is not None:
-            self.saved = self.recorder.saved_at(global_step(self.optimizer))
+            self.saved = self.recorder.saved_at(self.clock.done)
         run_context.request_stop()

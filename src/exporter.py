@@ -16,15 +16,15 @@ from src.quantize import (DEFAULT_CALIBRATION_IMAGES, INT8_SUFFIX, check_calibra
 
 FORMATS = ("MINDIR", "ONNX", "AIR")
 SUFFIX = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
-# Standard operators only, in the form each format's runtime runs fast. MindSpore's CPU grouped
-# conv is up to 100x slower than one conv per group, so MINDIR and AIR split a grouped 1x1 conv
-# ("mindspore": split on CPU and Ascend, grouped on GPU); exported on CPU, MINDIR also builds the
-# 3x3 stems and stride-1 depthwise convs from shifted windows ("mindspore_taps"; MindSpore's CPU
-# Conv2D is 3-21x slower there, layers.resolve_conv_impl). onnxruntime runs a grouped Conv
-# faster than the split: ShuffleNetV1 g3 1.0x 224 at batch 1 in 9.9 against 15.8 ms, g8 1.5x
-# in 10.5 against 33.5 ms (docs/PERFORMANCE.md), and the file exports in 2/3 of the time.
-EXPORT_CONV_IMPL = {"MINDIR": "mindspore_taps", "AIR": "mindspore", "ONNX": "mindspore_grouped",
-                    "INT8": "mindspore"}
+# Standard operators only, in the form each format's runtime runs fast, and the same whatever
+# device exports (a file is written once and runs wherever). MindSpore's CPU grouped conv is up
+# to 100x slower than one conv per group, so MINDIR, AIR and the float graph INT8 quantizes split
+# a grouped 1x1 conv ("mindspore_split"); MINDIR also builds the 3x3 stems and depthwise convs
+# from shifted windows ("mindspore_taps"; MindSpore's CPU Conv2D is several times slower there).
+# onnxruntime runs a grouped Conv faster than the split (docs/PERFORMANCE.md), and the file
+# exports in 2/3 of the time.
+EXPORT_CONV_IMPL = {"MINDIR": "mindspore_taps", "AIR": "mindspore_split",
+                    "ONNX": "mindspore_grouped", "INT8": "mindspore_split"}
 
 
 def export_parser() -> ArgumentParser:

@@ -17,11 +17,10 @@ import time
 import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
-from mindspore.train import (DynamicLossScaleManager, FixedLossScaleManager, Model,
-                             TimeMonitor)
+from mindspore.train import DynamicLossScaleManager, FixedLossScaleManager, Model
 
 from src.callbacks import (NonFiniteLossGuard, ProgressMonitor, RunRecorder, SignalStop,
-                           epoch_and_step)
+                           StepClock, epoch_and_step)
 from src.checkpoint import (OPTION_KEYS, NetworkRecord, load_weights, read_checkpoint,
                             require_network, resolve)
 from src.CrossEntropySmooth import CrossEntropySmooth
@@ -145,10 +144,13 @@ class Start:
     meta: dict = dataclasses.field(default_factory=dict)
 
     def global_step(self, steps_per_epoch: int) -> int:
-        """Steps done before this run (a checkpoint of an older version records epochs only)."""
+        """Steps done before this run: the step the checkpoint records (``step_num``), else the
+        optimizer's counter, else (a checkpoint of an older version) its epochs. The two differ
+        after a dynamic loss scale skipped steps, which the optimizer does not count."""
         if not self.path:
             return 0
-        return int(self.meta.get("global_step", self.meta.get("epoch_num", 0) * steps_per_epoch))
+        return int(self.meta.get("step_num", self.meta.get(
+            "global_step", self.meta.get("epoch_num", 0) * steps_per_epoch)))
 
 
 def resume_candidates(folder: str, network: str) -> list:
@@ -333,14 +335,15 @@ def build_optimizer(config, net, steps: int, group_size: int, loss_scale: float)
 
 
 def restore_train_state(net, opt, start: Start, step: int, steps: int, lr) -> None:
-    """The resumed checkpoint's weights, momentum and step counter (so the lr continues)."""
+    """The resumed checkpoint's weights, momentum and the optimizer's step counter (so the lr
+    continues where it was)."""
     load_weights(net, start.params, start.path)
     # Set the moments by exact name: load_param_into_net(opt, ...) also matches a network
     # weight to its moment with the "moments." prefix dropped (measured on 2.10).
     for moment in opt.moments:
         if moment.name in start.params:
             moment.set_data(start.params[moment.name].data)
-    opt.global_step.set_data(ms.Tensor([step], ms.int32))
+    opt.global_step.set_data(ms.Tensor([start.meta.get("global_step", step)], ms.int32))
     epoch, in_epoch = epoch_and_step(step + 1, steps)
     print(f"resume: from {start.path} at epoch {epoch} step {in_epoch}, next lr "
           f"{lr[step]:.8f}", flush=True)
@@ -353,6 +356,32 @@ def gather_over_ranks(value: int, rank: int, size: int) -> list:
     slots = np.zeros(size, np.float32)
     slots[rank] = value
     return [int(v) for v in ops.AllReduce()(ms.Tensor(slots)).asnumpy()]
+
+
+def sinks(config) -> bool:
+    """Whether steps run in sinks: dataset_sink_mode off CPU (MindSpore feeds CPU step by step
+    whatever the flag says, so there it is off, said once)."""
+    if config.dataset_sink_mode and config.device_target == "CPU":
+        print("dataset_sink_mode: MindSpore runs CPU training step by step; the flag matters on "
+              "Ascend and GPU", flush=True)
+    return config.dataset_sink_mode and config.device_target != "CPU"
+
+
+def sink_size_for(count: int, interval: int) -> int:
+    """Steps of one sink: the largest divisor of ``count`` not above ``interval``, so sinks end
+    on every epoch's end and a progress line comes at least every ``interval`` steps."""
+    return max(d for d in range(1, min(count, interval) + 1) if count % d == 0)
+
+
+def run_steps(model, dataset, end: int, begin: int, clock, callbacks, sink: bool) -> None:
+    """Train from step ``begin`` to ``end`` of ``dataset``'s steps (counted from its start), in
+    sinks of ``sink_size_for`` steps when ``sink``, else one step a call. Model.train counts in
+    calls: an epoch is a sink in sink mode."""
+    size = sink_size_for(dataset.get_dataset_size(), clock.interval) if sink else \
+        dataset.get_dataset_size()
+    clock.per_call = size if sink else 1
+    model.train(end // size, dataset, callbacks=callbacks, dataset_sink_mode=sink,
+                sink_size=size if sink else -1, initial_epoch=begin // size)
 
 
 def any_rank_signal(rank: int, size: int):
@@ -409,44 +438,44 @@ def _train(config, rank: int, group_size: int, folder: str) -> str:
     model = Model(net, loss_fn=loss, optimizer=opt, amp_level=config.amp_level,
                   loss_scale_manager=scale_manager,
                   metrics=eval_metrics(config.num_classes) if watch else None)
-    progress = ProgressMonitor(opt, steps, config.log_interval, config.epoch_size,
-                               config.batch_size * group_size, history)
-    callbacks = [NonFiniteLossGuard(opt, steps, net.trainable_params()[0]), TimeMonitor(steps),
-                 progress]
+    clock = StepClock(step, steps, config.log_interval, rank)
+    progress = ProgressMonitor(clock, opt, config.epoch_size, config.batch_size * group_size,
+                               history)
+    callbacks = [clock, NonFiniteLossGuard(clock, opt, net.trainable_params()[0]), progress]
     recorder = None
     if rank == 0:
         eval_data = create_dataset(record.data_config(config), training=False,
                                    classes=record.class_names or None) if watch else None
-        recorder = RunRecorder(folder, state, record.as_checkpoint_meta(), progress, opt,
+        recorder = RunRecorder(folder, state, record.as_checkpoint_meta(), progress,
                                config.epoch_size, save=config.save_checkpoint,
                                save_every=config.save_checkpoint_epochs,
                                keep=config.keep_checkpoint_max, model=model, eval_data=eval_data,
                                eval_interval=config.eval_interval if watch else 0)
         callbacks.append(recorder)
-    stopper = SignalStop(opt, steps, recorder,
+    stopper = SignalStop(clock, recorder,
                          any_rank_signal(rank, group_size) if group_size > 1 else None)
     callbacks.append(stopper)
 
     first_epoch, skip = divmod(step, steps)
+    sink = sinks(config)
     print(f"train: {config.network}, {steps} steps/epoch, epochs {first_epoch + 1}.."
           f"{config.epoch_size}, rank {rank}/{group_size}, checkpoints in {folder}", flush=True)
     started = time.time()
     stopper.install()
     try:
         if skip:  # resumed inside an epoch: its remaining steps first
-            model.train(first_epoch + 1, dataset.take(steps - skip), callbacks=callbacks,
-                        dataset_sink_mode=config.dataset_sink_mode, initial_epoch=first_epoch)
+            run_steps(model, dataset.take(steps - skip), steps - skip, 0, clock, callbacks, sink)
             first_epoch += 1
         if not stopper.signum and first_epoch < config.epoch_size:
-            model.train(config.epoch_size, dataset, callbacks=callbacks,
-                        dataset_sink_mode=config.dataset_sink_mode, initial_epoch=first_epoch)
+            run_steps(model, dataset, config.epoch_size * steps, first_epoch * steps, clock,
+                      callbacks, sink)
     finally:
         stopper.restore()
     elapsed = time.time() - started
     if stopper.signum:
         if group_size > 1:  # wait for rank 0's save: msrun kills the rest when one rank exits
             gather_over_ranks(1, rank, group_size)
-        raise Stopped(stopper.signum, stop_line(stopper, opt, steps, rank),
+        raise Stopped(stopper.signum, stop_line(stopper, steps, rank),
                       hard_exit=group_size > 1)
     # Data-parallel ranks must end with the same weights: this lets a log show that they do.
     checksum = sum(float(np.abs(p.asnumpy()).astype(np.float64).sum())
@@ -459,11 +488,10 @@ def _train(config, rank: int, group_size: int, folder: str) -> str:
     return folder
 
 
-def stop_line(stopper, opt, steps: int, rank: int) -> str:
+def stop_line(stopper, steps: int, rank: int) -> str:
     """What a stop by signal says: which signal, where, and what continues the run."""
     import signal
-    from src.callbacks import global_step
-    done = global_step(opt)
+    done = stopper.clock.done
     epoch, step = epoch_and_step(max(done, 1), steps)
     where = f"after epoch {epoch} step {step} (global step {done})"
     name = signal.Signals(stopper.signum).name

@@ -163,3 +163,18 @@ def test_a_dynamic_loss_scale_on_cpu_is_one_line_before_anything_starts(cli, tmp
     assert not (tmp_path / "out").exists()
     result = cli("src.launch", "check", "--dataset_path", data, "--loss_scale_type", "dynamic")
     assert result.returncode == 2 and "dynamic loss scale does not run on CPU" in result.stderr
+
+
+def test_export_writes_the_same_forms_on_every_device(monkeypatch):
+    """A file is written once and runs anywhere: each format's conv form does not follow the
+    device that exports it (a MINDIR exported on a GPU kept grouped convs before)."""
+    from src.exporter import EXPORT_CONV_IMPL
+    from src.models import layers
+    forms = {}
+    for target in ("CPU", "GPU", "Ascend"):
+        monkeypatch.setattr(layers.ms, "get_context",
+                            lambda key, target=target: target if key == "device_target" else None)
+        forms[target] = {fmt: layers.resolve_conv_impl(impl)
+                         for fmt, impl in EXPORT_CONV_IMPL.items()}
+    assert forms["CPU"] == forms["GPU"] == forms["Ascend"] == {
+        "MINDIR": "taps", "AIR": "split", "ONNX": "native", "INT8": "split"}

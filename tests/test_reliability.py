@@ -122,10 +122,11 @@ def test_killed_runs_resume_into_the_uninterrupted_runs_state(tmp_path):
 def test_sigterm_stops_with_a_checkpoint_that_resume_continues(tmp_path):
     """SIGTERM after step 6 (in epoch 2 of 4-step epochs; ZOO_TEST_SIGNAL_AT_STEP has the run
     signal itself then): the step finishes, a checkpoint of epoch 2 step 2 is saved, one line
-    says so, exit 143. --resume auto trains steps 7..12 and ends as if never stopped."""
+    says so, exit 143. --resume auto trains steps 7..12 and ends as if never stopped. With
+    dataset_sink_mode True, which on CPU keeps its progress lines, stop and resume."""
     data = write_cifar_folder(str(tmp_path / "cifar"), train_count=64, test_count=8)
     common = ARGS + ["--dataset_path", data, "--epoch_size", "3", "--eval_interval", "1",
-                     "--output_path", tmp_path / "run"]
+                     "--output_path", tmp_path / "run", "--dataset_sink_mode", "True"]
     folder = str(tmp_path / "run" / "ckpt_0")
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *map(str, common)],
                           capture_output=True, text=True, cwd=ROOT, timeout=600,

@@ -336,3 +336,38 @@ def test_standalone_train_then_eval_scripts(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.splitlines()[-1].startswith("result: {'Loss': ")
     assert (tmp_path / "eval" / "eval_log.txt").exists()
+
+
+@pytest.mark.xdist_group("msrun")  # one msrun job at a time: ports, cores
+def test_a_stop_on_one_rank_is_agreed_within_log_interval(tmp_path):
+    """msrun, 2 CPU workers, 4-step epochs, log_interval 3: the ranks agree on a stop only at
+    their sync points (global steps 1, 3, 4, 5, 7, 8, ...), not every step. Rank 1 alone gets a
+    SIGTERM after step 6 (ZOO_TEST_SIGNAL_AT_STEP=6@1): both ranks stop after step 7, the next
+    sync point, within log_interval steps; rank 0 saves epoch 2 step 3; the script reports the
+    stop (exit 143), and --resume auto continues both ranks from that checkpoint."""
+    data = write_cifar_folder(str(tmp_path / "cifar"), train_count=64, test_count=8)
+    args = SMALL[:] + ["--seed", "5"]
+    args[args.index("--log_interval") + 1] = "3"
+    args[args.index("--epoch_size") + 1] = "3"
+    proc = run_script("run_distribute_train_cpu.sh", 2, data, cwd=tmp_path,
+                      env={"EXTRA_ARGS": " ".join(args), "ZOO_TEST_SIGNAL_AT_STEP": "6@1"})
+    assert proc.returncode == 143, proc.stdout + proc.stderr
+    logs = tmp_path / "train_parallel"
+    folder = logs / "output" / "ckpt_0"
+    saved = folder / "mobilenet_v1_025-2_3.ckpt"
+    texts = [(logs / f"worker_{r}.log").read_text() for r in range(2)]
+    assert f"stopped: SIGTERM after epoch 2 step 3 (global step 7); saved {saved} in " \
+        in texts[0]
+    assert "stopped: SIGTERM after epoch 2 step 3 (global step 7) (rank 1; rank 0 saves the " \
+        "checkpoint)" in texts[1]
+    assert proc.stderr.startswith("stopped: SIGTERM after epoch 2 step 3")
+    proc = run_script("run_distribute_train_cpu.sh", 2, data, cwd=tmp_path,
+                      env={"EXTRA_ARGS": " ".join(args + ["--resume", "auto"])})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    texts = [(logs / f"worker_{r}.log").read_text() for r in range(2)]
+    for text in texts:
+        assert f"resume auto: {saved}" in text
+        assert re.search(r"^epoch: 2 step: 4, ", text, re.M) and \
+            not re.search(r"^epoch: 1 step", text, re.M)
+    sums = [re.search(r"weights checksum (\S+)", t).group(1) for t in texts]
+    assert sums[0] == sums[1]

@@ -32,8 +32,8 @@ def resolve_conv_impl(impl: str = "auto") -> str:
       the depthwise conv as their per-channel weighted sum. MindSpore 2.10's CPU Conv2D took
       1,680 ms for ShuffleNetV2's stem at batch 32 (78 as taps), 184 ms for a 14x14 depthwise
       conv of 232 channels (61), 101 ms for a stride-2 one of 116 on 28x28 (74; on 14x14 41
-      against 46). What export writes for MINDIR (exporter.EXPORT_CONV_IMPL); standard
-      operators only. On CPU; elsewhere it is "mindspore".
+      against 46). What export writes for MINDIR (exporter.EXPORT_CONV_IMPL), whatever
+      device exports; standard operators only, so it runs on every device.
     - "mindspore": the faster of those two here: grouped on GPU, split elsewhere. Only standard
       operators: what export writes.
     - "auto": "ours" on CPU when the kernels build (else "mindspore", with one line saying
@@ -48,7 +48,7 @@ def resolve_conv_impl(impl: str = "auto") -> str:
                          f"{'' if target != 'CPU' else ', the kernels did not build'})")
     if impl in ("auto", "ours") and target == "CPU" and cpu_kernels.library():
         return "fast"
-    if impl == "mindspore_taps" and target == "CPU":
+    if impl == "mindspore_taps":
         return "taps"
     if impl in ("mindspore_split", "mindspore_grouped"):
         return {"mindspore_split": "split", "mindspore_grouped": "native"}[impl]
