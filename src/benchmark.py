@@ -16,10 +16,13 @@ neighbouring rounds holds better than two separate runs. Modes:
   in onnxruntime), MindCV's network in graph mode, PyTorch eager under no_grad;
 - data: the ImageNet-folder training pipeline (decode, random crop, flip, colour, normalise)
   with the configured workers, batches per second times the batch;
-- layer / layer_infer: one layer (``--layer``) forward and backward / forward only, on the
-  tensor ANCHORS §4 and the fast-kernels issue measure (batch x 232 x 28 x 28, ShuffleNetV2
-  1.0x stage 3; the stem on the batch of images): ours (our kernels), standard (MindSpore's
-  operators as our layers use them without our kernels) and PyTorch's layer.
+- layer / layer_infer: one layer (``--layer``) forward and backward / forward only, on a
+  ShuffleNetV2 1.0x stage-3 tensor (batch x 232 x 28 x 28; the stem on the batch of images):
+  ours (our kernels), standard (MindSpore's operators as our layers use them without our
+  kernels) and PyTorch's layer; CPU only, as our kernels are.
+Each implementation's figures say where it ran (``device``): MindSpore's on --device_target,
+onnxruntime on the CPU, PyTorch on the GPU when --device_target is GPU and its CUDA build sees
+one, else on the CPU.
 ``--model FILE`` (infer mode) times an exported file of the user's too, as "file" (a MINDIR,
 an ONNX, an INT8 ONNX), run as infer.py runs it; its graph's input size and batch are checked
 against --image_size and --batch_size, and fill them in when they are not given.
@@ -125,6 +128,10 @@ def check(args) -> None:
     if args.mode != "infer" and set(compared(args)) & set(INFER_ONLY):
         raise UserError("mindir and onnx are timed in infer mode only", "--compare",
                         "give --mode infer, or standard, mindcv, torch")
+    if args.mode.startswith("layer") and args.device_target != "CPU":
+        raise UserError(f"the layer modes time our CPU kernels, which do not run on "
+                        f"{args.device_target}", "--mode",
+                        "give --device_target CPU, or --mode train or infer on the device")
     if args.mode.startswith("layer") and "mindcv" in compared(args):
         raise UserError("MindCV is not timed layer by layer", "--compare",
                         "give standard, torch in the layer modes")
@@ -180,8 +187,9 @@ def _mindspore_setup(args, impl) -> dict:
     MINDIR (infer)."""
     import mindspore as ms
     from mindspore import nn
-    ms.set_device(args.device_target)
-    ms.set_context(mode=ms.GRAPH_MODE)
+
+    from src.device import use_device
+    use_device(args.device_target, args.conv_impl if impl == "ours" else "mindspore")
     if args.jit_level:
         ms.set_context(jit_config={"jit_level": args.jit_level})
     if impl == "mindcv":
@@ -269,9 +277,9 @@ def _layer_setup(args, impl):
         return step
     import mindspore as ms
     from mindspore import nn, ops
+    from src.device import use_device
     from src.models.layers import BatchNorm, Conv1x1, ConvKxK
-    ms.set_device(args.device_target)
-    ms.set_context(mode=ms.GRAPH_MODE)
+    use_device(args.device_target)
     conv_impl = "fast" if impl == "ours" else "standard"
     if args.layer == "batch_norm":
         layer = BatchNorm(cin, conv_impl)
@@ -303,10 +311,20 @@ def _layer_setup(args, impl):
     return step
 
 
+def torch_device(args, torch) -> str:
+    """Where PyTorch runs beside ours: its GPU when ours runs on one and its CUDA build sees
+    one, else the CPU (PyTorch has no Ascend backend here)."""
+    return "cuda" if args.device_target == "GPU" and torch.cuda.is_available() else "cpu"
+
+
 def _torch_setup(args) -> dict:
     torch = _torch_defaults()
     from reference.torch_models import torch_network
-    net = torch_network(args.network)
+    device = torch_device(args, torch)
+    net = torch_network(args.network).to(device)
+
+    def batch_of(batch):
+        return torch.rand(batch, 3, args.image_size, args.image_size, device=device)
     if args.mode == "train":
         opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
         net.train()
@@ -316,17 +334,26 @@ def _torch_setup(args) -> dict:
             loss = torch.nn.functional.cross_entropy(net(x), y)
             loss.backward()
             opt.step()
-            return loss.item()
-        return {batch: (lambda x=torch.rand(batch, 3, args.image_size, args.image_size),
-                        y=torch.randint(0, 1000, (batch,)): step(x, y))
+            return loss.item()  # waits for the device
+        return {batch: (lambda x=batch_of(batch),
+                        y=torch.randint(0, 1000, (batch,), device=device): step(x, y))
                 for batch in shapes(args)}
     net.eval()
 
     def infer(x):
         with torch.no_grad():
-            return net(x).numpy()
-    return {batch: (lambda data=torch.rand(batch, 3, args.image_size, args.image_size):
-                    infer(data)) for batch in shapes(args)}
+            return net(x).cpu().numpy()
+    return {batch: (lambda data=batch_of(batch): infer(data)) for batch in shapes(args)}
+
+
+def runs_on(args, impl: str) -> str:
+    """The device ``impl`` runs on in this benchmark (worker side: PyTorch is imported)."""
+    if impl == "torch":
+        import torch
+        return "GPU" if torch_device(args, torch) == "cuda" else "CPU"
+    if impl == "onnx" or (impl == "file" and args.model.endswith(".onnx")):
+        return "CPU"  # onnxruntime's CPU execution provider
+    return args.device_target
 
 
 def _data_setup(args):
@@ -399,7 +426,7 @@ def _worker(args, impl, pipe):
         for call in calls.values():
             for _ in range(args.warmup):
                 call()
-        pipe.send(("ready", compile_s))
+        pipe.send(("ready", (compile_s, runs_on(args, impl))))
         while True:
             request = pipe.recv()
             if request is None:
@@ -454,8 +481,10 @@ def run_benchmark(args) -> dict:
             raise UserError(f"{impl} failed to set up: {value}", args.network,
                             "run with --debug, or leave it out of --compare")
         workers[impl] = (process, parent)
-        result["results"][impl] = {"compile_s": round(value, 2)}
-        print(f"benchmark: {impl} compiled and warmed up in {value:.1f} s", flush=True)
+        compile_s, device = value
+        result["results"][impl] = {"compile_s": round(compile_s, 2), "device": device}
+        print(f"benchmark: {impl} on {device} compiled and warmed up in {compile_s:.1f} s",
+              flush=True)
     times = {impl: {batch: [] for batch in shapes(args)} for impl in workers}
     for _ in range(args.rounds):  # A B A B ..., each shape in turn
         for batch in shapes(args):
@@ -581,7 +610,8 @@ def report(result: dict) -> None:
     subject = f"{result['layer']} layer" if result["layer"] else \
         f"{result['network']} at {result['image_size']}"
     for impl, figures in result["results"].items():
-        label = "data pipeline" if result["mode"] == "data" else impl
+        label = "data pipeline" if result["mode"] == "data" else \
+            f"{impl} ({figures.get('device', result['device_target'])})"
         if impl == "train.py":
             for batch, each in figures["by_batch"].items():
                 print(f"train.py: {subject} train batch {batch}: {each['images_per_s']} "

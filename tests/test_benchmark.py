@@ -56,7 +56,9 @@ def test_infer_times_every_way_to_infer_at_batch_1_and_the_batch(tmp_path):
         assert FIGURES | {"b1_ms_median", "b1_ms_p90"} <= set(figures)
         assert 0 < figures["b1_ms_median"] <= figures["b1_ms_p90"]
         assert figures["images_per_s"] > 0 and len(figures["step_times"]) == 2
-    assert "ours: mobilenet_v1_025 at 32 infer batch 1: " in proc.stdout
+    assert "ours (CPU): mobilenet_v1_025 at 32 infer batch 1: " in proc.stdout
+    assert {impl: f["device"] for impl, f in result["results"].items()} == {
+        impl: "CPU" for impl in result["results"]}  # where each side ran, said per side
 
 
 def test_data_mode(tmp_path):
@@ -78,4 +80,25 @@ def test_layer_modes_time_our_kernels_standard_and_torch(tmp_path, mode, layer):
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["layer"] == layer and set(result["results"]) == {"ours", "standard", "torch"}
-    assert f"ours: {layer} layer {mode} batch 2:" in proc.stdout
+    assert f"ours (CPU): {layer} layer {mode} batch 2:" in proc.stdout
+
+
+def test_off_cpu_the_layer_modes_are_refused_and_torch_says_where_it_runs(cli, monkeypatch):
+    """The layer modes time our CPU kernels: on a GPU or Ascend run they are one line. PyTorch
+    runs on the GPU beside ours only where its CUDA build sees one; the figures say which."""
+    result = cli("benchmark.py", "--mode", "layer", "--device_target", "GPU")
+    assert result.returncode == 2 and result.error_lines() == [
+        "error: the layer modes time our CPU kernels, which do not run on GPU (--mode): give "
+        "--device_target CPU, or --mode train or infer on the device"]
+    import torch
+
+    from src import benchmark
+    args = benchmark.parser().parse_args(["--device_target", "GPU", "--mode", "infer"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert benchmark.runs_on(args, "torch") == "GPU" and benchmark.runs_on(args, "onnx") == "CPU"
+    assert benchmark.runs_on(args, "ours") == "GPU"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert benchmark.runs_on(args, "torch") == "CPU"
+    args.device_target = "Ascend"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert benchmark.runs_on(args, "torch") == "CPU"
