@@ -35,17 +35,21 @@ if [ "$NODE_NUM" -gt 1 ] && [ -z "${MASTER_PORT:-}" ]; then
     echo "error: no MASTER_PORT for a job of $NODE_NUM nodes (MASTER_PORT): give every node the same free port, e.g. MASTER_PORT=8118" >&2; exit 2
 fi
 PORT=${MASTER_PORT:-$((8118 + RANDOM % 1000))}
-# msrun starts its scheduler on every node whose own addresses include MASTER_ADDR: on one
-# machine that simulates several nodes that is each of them, the second scheduler cannot bind
-# the port and its msrun fails the job after training. Only node 0 starts one here.
+# msrun starts its scheduler on every node whose own addresses include MASTER_ADDR. On separate
+# hosts that is node 0 alone: plain msrun. A node that shares node 0's address (several nodes on
+# one machine) would start a second one, which cannot bind the port and fails the job after
+# training: there msrun's private address check is replaced (src/launch.py says if it is gone).
 MSRUN=(msrun)
 if [ "$NODE_RANK" -gt 0 ]; then
-    MSRUN=(python3 -c 'import sys
+    KIND=$(cd "$ROOT" && python3 -m src.launch msrun-for "$MASTER_ADDR") || exit 2
+    if [ "$KIND" = one-scheduler ]; then
+        MSRUN=(python3 -c 'import sys
 from mindspore.parallel.cluster.process_entity import _api
 from mindspore.parallel.cluster.run import main
 _api._is_local_ip = lambda address: False  # node 0 runs the scheduler
 sys.argv[0] = "msrun"
 main()')
+    fi
 fi
 FIRST=$((NODE_RANK * DEVICE_NUM))  # this node's first global rank
 mkdir -p train_parallel

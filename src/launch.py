@@ -9,6 +9,11 @@
 - ``python -m src.launch check TRAIN_ARGS...`` makes the checks train.py makes before it starts
   anything (the config and its values, the data folder's layout), so a bad argument stops a
   multi-process job with one line before any worker starts.
+- ``python -m src.launch msrun-for MASTER_ADDR`` (scripts/run_distribute_train_gpu.sh, on nodes
+  other than 0) prints ``msrun`` where MASTER_ADDR is another host, and ``one-scheduler`` where
+  it is this one (several nodes on one machine): there msrun would start a second scheduler,
+  so the script keeps it off through msrun's private ``_is_local_ip``; if a MindSpore release
+  has renamed that, one error line.
 """
 import json
 import os
@@ -123,6 +128,41 @@ def read_rank_table(path: str, server: str = None) -> tuple:
     return sorted(servers[index][1]), total, index
 
 
+def is_this_host(address: str) -> bool:
+    """Whether ``address`` (a name or an IP) is this host: a loopback address or one of its own."""
+    import ipaddress
+    import socket
+    try:
+        resolved = socket.gethostbyname(address)
+    except OSError:
+        return False
+    mine = host_addresses()
+    return ipaddress.ip_address(resolved).is_loopback or resolved in mine or address in mine
+
+
+# msrun's own check of whether this node runs the scheduler (MindSpore 2.10).
+MSRUN_LOCAL_CHECK = ("mindspore.parallel.cluster.process_entity._api", "_is_local_ip")
+
+
+def msrun_for(address: str) -> str:
+    """``msrun`` for a node whose master is another host; ``one-scheduler`` where this host
+    is the master's too (msrun would start a scheduler on each node that has its address)."""
+    if not is_this_host(address):
+        return "msrun"
+    import importlib
+    module, name = MSRUN_LOCAL_CHECK
+    try:
+        found = hasattr(importlib.import_module(module), name)
+    except ImportError:
+        found = False
+    if not found:
+        raise UserError(f"this node has node 0's address {address}, and this MindSpore's msrun "
+                        f"has no {module}.{name} to keep a second scheduler off it",
+                        "MASTER_ADDR", "run each node on a host of its own, with MASTER_ADDR "
+                        "node 0's address")
+    return "one-scheduler"
+
+
 def check_train_args(argv) -> None:
     """train.py's checks that need no device: the config, then the data folder's layout."""
     from src.dataset import check_layout
@@ -136,6 +176,9 @@ def check_train_args(argv) -> None:
 def main(argv):
     if argv[:1] == ["check"]:
         check_train_args(argv[1:])
+        return
+    if argv[:1] == ["msrun-for"] and len(argv) == 2:
+        print(msrun_for(argv[1]))
         return
     if len(argv) != 1:
         raise UserError("usage: python -m src.launch RANK_TABLE_FILE", "command line",

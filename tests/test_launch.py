@@ -122,3 +122,20 @@ def test_the_scripts_check_config_and_data_layout_first(tmp_path):
     with pytest.raises(UserError, match="epoch_size = 0 is out of range"):
         check_train_args(["--dataset", "imagenet", "--dataset_path", images, "--epoch_size", "0"])
     check_train_args(["--dataset", "imagenet", "--dataset_path", images])  # passes
+
+
+def test_msrun_is_patched_only_on_a_node_that_shares_the_masters_address(cli, monkeypatch):
+    """Another host's address: plain msrun. This host's (nodes simulated on one machine): the
+    one-scheduler launch through msrun's private address check, and one line if a MindSpore
+    release no longer has it."""
+    monkeypatch.setattr(launch, "host_addresses", lambda: {"myhost", "10.1.2.3"})
+    assert launch.msrun_for("10.9.9.9") == "msrun"
+    assert launch.msrun_for("127.0.0.1") == "one-scheduler"
+    assert launch.msrun_for("10.1.2.3") == "one-scheduler"
+    assert launch.msrun_for("no-such-host.invalid") == "msrun"
+    monkeypatch.setattr(launch, "MSRUN_LOCAL_CHECK", (launch.MSRUN_LOCAL_CHECK[0], "_renamed"))
+    result = cli("src.launch", "msrun-for", "127.0.0.1")
+    assert result.returncode == 2 and result.error_lines() == [
+        "error: this node has node 0's address 127.0.0.1, and this MindSpore's msrun has no "
+        "mindspore.parallel.cluster.process_entity._api._renamed to keep a second scheduler off "
+        "it (MASTER_ADDR): run each node on a host of its own, with MASTER_ADDR node 0's address"]
