@@ -78,14 +78,14 @@ while kill -0 "$MSRUN_PID" 2>/dev/null; do
     if [ -z "$STOP_SIGNAL" ]; then
         # A worker ended with an error: msrun kills the others at once, then waits for its
         # scheduler, which notices only when their heartbeats time out (about 30 s). End the
-        # job now, unless the workers are stopping as a signal sent to them asked (their stop
-        # line): then let each finish, as for a signal sent to this script.
+        # job now, unless the worker stopped as a signal sent to the workers asked (train.py's
+        # stop exit code, 143 or 130: every rank stopped after the same step and rank 0 saved):
+        # then let each finish, as for a signal sent to this script.
         if grep -q "exit with exception" msrun.log 2>/dev/null; then
-            line=$(grep -h -m 1 "^stopped: " worker_*.log 2>/dev/null | head -n 1)
-            if [ -n "$line" ]; then
-                case "$line" in "stopped: SIGINT"*) STOP_SIGNAL=INT ;; *) STOP_SIGNAL=TERM ;; esac
-                continue
-            fi
+            case "$(grep -m 1 -o "exit with exception. Error code: -\?[0-9]*" msrun.log)" in
+                *": 143") STOP_SIGNAL=TERM; continue ;;
+                *": 130") STOP_SIGNAL=INT; continue ;;
+            esac
             kill -TERM -- "-$MSRUN_PID" 2>/dev/null || true
             status=1
             break
