@@ -73,9 +73,8 @@ class StepClock(Callback):
             self._pending, self._read = [], None
         self.done += self.per_call
         self._pending.append((self.done, step_loss_tensor(run_context.original_args())))
-        hook = os.environ.get("ZOO_TEST_SIGNAL_AT_STEP", "")
-        if hook and hook.split("@")[0] == str(self.done) and \
-                (hook.split("@") + [str(self.rank)])[1] == str(self.rank):
+        at, _, rank = os.environ.get("ZOO_TEST_SIGNAL_AT_STEP", "").partition("@")
+        if at == str(self.done) and rank in ("", str(self.rank)):
             os.kill(os.getpid(), signal.SIGTERM)
         self.sync = self.printing() or self.done % self.steps == 0 or self.urgent
 
