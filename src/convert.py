@@ -5,7 +5,7 @@ compute what its code computes, the pixels its weights expect, and a function fr
 names to ours. Leaf names map the same for all (weight/bias of a BatchNorm -> gamma/beta,
 running_mean/var -> moving_mean/variance; num_batches_tracked dropped). Every source tensor must
 land on one of our parameters with its shape and every parameter must be filled, or nothing is
-written. Layout differences (ANCHORS 2.1, 2.2, 5):
+written. Layout differences:
 - megvii ShuffleNetV1 shuffles after the depthwise conv and its BN, we before: those two get
   their channels permuted by the shuffle (and our shuffle uses megvii's order).
 - torchvision's ShuffleNetV2 is another network (branch widths, split, shuffle place): it loads

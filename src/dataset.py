@@ -2,7 +2,7 @@
 
 CIFAR-10 files are read by our own reader of the binary layout (one label byte + 3,072 pixel
 bytes per record), because ``mindspore.dataset.Cifar10Dataset`` accepts only files of exactly
-10,000 records. Transforms are the official ports' (ANCHORS 1.4).
+10,000 records. Transforms are the official ports'.
 """
 import glob
 import json
@@ -24,7 +24,7 @@ CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]
 IMAGENET_MEAN = [0.485 * 255, 0.456 * 255, 0.406 * 255]
 IMAGENET_STD = [0.229 * 255, 0.224 * 255, 0.225 * 255]
 # input_norm -> (mean, std on 0-255 pixels, BGR channel order): the pixels each source's
-# weights expect (ANCHORS 5). A checkpoint records its own; converted ones set it.
+# weights expect. A checkpoint records its own; converted ones set it.
 INPUT_NORMS = {
     "imagenet": (IMAGENET_MEAN, IMAGENET_STD, False),  # ours, MindCV, torchvision
     "megvii_bgr": ([0.0] * 3, [1.0] * 3, True),  # megvii: BGR 0-255, not normalised

@@ -3,6 +3,7 @@ it, and src/ has no import circle. Read from the source (every import statement,
 functions too), so a late import cannot hide an arrow."""
 import ast
 import os
+import re
 
 import pytest
 
@@ -89,3 +90,24 @@ def test_src_has_no_import_circle():
     for module in sorted(graph):
         if module not in state:
             visit(module)
+
+
+# Documents of the team's own, which a user who clones this repository does not have.
+OUTSIDE = re.compile(r"\bANCHORS\b|\bSPEC\.md\b|\bseeds/")
+TEXT = (".py", ".md", ".yaml", ".sh", ".cc", ".h", ".txt", ".ini", ".toml", ".cfg")
+
+
+def test_no_file_points_to_documents_outside_the_repository():
+    """Code, comments, configs and docs speak of this repository only."""
+    found = []
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("output",
+                                                                          "__pycache__")]
+        for name in files:
+            path = os.path.join(folder, name)
+            if not name.endswith(TEXT) or path == os.path.abspath(__file__):
+                continue
+            with open(path, encoding="utf-8", errors="replace") as f:
+                found += [f"{os.path.relpath(path, ROOT)}:{number}: {line.strip()}"
+                          for number, line in enumerate(f, 1) if OUTSIDE.search(line)]
+    assert not found, "\n".join(found)

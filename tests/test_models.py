@@ -11,7 +11,7 @@ from src.models.complexity import count_macs, count_params
 from src.models.layers import ChannelShuffle
 from src.models.shufflenet_v1 import stage_channels
 
-# SPEC.md §1.5: (c1 and stage widths, trainable params, MMACs at 224, 1000 classes).
+# The papers' and the sources' counts: (c1 and stage widths, trainable params, MMACs at 224, 1000 classes).
 SPEC_TABLE = {
     "shufflenet_v1_g1_05": ((12, 72, 144, 288), 533_484, 38.5),
     "shufflenet_v1_g1_10": ((24, 144, 288, 576), 1_530_936, 143.1),

@@ -6,7 +6,7 @@ from src.lr_generator import get_lr
 from src.models import create_network
 from src.model_utils.config import get_config
 
-# file: {key: the source's value} (seeds/000-004, ANCHORS 1.3)
+# file: {key: the source's value} (as each source's README publishes it)
 RECIPES = {
     "shufflenet_v1_g3_20_zoo_imagenet.yaml": dict(
         network="shufflenet_v1_g3_20", epoch_size=250, batch_size=128, lr_decay_mode="cosine",
