@@ -112,3 +112,19 @@ def test_command_line_gives_one_line_and_exit_2(cli, script, args, key):
     lines = result.error_lines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and key in lines[0], result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_each_choice_list_is_its_owners():
+    """The config takes the values the modules that use them define, not copies of them: a list
+    re-typed here would drift when its owner grows (a new layout, decay mode, conv form)."""
+    from src import dataset, lr_generator
+    from src.model_utils.config import RULES
+    from src.models import layers, list_networks, mobilenet_v1, shufflenet_v2
+    owners = {"pool_pad": layers.POOL_PADS, "shuffle_order": layers.SHUFFLE_ORDERS,
+              "activation": mobilenet_v1.ACTIVATIONS, "layout": shufflenet_v2.LAYOUTS,
+              "conv_impl": layers.CONV_IMPLS, "input_norm": dataset.INPUT_NORMS,
+              "lr_decay_mode": lr_generator.DECAY_MODES, "network": list_networks()}
+    for key, owner in owners.items():
+        assert RULES[key].shown() == tuple(owner), key
+    assert set(RULES["conv_impl"].allowed()) == set(layers.CONV_IMPLS) | set(layers.ALIASES)
+    assert get_config(["--conv_impl", "fast"]).conv_impl == "fast"  # an old name: taken

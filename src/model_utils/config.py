@@ -23,14 +23,34 @@ FLOAT_KEYS = {"lr_init", "lr_max", "lr_end", "warmup_epochs", "momentum", "weigh
               "color_jitter"}
 
 
-def _networks():
-    from src.models import list_networks
-    return list_networks()
+def owned(module: str, name: str):
+    """The list ``module.name`` owns (a tuple, a dict's keys, or what a function returns), read
+    when first needed: the modules that use a choice own its values, and importing them here
+    would load MindSpore before the config is even parsed."""
+    def values() -> tuple:
+        import importlib
+        found = getattr(importlib.import_module(module), name)
+        return tuple(found() if callable(found) else found)
+    return values
 
 
 class Choice(NamedTuple):
-    """The value must be one of ``values`` (or of what calling it returns)."""
+    """The value must be one of ``values`` (a tuple, or ``owned``'s reader of the module that
+    owns the list); ``hidden`` values are taken too but not listed (old names). ``listed``
+    False: a long list (the registry's networks), shown by the names near a wrong value."""
     values: object
+    hidden: object = ()
+    listed: bool = True
+
+    def allowed(self) -> tuple:
+        return self.shown() + _values(self.hidden)
+
+    def shown(self) -> tuple:
+        return _values(self.values)
+
+
+def _values(values) -> tuple:
+    return tuple(values() if callable(values) else values)
 
 
 class Range(NamedTuple):
@@ -46,21 +66,20 @@ class Range(NamedTuple):
 # need): 1024 is 21x the pixels of ImageNet's 224; beyond it a batch outgrows most memory.
 MAX_IMAGE_SIZE = 1024
 
-# conv_impl's names before 2026-11, still taken (models/layers.py ALIASES maps them); not listed.
-OLD_CONV_IMPLS = ("fast", "standard", "split", "native")
 # Every key that is not free text has a rule (tests check that each number and choice does).
 RULES = {
     "device_target": Choice(("Ascend", "GPU", "CPU")),
     "dataset": Choice(("cifar10", "imagenet", "mindrecord", "synthetic")),
-    "network": Choice(_networks),
-    "pool_pad": Choice(("pad", "same")),
-    "shuffle_order": Choice(("paper", "megvii")),
-    "activation": Choice(("relu", "relu6")),
-    "layout": Choice(("megvii", "torchvision")),
-    "conv_impl": Choice(("auto", "ours", "mindspore", "mindspore_split", "mindspore_grouped",
-                         "mindspore_taps") + OLD_CONV_IMPLS),
-    "input_norm": Choice(("imagenet", "megvii_bgr", "inception")),
-    "lr_decay_mode": Choice(("steps", "poly", "cosine", "linear")),
+    "network": Choice(owned("src.models", "list_networks"), listed=False),
+    "pool_pad": Choice(owned("src.models.layers", "POOL_PADS")),
+    "shuffle_order": Choice(owned("src.models.layers", "SHUFFLE_ORDERS")),
+    "activation": Choice(owned("src.models.mobilenet_v1", "ACTIVATIONS")),
+    "layout": Choice(owned("src.models.shufflenet_v2", "LAYOUTS")),
+    # conv_impl's names before 2026-11 (layers.ALIASES) are still taken, not listed.
+    "conv_impl": Choice(owned("src.models.layers", "CONV_IMPLS"),
+                        hidden=owned("src.models.layers", "ALIASES")),
+    "input_norm": Choice(owned("src.dataset", "INPUT_NORMS")),
+    "lr_decay_mode": Choice(owned("src.lr_generator", "DECAY_MODES")),
     "amp_level": Choice(("O0", "O1", "O2", "O3")),
     "lr_scaling": Choice(("none", "linear")),
     "loss_scale_type": Choice(("fixed", "dynamic")),
@@ -149,10 +168,9 @@ def check_value(key, value, where=""):
     """Raise UserError if ``value`` breaks the rule for ``key``."""
     rule = RULES.get(key)
     if isinstance(rule, Choice):
-        allowed = rule.values() if callable(rule.values) else rule.values
+        allowed = rule.allowed()
         if value not in allowed:  # a registry's long list: the near names and where it is
-            shown = ", ".join(v for v in allowed if v not in OLD_CONV_IMPLS) \
-                if not callable(rule.values) or len(allowed) <= 8 else \
+            shown = ", ".join(rule.shown()) if rule.listed else \
                 f"{_close(str(value), allowed).replace('--', '')} or another of the " \
                 f"{len(allowed)} names `python -m src.models.complexity` lists"
             raise UserError(f"{key} {value!r} is not allowed", where, f"choose {shown}")
@@ -310,8 +328,7 @@ def markdown_table() -> str:
     for key, value in values.items():
         rule = RULES.get(key)
         if isinstance(rule, Choice):
-            allowed = "a network name" if callable(rule.values) else \
-                ", ".join(v for v in rule.values if v not in OLD_CONV_IMPLS)
+            allowed = ", ".join(rule.shown()) if rule.listed else "a network name"
         elif isinstance(rule, Range):
             allowed = f"{rule.low} .. {rule.high if rule.high is not None else ''}"
             if rule.multiple > 1:
