@@ -92,7 +92,8 @@ while kill -0 "$MSRUN_PID" 2>/dev/null; do
         fi
         sleep 0.5
     else  # stopping: once the workers have saved and gone, end msrun and its scheduler (which
-        [ -z "$(workers)" ] && kill -TERM -- "-$MSRUN_PID" 2>/dev/null  # would wait for them)
+        # would wait for them; msrun may have ended by itself already: set -e must not end here)
+        [ -z "$(workers)" ] && { kill -TERM -- "-$MSRUN_PID" 2>/dev/null || true; }
         sleep 0.5
     fi
 done

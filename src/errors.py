@@ -27,8 +27,9 @@ class UserError(Exception):
 class Stopped(Exception):
     """A run that a signal ended after saving what it needs to continue: its one line, and the
     shell's exit code for that signal (128 + the signal's number: 143 for SIGTERM, 130 for
-    SIGINT). ``hard_exit``: leave without the interpreter's exit handlers (a distributed worker
-    whose launcher and scheduler are gone would wait for them forever)."""
+    SIGINT); an empty line: the run has said it already. ``hard_exit``: leave without the
+    interpreter's exit handlers (a distributed worker whose launcher and scheduler are gone
+    would wait for them forever)."""
 
     def __init__(self, signum: int, line: str, hard_exit: bool = False):
         self.code, self.text, self.hard_exit = 128 + signum, line, hard_exit
@@ -53,7 +54,8 @@ def run_main(main, argv=None) -> int:
         print(err.line(), file=sys.stderr, flush=True)
         return 2
     except Stopped as stop:
-        print(stop.text, file=sys.stderr, flush=True)
+        if stop.text:
+            print(stop.text, file=sys.stderr, flush=True)
         if stop.hard_exit:  # MindSpore's exit handlers wait for a cluster that is gone
             sys.stdout.flush()
             os._exit(stop.code)

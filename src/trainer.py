@@ -12,6 +12,7 @@ import glob
 import os
 import shutil
 import socket
+import sys
 import time
 
 import mindspore as ms
@@ -473,10 +474,14 @@ def _train(config, rank: int, group_size: int, folder: str) -> str:
         stopper.restore()
     elapsed = time.time() - started
     if stopper.signum:
-        if group_size > 1:  # wait for rank 0's save: msrun kills the rest when one rank exits
-            gather_over_ranks(1, rank, group_size)
-        raise Stopped(stopper.signum, stop_line(stopper, steps, rank),
-                      hard_exit=group_size > 1)
+        line = stop_line(stopper, steps, rank)
+        if group_size == 1:
+            raise Stopped(stopper.signum, line)
+        # Said before the last all-reduce (which waits for rank 0's save): msrun SIGKILLs the
+        # other workers as soon as one exits, so a line printed after it could be lost.
+        print(line, file=sys.stderr, flush=True)
+        gather_over_ranks(1, rank, group_size)
+        raise Stopped(stopper.signum, "", hard_exit=True)
     # Data-parallel ranks must end with the same weights: this lets a log show that they do.
     checksum = sum(float(np.abs(p.asnumpy()).astype(np.float64).sum())
                    for p in net.trainable_params())
