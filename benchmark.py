@@ -1,6 +1,7 @@
 """Time a network, and MindCV's and PyTorch's same architecture, in one run:
 
-    python benchmark.py --network shufflenet_v2_x1_0 --mode train --batch_size 32 --compare mindcv,torch --json out.json
+    python benchmark.py --network shufflenet_v2_x1_0 --mode train --batch_size 32 \
+        --compare mindcv,torch --json out.json
 """
 import sys
 

@@ -40,7 +40,7 @@ def main(argv):
         probs = softmax(predictor.logits(preprocess(chunk, record.dataset, predictor.size,
                                                     record.input_norm, record.eval_resize)))
         labels = read_labels(args.labels, probs.shape[1], record.class_names)
-        for name, row in zip(chunk, probs):
+        for name, row in zip(chunk, probs, strict=True):
             top = row.argsort()[::-1][:5]
             print(f"{name}: " + ", ".join(f"{labels[i]} {row[i]:.4f}" for i in top), flush=True)
     elapsed = time.time() - started

@@ -1,6 +1,7 @@
 """Quick start on real data that ships with scikit-learn: write, train, evaluate, print the result.
 
-python quick_start.py [--key value ...]   (any config key; defaults: configs/quick_start_digits.yaml)
+python quick_start.py [--key value ...]
+(any config key; defaults: configs/quick_start_digits.yaml)
 """
 import os
 import sys

@@ -49,7 +49,7 @@ class MegviiShuffleNetV1(nn.Module):
         self.first_conv = nn.Sequential(*conv_bn(3, c1, 3, 2))
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         units, cin = [], c1
-        for s, (repeats, cout) in enumerate(zip((4, 8, 4), stages)):
+        for s, (repeats, cout) in enumerate(zip((4, 8, 4), stages, strict=True)):
             for i in range(repeats):
                 units.append(MegviiV1Unit(cin, cout, group, s == 0 and i == 0, 2 if i == 0 else 1))
                 cin = cout
@@ -88,7 +88,7 @@ class MegviiShuffleNetV2(nn.Module):
         self.first_conv = nn.Sequential(*conv_bn(3, c1, 3, 2))
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         units, cin = [], c1
-        for repeats, cout in zip((4, 8, 4), stages):
+        for repeats, cout in zip((4, 8, 4), stages, strict=True):
             for i in range(repeats):
                 units.append(MegviiV2Unit(cin, cout, 2 if i == 0 else 1))
                 cin = cout
@@ -131,7 +131,8 @@ class TorchvisionShuffleNetV2(nn.Module):
         self.conv1 = nn.Sequential(*conv_bn(3, c1, 3, 2))
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         cin = c1
-        for name, repeats, cout in zip(("stage2", "stage3", "stage4"), (4, 8, 4), stages):
+        names = ("stage2", "stage3", "stage4")
+        for name, repeats, cout in zip(names, (4, 8, 4), stages, strict=True):
             setattr(self, name, nn.Sequential(*[TorchvisionV2Unit(cin if i == 0 else cout, cout,
                                                                   2 if i == 0 else 1)
                                                 for i in range(repeats)]))

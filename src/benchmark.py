@@ -27,6 +27,7 @@ one, else on the CPU.
 an ONNX, an INT8 ONNX), run as infer.py runs it; its graph's input size and batch are checked
 against --image_size and --batch_size, and fill them in when they are not given.
 """
+import functools
 import importlib.util
 import json
 import math
@@ -121,6 +122,13 @@ def check(args) -> None:
     if args.image_size < 32 or args.image_size % 32:
         raise UserError(f"image size {args.image_size} is not a multiple of 32", "--image_size",
                         "give 224, 160, 64, 32, ...")
+    check_compared(args)
+    if args.model:
+        check_model_file(args)
+
+
+def check_compared(args) -> None:
+    """--compare against --mode and --device_target."""
     unknown = [c for c in compared(args) if c not in IMPLEMENTATIONS[1:]]
     if unknown:
         raise UserError(f"unknown reference {unknown[0]!r}", "--compare",
@@ -135,8 +143,6 @@ def check(args) -> None:
     if args.mode.startswith("layer") and "mindcv" in compared(args):
         raise UserError("MindCV is not timed layer by layer", "--compare",
                         "give standard, torch in the layer modes")
-    if args.model:
-        check_model_file(args)
 
 
 def check_model_file(args) -> None:
@@ -167,8 +173,8 @@ def _file_setup(args) -> dict:
     from src.model_utils.config import get_config
     from src.predictor import Predictor
     predictor = Predictor(args.model, get_config([]))
-    return {batch: (lambda data=np.random.rand(batch, 3, args.image_size, args.image_size)
-                    .astype(np.float32): predictor.logits(data)) for batch in shapes(args)}
+    return {batch: functools.partial(predictor.logits, np.random.rand(
+        batch, 3, args.image_size, args.image_size).astype(np.float32)) for batch in shapes(args)}
 
 
 def shapes(args) -> list:
@@ -219,8 +225,8 @@ def _mindspore_setup(args, impl) -> dict:
     calls = {}
     for batch in shapes(args):
         x = np.random.rand(batch, 3, args.image_size, args.image_size).astype(np.float32)
-        calls[batch] = (lambda data=x: net(data)) if impl == "onnx" else \
-            (lambda data=ms.Tensor(x): net(data).asnumpy())
+        calls[batch] = functools.partial(net, x) if impl == "onnx" else \
+            functools.partial(lambda data: net(data).asnumpy(), ms.Tensor(x))
     return calls
 
 
@@ -228,6 +234,7 @@ def _exported(args, net, impl):
     """``net`` as export.py writes it (BatchNorm folded, the batch open) and as a deployment
     runs the file: a GraphCell on the MINDIR, or an onnxruntime session on the ONNX file."""
     import mindspore as ms
+
     from src.exporter import write_model
     side = args.image_size
     path = write_model(net, impl.upper(), os.path.join(tempfile.mkdtemp(), "net"), side, side)
@@ -245,6 +252,7 @@ def _torch_defaults():
     if os.environ.pop("ZOO_OMP_WAIT_POLICY_SET", None):
         os.environ.pop("OMP_WAIT_POLICY", None)
     import torch
+
     from src.dataset import cpu_count
     torch.set_num_threads(cpu_count())
     return torch
@@ -277,6 +285,7 @@ def _layer_setup(args, impl):
         return step
     import mindspore as ms
     from mindspore import nn, ops
+
     from src.device import use_device
     from src.models.layers import BatchNorm, Conv1x1, ConvKxK
     use_device(args.device_target)
@@ -335,15 +344,15 @@ def _torch_setup(args) -> dict:
             loss.backward()
             opt.step()
             return loss.item()  # waits for the device
-        return {batch: (lambda x=batch_of(batch),
-                        y=torch.randint(0, 1000, (batch,), device=device): step(x, y))
+        return {batch: functools.partial(step, batch_of(batch),
+                                         torch.randint(0, 1000, (batch,), device=device))
                 for batch in shapes(args)}
     net.eval()
 
     def infer(x):
         with torch.no_grad():
             return net(x).cpu().numpy()
-    return {batch: (lambda data=batch_of(batch): infer(data)) for batch in shapes(args)}
+    return {batch: functools.partial(infer, batch_of(batch)) for batch in shapes(args)}
 
 
 def runs_on(args, impl: str) -> str:
@@ -440,7 +449,8 @@ def _worker(args, impl, pipe):
             pipe.send(("times", times))
         pipe.send(("rss", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
     except Exception as err:  # reported by the parent as that implementation's failure
-        pipe.send(("error", f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"))
+        first_line = str(err).splitlines()[0] if str(err) else ""
+        pipe.send(("error", f"{type(err).__name__}: {first_line}"))
 
 
 def available(impl: str) -> str:
@@ -450,6 +460,22 @@ def available(impl: str) -> str:
     if impl in ("ours", "standard", "file") or importlib.util.find_spec(package) is not None:
         return ""
     return f"{package} is not importable"
+
+
+def _start_worker(context, args, impl) -> tuple:
+    """((process, pipe), its first figures) of the worker of ``impl``, set up and warmed up."""
+    parent, child = context.Pipe()
+    process = context.Process(target=_worker, args=(args, impl, child), daemon=True)
+    process.start()
+    kind, value = parent.recv()  # set-ups one at a time, so compiles are not slowed down
+    if kind == "error":
+        process.join()
+        raise UserError(f"{impl} failed to set up: {value}", args.network,
+                        "run with --debug, or leave it out of --compare")
+    compile_s, device = value
+    print(f"benchmark: {impl} on {device} compiled and warmed up in {compile_s:.1f} s",
+          flush=True)
+    return (process, parent), {"compile_s": round(compile_s, 2), "device": device}
 
 
 def run_benchmark(args) -> dict:
@@ -472,19 +498,7 @@ def run_benchmark(args) -> dict:
         if why:
             print(f"benchmark: {impl} skipped: {why}", flush=True)
             continue
-        parent, child = context.Pipe()
-        process = context.Process(target=_worker, args=(args, impl, child), daemon=True)
-        process.start()
-        kind, value = parent.recv()  # set-ups one at a time, so compiles are not slowed down
-        if kind == "error":
-            process.join()
-            raise UserError(f"{impl} failed to set up: {value}", args.network,
-                            "run with --debug, or leave it out of --compare")
-        workers[impl] = (process, parent)
-        compile_s, device = value
-        result["results"][impl] = {"compile_s": round(compile_s, 2), "device": device}
-        print(f"benchmark: {impl} on {device} compiled and warmed up in {compile_s:.1f} s",
-              flush=True)
+        workers[impl], result["results"][impl] = _start_worker(context, args, impl)
     times = {impl: {batch: [] for batch in shapes(args)} for impl in workers}
     for _ in range(args.rounds):  # A B A B ..., each shape in turn
         for batch in shapes(args):
@@ -540,7 +554,7 @@ def side_by_side(args, mine: dict, theirs: dict) -> dict:
     median over rounds, of the headline batch; in train mode every batch's median too."""
     def per_round(batch):
         return [statistics.median(b) / statistics.median(a)
-                for a, b in zip(mine[batch], theirs[batch])]
+                for a, b in zip(mine[batch], theirs[batch], strict=True)]
     pairs = per_round(args.batch_size)
     ratio = {"per_round": [round(r, 3) for r in pairs],
              "median": round(statistics.median(pairs), 3)}
@@ -599,7 +613,8 @@ def machine() -> dict:
             "python": platform.python_version(), "mindspore": mindspore.__version__}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            info["cpu"] = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f
+                               if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     return info

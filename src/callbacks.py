@@ -14,7 +14,7 @@ from mindspore.train import Callback
 
 from src.checkpoint import save_atomically
 from src.errors import UserError
-from src.run_state import (best_name, checkpoint_name, pending_best_name, write_metrics)
+from src.run_state import best_name, checkpoint_name, pending_best_name, write_metrics
 
 
 def global_step(optimizer) -> int:
@@ -319,7 +319,7 @@ class RunRecorder(Callback):
                       "(pip install matplotlib); metrics.csv has the numbers", flush=True)
                 self.warned = True
             return
-        history = np.array([(s, l, r) for _, s, l, r in self.progress.history] or [(0, 0, 0)])
+        history = np.array([(s, loss, r) for _, s, loss, r in self.progress.history] or [(0, 0, 0)])
         evals = np.array([(e, r["top1"], r["top5"]) for e, r in sorted(self.state.epochs.items())
                           if r.get("top1") is not None])
         fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))

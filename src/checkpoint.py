@@ -21,8 +21,7 @@ import numpy as np
 
 from src.errors import UserError
 from src.model_utils.config import with_values
-from src.models import (create_network, list_networks, mindcv_layout, options_of,
-                        stem_and_head)
+from src.models import create_network, list_networks, mindcv_layout, options_of, stem_and_head
 
 # What the weights fix: the network, its classes, and the layout options of its family
 # (pool_pad, shuffle_order, activation, layout).

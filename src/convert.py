@@ -163,7 +163,8 @@ def read_torch_state(path: str) -> dict:
         import torch
     except ImportError as err:
         raise UserError("torch is not installed", "convert_weights.py",
-                        "pip install torch==2.13.0 (CPU wheel; a plain 'torch' pulls CUDA)") from err
+                        "pip install torch==2.13.0 (CPU wheel; a plain 'torch' pulls CUDA)"
+                        ) from err
     # A bad file can make torch warn (e.g. of an odd pickle protocol) before it fails: those
     # warnings are held back so the user sees our one line; a file that loads gets them shown.
     with warnings.catch_warnings(record=True) as held:

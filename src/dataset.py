@@ -42,7 +42,8 @@ def cpu_count() -> int:
 
 
 def worker_count(requested: int = 0) -> int:
-    """Data workers: ``requested`` (0 = all cores), never above the core count (an error on 2.10)."""
+    """Data workers: ``requested`` (0 = all cores), never above the core count (more is an
+    error on 2.10)."""
     cores = cpu_count()
     return max(1, min(requested or cores, cores))
 
@@ -134,7 +135,8 @@ def imagenet_folder(path: str, training: bool) -> str:
         raise UserError(f"no {' or '.join(n + '/' for n in names)} folder in the data path", path,
                         "lay the images out as <path>/train/<class>/*.jpg and <path>/val/<class>/")
     if not class_names(folder):
-        raise UserError("no class folders", folder, "put each class's images in a folder of its own")
+        raise UserError("no class folders", folder,
+                        "put each class's images in a folder of its own")
     return folder
 
 
@@ -249,7 +251,7 @@ def scan_image_folder(folder: str) -> tuple:
         labels += [label] * len(entries)
     with ThreadPoolExecutor(16) as pool:  # I/O bound: threads hide the file system's latency
         problems = list(pool.map(image_problem, files))
-    bad = [(f, why) for f, why in zip(files, problems) if why]
+    bad = [(f, why) for f, why in zip(files, problems, strict=True) if why]
     keep = [i for i, why in enumerate(problems) if not why]
     return [files[i] for i in keep], [labels[i] for i in keep], bad
 

@@ -6,13 +6,20 @@ import mindspore as ms
 import numpy as np
 
 from src.checkpoint import load_weights, read_checkpoint, resolve
-from src.models.layers import fold_batch_norms
 from src.device import use_device
 from src.errors import ArgumentParser, UserError, writable_folder
 from src.model_utils.config import MAX_IMAGE_SIZE, get_config, parse_bool
+from src.models.layers import fold_batch_norms
 from src.pretrained import checkpoint_of
-from src.quantize import (DEFAULT_CALIBRATION_IMAGES, INT8_SUFFIX, check_calibration_args,
-                          is_quantized, quantization_tools, quantize_onnx, write_sidecar)
+from src.quantize import (
+    DEFAULT_CALIBRATION_IMAGES,
+    INT8_SUFFIX,
+    check_calibration_args,
+    is_quantized,
+    quantization_tools,
+    quantize_onnx,
+    write_sidecar,
+)
 
 FORMATS = ("MINDIR", "ONNX", "AIR")
 SUFFIX = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}

@@ -1,4 +1,5 @@
-"""Per-step learning-rate arrays: steps, poly, cosine and linear decay, each after a linear warm-up."""
+"""Per-step learning-rate arrays: steps, poly, cosine and linear decay, each after a linear
+warm-up."""
 import math
 
 import numpy as np

@@ -19,8 +19,13 @@ import sys
 
 import numpy as np
 
-from src.dataset import MINDRECORD_INFO, check_classes, class_names, imagenet_folder, \
-    scan_image_folder
+from src.dataset import (
+    MINDRECORD_INFO,
+    check_classes,
+    class_names,
+    imagenet_folder,
+    scan_image_folder,
+)
 from src.errors import ArgumentParser, UserError, run_main
 from src.progress import Progress
 
@@ -59,7 +64,7 @@ def convert(source: str, output: str, shards: int) -> dict:
         for start in range(0, len(files), ROWS_PER_WRITE):
             rows = []
             for path, label in zip(files[start:start + ROWS_PER_WRITE],
-                                   labels[start:start + ROWS_PER_WRITE]):
+                                   labels[start:start + ROWS_PER_WRITE], strict=True):
                 with open(path, "rb") as f:
                     rows.append({"image": f.read(), "label": np.int32(label)})
             writer.write_raw_data(rows)

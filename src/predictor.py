@@ -27,7 +27,8 @@ def image_files(paths) -> list:
         else:
             raise UserError("image path not found", path, "give image files or folders")
     if not found:
-        raise UserError("no images found", ", ".join(paths), f"give {'/'.join(IMAGE_SUFFIXES)} files")
+        raise UserError("no images found", ", ".join(paths),
+                        f"give {'/'.join(IMAGE_SUFFIXES)} files")
     return found
 
 

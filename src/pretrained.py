@@ -25,8 +25,8 @@ from types import SimpleNamespace
 import mindspore as ms
 
 from src.errors import UserError, run_main
-from src.progress import Progress
 from src.models import list_networks, published_weights
+from src.progress import Progress
 
 CHUNK = 1 << 16
 

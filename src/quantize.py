@@ -95,6 +95,7 @@ def calibration_set(record, config, path: str, count: int, size: tuple):
     check_calibration_args(path, count)
     if _has_split(record, path):
         from mindspore import dataset as ds
+
         from src.dataset import create_dataset
         from src.model_utils.config import with_values
         data_config = with_values(record.data_config(config), dataset_path=path,

@@ -46,7 +46,8 @@ class RunState:
     """What the run has done, as its folder records it (see the module's docstring)."""
     network: str
     steps_per_epoch: int
-    epochs: dict = dataclasses.field(default_factory=dict)  # epoch -> {global_step, checkpoint, top1, top5}
+    # epoch -> {global_step, checkpoint, top1, top5}
+    epochs: dict = dataclasses.field(default_factory=dict)
     interrupt: dict = None  # {"global_step", "checkpoint"}: a mid-epoch save by a stop
     best_file_epoch: int = None  # the epoch whose weights {network}-best.ckpt holds
 

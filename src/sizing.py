@@ -1,9 +1,10 @@
 """Sizing a data-parallel ImageNet run from 1 to 64 nodes of 8 devices, computed, not typed:
 ``python -m src.sizing > docs/SIZING.md`` (tests/test_sizing.py checks the file is its output).
 
-- Global batch and lr: every device keeps the recipe's per-device batch (default_config_imagenet.yaml:
-  ``batch_size``), so the global batch grows with the devices, and ``--lr_scaling linear`` scales
-  ``lr_max`` by global batch / ``lr_base_batch`` (Goyal et al.; keep the warm-up, 5 epochs).
+- Global batch and lr: every device keeps the recipe's per-device batch
+  (default_config_imagenet.yaml: ``batch_size``), so the global batch grows with the devices,
+  and ``--lr_scaling linear`` scales ``lr_max`` by global batch / ``lr_base_batch`` (Goyal et
+  al.; keep the warm-up, 5 epochs).
 - All-reduce per step: each step averages every trainable parameter's float32 gradient across the
   ranks (MindSpore's data-parallel mode, one all-reduce of the fused gradients). A ring
   all-reduce sends and receives 2 (N - 1) / N times those bytes on each device.
@@ -63,6 +64,7 @@ def reading_rows(images_per_device: tuple) -> list:
 
 def parameter_counts() -> dict:
     import mindspore as ms
+
     from src.models import create_network, list_networks
     from src.models.complexity import count_params
     ms.set_device("CPU")

@@ -20,10 +20,22 @@ import numpy as np
 from mindspore import nn, ops
 from mindspore.train import DynamicLossScaleManager, FixedLossScaleManager, Model
 
-from src.callbacks import (NonFiniteLossGuard, ProgressMonitor, RunRecorder, SignalStop,
-                           StepClock, epoch_and_step)
-from src.checkpoint import (OPTION_KEYS, NetworkRecord, load_weights, read_checkpoint,
-                            require_network, resolve)
+from src.callbacks import (
+    NonFiniteLossGuard,
+    ProgressMonitor,
+    RunRecorder,
+    SignalStop,
+    StepClock,
+    epoch_and_step,
+)
+from src.checkpoint import (
+    OPTION_KEYS,
+    NetworkRecord,
+    load_weights,
+    read_checkpoint,
+    require_network,
+    resolve,
+)
 from src.CrossEntropySmooth import CrossEntropySmooth
 from src.dataset import check_layout, create_dataset, dataset_classes
 from src.device import use_device
@@ -32,8 +44,13 @@ from src.evaluator import eval_metrics
 from src.lr_generator import get_lr
 from src.models import options_of
 from src.pretrained import checkpoint_for
-from src.run_state import (RunState, best_name, parse_checkpoint_name, pending_best_name,
-                           truncate_metrics)
+from src.run_state import (
+    RunState,
+    best_name,
+    parse_checkpoint_name,
+    pending_best_name,
+    truncate_metrics,
+)
 
 
 def check_recipe(config) -> None:

@@ -9,7 +9,8 @@ from typing import NamedTuple
 # and in the processes the tests start. test_cpu_kernels checks the one-thread path against it.
 os.environ.setdefault("ZOO_SERIAL_WORK", "0")
 
-import src  # noqa: F401  (first: it quiets MindSpore's C++ warnings before MindSpore loads)
+import src  # noqa: F401, I001  (first: it quiets MindSpore's C++ warnings before MindSpore loads)
+# isort: split
 import mindspore as ms  # noqa: E402
 import pytest  # noqa: E402
 

@@ -11,7 +11,8 @@ from src.dataset import write_cifar10
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULT = re.compile(r"result: \{'Loss': ([\d.e+-]+), 'Top_1_Acc': ([\d.e+-]+), "
-                    r"'Top_5_Acc': ([\d.e+-]+)\}, network: (\w+), (?:ckpt|model): '([^']+)', time: ")
+                    r"'Top_5_Acc': ([\d.e+-]+)\}, network: (\w+), (?:ckpt|model): '([^']+)', "
+                    r"time: ")
 # The progress line, the run's one loss line: epoch, step, loss, smoothed loss, lr, images/s, eta.
 PROGRESS = re.compile(r"^epoch: (\d+) step: (\d+), loss: ([\d.e+-]+), loss\(smoothed\): "
                       r"([\d.e+-]+), lr: ([\d.e+-]+), images/s: ([\d.]+|\?), "
@@ -61,7 +62,7 @@ def write_image_folder(root, per_class=16, classes=3, size=48, val_name="val", s
     """root/train/<class>/*.jpg and root/<val_name>/<class>/*.jpg of learnable JPEGs."""
     for split, count in (("train", per_class * classes), (val_name, 4 * classes)):
         images, labels = learnable_images(count, classes, size, seed + len(split))
-        for i, (image, label) in enumerate(zip(images, labels)):
+        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
             folder = os.path.join(root, split, f"class_{label}")
             os.makedirs(folder, exist_ok=True)
             Image.fromarray(image).save(os.path.join(folder, f"{i}.jpg"), quality=95)

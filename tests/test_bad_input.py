@@ -200,8 +200,9 @@ CASES = {
     "export folder not writable": (
         lambda w: ("export.py", "--checkpoint_path", w["ckpt"], "--file_name",
                    os.path.join(w["root"], "a_file", "net")), "output folder is not writable"),
-    "device target not in this build": (lambda w: train(w, "--device_target", "Ascend"),
-                                        "device Ascend is not usable: libmindspore_ascend.so.2: libge_runner.so: cannot open"),
+    "device target not in this build": (
+        lambda w: train(w, "--device_target", "Ascend"),
+        "device Ascend is not usable: libmindspore_ascend.so.2: libge_runner.so: cannot open"),
     "export format not on this backend": (
         lambda w: ("export.py", "--checkpoint_path", w["ckpt"], "--file_format", "AIR"),
         "AIR export needs Ascend"),

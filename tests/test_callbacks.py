@@ -1,10 +1,9 @@
 """The training callbacks' own logic, without training: durations, progress lines."""
+import signal
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-
-import signal
 
 from src.callbacks import ProgressMonitor, SignalStop, StepClock, format_duration
 from tests.helpers import PROGRESS
@@ -57,7 +56,7 @@ def test_progress_line_has_the_loss_the_lr_used_and_a_long_eta(capsys, monkeypat
     monitor = ProgressMonitor(clock, optimizer, total_epochs=total_epochs, images_per_step=32)
     times = iter([100.0, 100.5, 101.5])
     monkeypatch.setattr("src.callbacks.time.time", lambda: next(times))
-    for step, loss in zip(range(1, 5), (2.0, 1.0, 1.5, 0.5)):
+    for step, loss in zip(range(1, 5), (2.0, 1.0, 1.5, 0.5), strict=True):
         optimizer.step = step
         clock.on_train_step_end(step_context(loss))
         monitor.on_train_step_end(step_context(loss))

@@ -8,8 +8,13 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-from src.checkpoint import (build_network, load_weights, partial_path, read_checkpoint,
-                            save_atomically)
+from src.checkpoint import (
+    build_network,
+    load_weights,
+    partial_path,
+    read_checkpoint,
+    save_atomically,
+)
 from src.errors import UserError
 from tests.helpers import saved_checkpoint
 
@@ -63,7 +68,8 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_path, monke
     with pytest.raises(UserError) as err:
         save_atomically(net, str(tmp_path / f"{NET}-2_2.ckpt"), {"epoch_num": 2})
     line = err.value.line()
-    assert line.startswith(f"error: disk full writing {NET}-2_2.ckpt: ") and "MB free, about" in line
+    assert line.startswith(f"error: disk full writing {NET}-2_2.ckpt: ")
+    assert "MB free, about" in line
     assert f"({tmp_path})" in line and "--resume auto" in line
     assert sorted(os.listdir(tmp_path)) == [f"{NET}-1_2.ckpt"]  # no partial, no .tmp
     monkeypatch.setattr(ms, "save_checkpoint", real_save)

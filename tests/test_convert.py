@@ -202,7 +202,8 @@ def test_infer_and_eval_feed_a_megvii_conversion_bgr_pixels(tmp_path, cli):
     top = probs.argsort()[::-1][:5]
     proc = cli("infer.py", "--model", ckpt, tmp_path / "photo.png")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    line = next(l for l in proc.stdout.splitlines() if l.startswith(str(tmp_path / "photo.png")))
+    photo = str(tmp_path / "photo.png")
+    line = next(out for out in proc.stdout.splitlines() if out.startswith(photo))
     assert line.split(": ", 1)[1] == ", ".join(f"{i} {probs[i]:.4f}" for i in top), line
 
     data = write_image_folder(str(tmp_path / "images"), per_class=1, classes=2, size=64)

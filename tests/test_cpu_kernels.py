@@ -5,14 +5,14 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import mindspore as ms
+import numpy as np
 import pytest
 from mindspore import nn
 
-from tests.helpers import ROOT, randomize_weights, run_entry, write_cifar_folder
 from src.models import cpu_kernels, create_network
 from src.models.layers import BatchNorm, Conv1x1, ConvKxK, resolve_conv_impl
+from tests.helpers import ROOT, randomize_weights, run_entry, write_cifar_folder
 
 # kind: (in channels, out channels, kernel, group)
 KINDS = {"depthwise": (12, 12, 3, 12), "depthwise 5x5": (6, 6, 5, 6), "dense stem": (3, 8, 3, 1),
@@ -164,7 +164,7 @@ def test_fast_batch_norm_equals_mindspore_in_training(kernels, size, mode):
                         layer.moving_mean.asnumpy(), layer.moving_variance.asnumpy()])
     (y_ref, *grads_ref, mean_ref, var_ref), (y, *grads, mean, var) = results
     assert np.abs(y - y_ref).max() <= 1e-5
-    for ours, theirs in zip(grads, grads_ref):
+    for ours, theirs in zip(grads, grads_ref, strict=True):
         assert relative(ours, theirs) <= 1e-4
     assert np.abs(mean - mean_ref).max() <= 1e-5 and np.abs(var - var_ref).max() <= 1e-4
     assert not np.allclose(var, 1.0)  # the statistics did move
@@ -242,7 +242,7 @@ def test_fused_training_equals_conv_batchnorm_activation(kind, stride, activatio
     (y_ref, *grads_ref, var_ref), (y, *grads, var) = results
     assert np.abs(y - y_ref).max() <= 1e-4 * np.abs(y_ref).max()
     assert (y_ref == 0).any() and (activation != "relu6" or (y_ref == 6).any())  # it clips
-    for ours, theirs in zip(grads, grads_ref):
+    for ours, theirs in zip(grads, grads_ref, strict=True):
         assert relative(ours, theirs) <= 1e-4
     assert np.abs(var - var_ref).max() <= 1e-4 * np.abs(var_ref).max()
 

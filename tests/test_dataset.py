@@ -4,8 +4,15 @@ import os
 import numpy as np
 import pytest
 
-from src.dataset import (cpu_count, create_dataset, cifar10_files, imagenet_folder, read_cifar10,
-                         worker_count, write_cifar10)
+from src.dataset import (
+    cifar10_files,
+    cpu_count,
+    create_dataset,
+    imagenet_folder,
+    read_cifar10,
+    worker_count,
+    write_cifar10,
+)
 from src.errors import UserError
 from src.model_utils.config import get_config
 from tests.helpers import write_cifar_folder, write_image_folder

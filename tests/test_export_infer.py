@@ -7,8 +7,8 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-from src.models import create_network, list_networks
 from src.model_utils.config import get_config
+from src.models import create_network, list_networks
 from src.predictor import Predictor, image_files, preprocess
 from tests.helpers import ROOT, randomize_weights, saved_checkpoint, write_image_folder
 
@@ -65,7 +65,7 @@ def test_checkpoint_mindir_onnx_agree(name, size, tmp_path, photos, cli):
                           text=True, env={**os.environ, "EXTRA_ARGS": "--batch_size 2"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "infer_result.txt").read_text() in proc.stdout
-    lines = [l for l in proc.stdout.splitlines() if l.startswith(tuple(photos))]
+    lines = [out for out in proc.stdout.splitlines() if out.startswith(tuple(photos))]
     assert len(lines) == len(photos)
     probs = [float(p) for p in lines[0].split(": ", 1)[1].split(", ")[0].split()[1:]]
     assert 0.0 <= probs[0] <= 1.0
@@ -106,7 +106,8 @@ def test_every_variant_exports_to_onnx_and_mindir_with_the_fast_layers_logits(tm
     scale = np.abs(unfused).max()
     assert scale > 0.1, name  # logits that tell a wrong layer apart
     for logits in (fused, onnx_logits, mindir_logits):
-        assert np.abs(logits - unfused).max() <= 1e-5 * scale, (name, np.abs(logits - unfused).max())
+        gap = np.abs(logits - unfused).max()
+        assert gap <= 1e-5 * scale, (name, gap)
 
 
 def test_class_names_reach_the_export_and_infer(tmp_path, photos, cli):
@@ -122,7 +123,7 @@ def test_class_names_reach_the_export_and_infer(tmp_path, photos, cli):
     for model in (ckpt, tmp_path / "pets.onnx"):
         result = cli("infer.py", "--model", model, *photos)
         assert result.returncode == 0, result.stderr
-        lines = [l for l in result.stdout.splitlines() if l.startswith(tuple(photos))]
+        lines = [out for out in result.stdout.splitlines() if out.startswith(tuple(photos))]
         assert len(lines) == len(photos)
         for line in lines:
             top = [entry.split()[0] for entry in line.split(": ", 1)[1].split(", ")]

@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from src.errors import UserError
 from src import launch
+from src.errors import UserError
 from src.launch import check_train_args, read_rank_table
 from tests.helpers import write_image_folder
 
@@ -16,7 +16,8 @@ def table(path, devices, ranks=None, servers=1):
     per = len(devices) // servers
     server_list = [{"server_id": f"10.0.0.{s}", "device": [
         {"device_id": str(d), "device_ip": f"192.98.92.{100 + d}", "rank_id": str(r)}
-        for d, r in list(zip(devices, ranks))[s * per:(s + 1) * per]]} for s in range(servers)]
+        for d, r in list(zip(devices, ranks, strict=True))[s * per:(s + 1) * per]]}
+        for s in range(servers)]
     path.write_text(json.dumps({"version": "1.0", "server_list": server_list}))
     return str(path)
 

@@ -56,7 +56,8 @@ def test_the_shards_hold_the_folders_images_labels_and_classes(data):
 @pytest.mark.parametrize("ranks", [2, 3])
 def test_every_sample_once_per_epoch_over_the_ranks(data, kind, ranks):
     everything = sorted(samples(kind, data[kind], 0, 1)[1])
-    steps, seen = zip(*(samples(kind, data[kind], rank, ranks) for rank in range(ranks)))
+    steps, seen = zip(*(samples(kind, data[kind], rank, ranks) for rank in range(ranks)),
+                      strict=True)
     assert set(steps) == {24 // ranks}  # the same steps on every rank
     assert sorted(s for part in seen for s in part) == everything  # each sample exactly once
 

@@ -11,7 +11,8 @@ from src.models.complexity import count_macs, count_params
 from src.models.layers import ChannelShuffle
 from src.models.shufflenet_v1 import stage_channels
 
-# The papers' and the sources' counts: (c1 and stage widths, trainable params, MMACs at 224, 1000 classes).
+# The papers' and the sources' counts: (c1 and stage widths, trainable params, MMACs at 224,
+# 1000 classes).
 SPEC_TABLE = {
     "shufflenet_v1_g1_05": ((12, 72, 144, 288), 533_484, 38.5),
     "shufflenet_v1_g1_10": ((24, 144, 288, 576), 1_530_936, 143.1),
@@ -135,7 +136,7 @@ def test_every_parameter_gets_a_finite_gradient(name):
     loss, grads = grad_fn(x, y)
     assert np.isfinite(loss.asnumpy())
     assert len(grads) == len(params)
-    for p, g in zip(params, grads):
+    for p, g in zip(params, grads, strict=True):
         g = g.asnumpy()
         assert g.shape == p.shape and np.isfinite(g).all(), p.name
     # Gradients reach the stem, not only the head.
@@ -178,7 +179,8 @@ def test_layout_options_keep_names_and_shapes():
     ("mobilenet_v1_025", {}),
 ])
 def test_mindcv_weights_give_mindcv_logits(name, options):
-    """MindCV's own network and ours, with MindCV's pooling/shuffle options, agree on its weights."""
+    """MindCV's own network and ours, with MindCV's pooling/shuffle options, agree on its
+    weights."""
     import mindcv
     theirs = mindcv.create_model(name, num_classes=10)
     ours = create_network(name, num_classes=10, **options)
@@ -199,7 +201,8 @@ def test_symmetric_pools_match_a_padded_reference(kind, size):
     padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
     out = (size + 2 - 3) // 2 + 1
     reduce = np.max if kind == "max" else np.mean
-    expected = np.stack([np.stack([reduce(padded[:, :, 2 * i:2 * i + 3, 2 * j:2 * j + 3], axis=(2, 3))
-                                   for j in range(out)], -1) for i in range(out)], -2)
+    window = lambda i, j: padded[:, :, 2 * i:2 * i + 3, 2 * j:2 * j + 3]  # noqa: E731
+    expected = np.stack([np.stack([reduce(window(i, j), axis=(2, 3)) for j in range(out)], -1)
+                         for i in range(out)], -2)
     got = Pool3x3s2(kind, "pad")(ms.Tensor(x)).asnumpy()
     assert got.shape == expected.shape and np.abs(got - expected).max() <= 1e-6

@@ -11,8 +11,8 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-from src.checkpoint import read_checkpoint
 from src import create_network
+from src.checkpoint import read_checkpoint
 from src.models.weights import PublishedWeights, mindcv, torchvision
 from tests.helpers import RESULT, randomize_weights, write_image_folder
 
@@ -151,7 +151,7 @@ def test_no_connection_unknown_tag_and_a_file_placed_by_hand(tmp_path, monkeypat
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     real = src.pretrained.find(NET, "mindcv")
     weights = tmp_path / "home" / "weights"
-    assert lines[0].startswith(f"error: cannot download http://127.0.0.1:9/") and \
+    assert lines[0].startswith("error: cannot download http://127.0.0.1:9/") and \
         f"place {real.file_name} in {weights} by hand" in lines[0]
     result = cli("train.py", "--network", NET, "--pretrained", "imagenet21k",
                  "--dataset_path", tmp_path)  # a folder: a missing one is refused first

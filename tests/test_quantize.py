@@ -10,8 +10,13 @@ import pytest
 from PIL import Image
 
 from src.exporter import export
-from tests.helpers import (RESULT, randomize_weights, saved_checkpoint, write_cifar_folder,
-                           write_image_folder)
+from tests.helpers import (
+    RESULT,
+    randomize_weights,
+    saved_checkpoint,
+    write_cifar_folder,
+    write_image_folder,
+)
 
 NET, CLASSES = "mobilenet_v1_025", 4
 

@@ -26,7 +26,8 @@ def test_the_readme_is_short_and_every_shell_block_says_whether_it_runs():
 def test_generated_tables_are_what_their_commands_print():
     assert "\n".join(results_table()) in README
     with open(os.path.join(ROOT, "docs", "CONFIG.md"), encoding="utf-8") as f:
-        assert f.read() == markdown_table(), "run: python -m src.model_utils.config > docs/CONFIG.md"
+        assert f.read() == markdown_table(), \
+            "run: python -m src.model_utils.config > docs/CONFIG.md"
     with open(os.path.join(ROOT, "docs", "PRETRAINED.md"), encoding="utf-8") as f:
         assert "\n".join(table(markdown=True)) in f.read()
 

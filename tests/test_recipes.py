@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from src.lr_generator import get_lr
-from src.models import create_network
 from src.model_utils.config import get_config
+from src.models import create_network
 
 # file: {key: the source's value} (as each source's README publishes it)
 RECIPES = {

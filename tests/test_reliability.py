@@ -38,7 +38,7 @@ def test_nan_stops_the_run_and_saves_nothing(tmp_path):
     proc = run_entry("train.py", *ARGS, "--dataset_path", data, "--epoch_size", "2",
                      "--lr_max", "1e6", "--output_path", tmp_path / "run")
     assert proc.returncode == 2
-    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    lines = [out for out in proc.stderr.splitlines() if out.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: loss or weights not finite")
     assert "at epoch 1 step" in lines[0] and ", lr " in lines[0]
     assert "Traceback" not in proc.stderr + proc.stdout
@@ -77,7 +77,7 @@ def test_killed_runs_resume_into_the_uninterrupted_runs_state(tmp_path):
     job.send_signal(signal.SIGKILL)
     job.wait(timeout=60)
     assert lines and lines[-1].startswith("test hook"), "".join(lines[-20:])
-    assert [float(l) for _, _, l in LOSS.findall("".join(lines))] == a_losses[:12]
+    assert [float(loss) for _, _, loss in LOSS.findall("".join(lines))] == a_losses[:12]
     assert ckpts(b) == [f"{NET}-1_4.ckpt", f"{NET}-2_4.ckpt", f"{NET}-best.ckpt"]
     assert [f for f in os.listdir(b) if f.startswith(".partial-")]
     params, meta = read_checkpoint(os.path.join(b, f"{NET}-2_4.ckpt"))
@@ -133,7 +133,7 @@ def test_sigterm_stops_with_a_checkpoint_that_resume_continues(tmp_path):
                           env={**os.environ, "ZOO_TEST_SIGNAL_AT_STEP": "6"})
     assert proc.returncode == 143, proc.stderr[-3000:]
     saved = os.path.join(folder, f"{NET}-2_2.ckpt")
-    lines = [l for l in proc.stderr.splitlines() if l.strip()]
+    lines = [out for out in proc.stderr.splitlines() if out.strip()]
     assert lines == [f"stopped: SIGTERM after epoch 2 step 2 (global step 6); saved {saved} in "
                      f"{lines[-1].split(' in ')[-1]}"]
     assert lines[0].endswith(" s: --resume auto continues from it")

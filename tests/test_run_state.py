@@ -6,10 +6,9 @@ import os
 import pytest
 
 from src.errors import UserError
-from src.run_state import (RunState, checkpoint_name, read_metrics, truncate_metrics,
-                           write_metrics)
-from src.trainer import Start, prepare_folder, resume_candidates, run_lock
 from src.model_utils.config import get_config
+from src.run_state import RunState, checkpoint_name, read_metrics, truncate_metrics, write_metrics
+from src.trainer import Start, prepare_folder, resume_candidates, run_lock
 from tests.helpers import saved_checkpoint
 
 NET = "mobilenet_v1_025"
@@ -18,7 +17,7 @@ NET = "mobilenet_v1_025"
 def five_epochs(keep_every=True):
     """A run of 5 epochs of 4 steps: checkpoints every epoch, evals peaking at epoch 2."""
     state = RunState(NET, steps_per_epoch=4)
-    for epoch, top1 in zip(range(1, 6), (0.5, 0.9, 0.7, 0.9, 0.8)):
+    for epoch, top1 in zip(range(1, 6), (0.5, 0.9, 0.7, 0.9, 0.8), strict=True):
         state.epochs[epoch] = {"global_step": 4 * epoch, "top1": top1, "top5": 1.0,
                                "checkpoint": checkpoint_name(NET, epoch, 4) if keep_every else None}
     state.best_file_epoch = 2

@@ -293,7 +293,8 @@ def test_killing_one_worker_fails_the_job_quickly(tmp_path):
     wait_for_line(tmp_path / "train_parallel" / "worker_1.log", "loss: ")
     pids = subprocess.run(["pgrep", "-f", f"train.py.*{data}"], capture_output=True,
                           text=True).stdout.split()
-    worker = [p for p in pids if "RANK_ID=1" in open(f"/proc/{p}/environ").read().replace("\0", " ")]
+    worker = [p for p in pids
+              if "RANK_ID=1" in open(f"/proc/{p}/environ").read().replace("\0", " ")]
     assert worker, pids
     os.kill(int(worker[0]), signal.SIGKILL)
     killed = time.time()

@@ -3,8 +3,14 @@ import os
 
 import pytest
 
-from src.sizing import allreduce_rows, markdown, parameter_counts, reading_rows, recipe, \
-    scaling_rows
+from src.sizing import (
+    allreduce_rows,
+    markdown,
+    parameter_counts,
+    reading_rows,
+    recipe,
+    scaling_rows,
+)
 from tests.helpers import ROOT
 
 

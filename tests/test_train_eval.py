@@ -7,8 +7,15 @@ import numpy as np
 import pytest
 
 from src.checkpoint import read_checkpoint
-from tests.helpers import (LOSS, LR, PROGRESS, RESULT, run_entry, write_cifar_folder,
-                           write_image_folder)
+from tests.helpers import (
+    LOSS,
+    LR,
+    PROGRESS,
+    RESULT,
+    run_entry,
+    write_cifar_folder,
+    write_image_folder,
+)
 
 pytestmark = pytest.mark.slow
 NET = "mobilenet_v1_025"
@@ -124,7 +131,8 @@ def test_watchable_run_progress_metrics_curves_best(tmp_path):
                      "--lr_scaling", "linear", "--lr_base_batch", "32", "--output_path", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # The recipe's lr 0.05 is for a global batch of 32; this run's is 16: half the lr.
-    assert "lr scaling: global batch 16 / recipe's 32 = x0.5: lr_init 0.005, lr_max 0.025" in proc.stdout
+    assert ("lr scaling: global batch 16 / recipe's 32 = x0.5: lr_init 0.005, lr_max 0.025"
+            in proc.stdout)
     assert "\x1b[" not in proc.stdout  # no terminal control codes in a log
     progress = PROGRESS.findall(proc.stdout)
     assert [(int(e), int(s)) for e, s, *_ in progress] == [

@@ -1,4 +1,5 @@
-"""Parameter and multiply-add counts of the networks; ``python -m src.models.complexity`` prints the table."""
+"""Parameter and multiply-add counts of the networks; ``python -m src.models.complexity``
+prints the table."""
 import argparse
 
 import mindspore as ms

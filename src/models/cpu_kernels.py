@@ -170,10 +170,10 @@ def shufflenet_v2_unit_op(stride: int):
 
 def shufflenet_v1_unit_op(stride: int, shuffle_order: str):
     """(x, then weight, gamma, beta, moving mean, moving variance of a ShuffleNetV1 unit's three
-    convs; eps (1,)) -> the unit's output, in eval mode, as one op (kernels/
-    whole_units.cc's shufflenet_v1_unit; the channel shuffle in ``shuffle_order`` "paper" or "megvii"): stride 1
-    ReLU(x + main(x)), stride 2 ReLU(concat(avgpool(x), main(x))). Forward only. Call only when
-    ``library()`` is not None."""
+    convs; eps (1,)) -> the unit's output, in eval mode, as one op
+    (kernels/whole_units.cc's shufflenet_v1_unit; the channel shuffle in ``shuffle_order``
+    "paper" or "megvii"): stride 1 ReLU(x + main(x)), stride 2
+    ReLU(concat(avgpool(x), main(x))). Forward only. Call only when ``library()`` is not None."""
     if stride not in STRIDES:
         raise ValueError(f"a ShuffleNetV1 unit has stride {STRIDES}, not {stride}")
 
@@ -188,8 +188,8 @@ def shufflenet_v1_unit_op(stride: int, shuffle_order: str):
 def separable_block_op(stride: int, activation: str):
     """(x, then weight, gamma, beta, moving mean, moving variance of a 3x3 depthwise conv and of
     the 1x1 conv after it; eps (1,)) -> act(BN(1x1(act(BN(depthwise(x)))))) with ``activation``
-    "relu" or "relu6", in eval mode, as one op (kernels/whole_units.cc's separable_block). Forward only.
-    Call only when ``library()`` is not None."""
+    "relu" or "relu6", in eval mode, as one op (kernels/whole_units.cc's separable_block).
+    Forward only. Call only when ``library()`` is not None."""
     if stride not in STRIDES:
         raise ValueError(f"a separable block has stride {STRIDES}, not {stride}")
     return _op(f"SeparableS{stride}BN{ACTIVATIONS[activation]}",

@@ -152,7 +152,7 @@ class ConvKxK(nn.Conv2d):
             return self.one_by_one(ops.concat(windows, axis=1), weight)
         taps = ops.split(ops.reshape(self.weight, (self.out_channels, 9)), 1, axis=1)
         out = None
-        for tap, window in zip(taps, windows):
+        for tap, window in zip(taps, windows):  # noqa: B905  (graph-mode syntax: MindSpore's parser takes no strict=)
             term = window * ops.reshape(tap, (1, -1, 1, 1))
             out = term if out is None else out + term
         return out

@@ -4,8 +4,15 @@ from mindspore import nn
 from mindspore.common import initializer as init
 
 from . import cpu_kernels
-from .layers import (Classifier, FusedSequence, GlobalAvgPool, batch_norm, conv1x1, conv3x3,
-                     depthwise_conv)
+from .layers import (
+    Classifier,
+    FusedSequence,
+    GlobalAvgPool,
+    batch_norm,
+    conv1x1,
+    conv3x3,
+    depthwise_conv,
+)
 from .weights import mindcv, timm
 
 # (output channels at 1.0x, stride of the depthwise conv) of the 13 separable blocks.

@@ -7,8 +7,18 @@ from mindspore import nn, ops
 from mindspore.common import initializer as init
 
 from . import cpu_kernels
-from .layers import (ChannelShuffle, Classifier, FusedSequence, GlobalAvgPool, avg_pool_3x3_s2,
-                     batch_norm, conv1x1, conv3x3, depthwise_conv, max_pool_3x3_s2)
+from .layers import (
+    ChannelShuffle,
+    Classifier,
+    FusedSequence,
+    GlobalAvgPool,
+    avg_pool_3x3_s2,
+    batch_norm,
+    conv1x1,
+    conv3x3,
+    depthwise_conv,
+    max_pool_3x3_s2,
+)
 from .weights import megvii, mindcv
 
 STAGE_REPEATS = (4, 8, 4)
@@ -135,7 +145,7 @@ class ShuffleNetV1(nn.Cell):
                                              batch_norm(c1, conv_impl), nn.ReLU()])
         self.max_pool = max_pool_3x3_s2(pool_pad, conv_impl)
         blocks, c_in = [], c1
-        for stage, (repeats, c_out) in enumerate(zip(STAGE_REPEATS, stages)):
+        for stage, (repeats, c_out) in enumerate(zip(STAGE_REPEATS, stages, strict=True)):
             for i in range(repeats):
                 blocks.append(ShuffleV1Block(
                     c_in, c_out, stride=2 if i == 0 else 1, group=group,

@@ -4,8 +4,17 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from . import cpu_kernels
-from .layers import (ChannelShuffle, Classifier, FusedSequence, GlobalAvgPool, batch_norm,
-                     conv1x1, conv3x3, depthwise_conv, max_pool_3x3_s2)
+from .layers import (
+    ChannelShuffle,
+    Classifier,
+    FusedSequence,
+    GlobalAvgPool,
+    batch_norm,
+    conv1x1,
+    conv3x3,
+    depthwise_conv,
+    max_pool_3x3_s2,
+)
 from .shufflenet_v1 import init_shufflenet_weights
 from .weights import megvii, mindcv, torchvision
 
@@ -90,7 +99,7 @@ class ShuffleV2Block(nn.Cell):
         fused = (self.branch_main,) + ((self.branch_proj,) if stride == 2 else ())
         self.whole_unit = not self.torchvision and all(
             [size for _, size in seq.groups] == expected
-            for seq, expected in zip(fused, ([3, 2, 3], [2, 3])))
+            for seq, expected in zip(fused, ([3, 2, 3], [2, 3]), strict=False))
         if self.whole_unit:
             self.unit_op = cpu_kernels.shufflenet_v2_unit_op(stride)
 
@@ -134,7 +143,7 @@ class ShuffleNetV2(nn.Cell):
                                              batch_norm(c1, conv_impl), nn.ReLU()])
         self.max_pool = max_pool_3x3_s2(pool_pad, conv_impl)
         blocks, c_in = [], c1
-        for repeats, c_out in zip(STAGE_REPEATS, stages):
+        for repeats, c_out in zip(STAGE_REPEATS, stages, strict=True):
             for i in range(repeats):
                 blocks.append(ShuffleV2Block(c_in, c_out, stride=2 if i == 0 else 1,
                                              layout=layout, conv_impl=conv_impl))
