@@ -9,7 +9,7 @@ from src.errors import run_main
 
 
 def main(argv):
-    from src.benchmark import benchmark_command
+    from src.tools.benchmark import benchmark_command
     benchmark_command(argv)
 
 

@@ -10,7 +10,7 @@ from src.errors import run_main
 
 
 def main(argv):
-    from src.convert import convert_command
+    from src.weights.convert import convert_command
     convert_command(argv)
 
 

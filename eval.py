@@ -6,8 +6,8 @@ from src.errors import run_main
 
 
 def main(argv):
+    from src.deploy.evaluator import evaluate
     from src.errors import ArgumentParser
-    from src.evaluator import evaluate
     from src.model_utils.config import get_config
     parser = ArgumentParser(description=__doc__, allow_abbrev=False, add_help=False)
     parser.add_argument("--model", default="", help="an exported .mindir or .onnx to score "

@@ -5,7 +5,7 @@ from src.errors import run_main
 
 
 def main(argv):
-    from src.exporter import export
+    from src.deploy.exporter import export
     export(argv)
 
 

@@ -9,10 +9,10 @@ from src.errors import ArgumentParser, UserError, run_main
 
 
 def main(argv):
+    from src.deploy.predictor import Predictor, image_files, preprocess, read_labels, softmax
     from src.device import use_device
     from src.model_utils.config import get_config, split_config_args
-    from src.predictor import Predictor, image_files, preprocess, read_labels, softmax
-    from src.pretrained import checkpoint_of
+    from src.weights.pretrained import checkpoint_of
 
     parser = ArgumentParser(description=__doc__, allow_abbrev=False)
     parser.add_argument("--model", default="", help=".ckpt, .mindir or .onnx file (or give "

@@ -13,11 +13,11 @@ CONFIG = os.path.join(HERE, "configs", "quick_start_digits.yaml")
 
 
 def main(argv):
-    from src.digits import write_digits_cifar
-    from src.evaluator import evaluate
+    from src.deploy.evaluator import evaluate
     from src.model_utils.config import get_config, with_values
-    from src.run_state import RunState
-    from src.trainer import train
+    from src.tools.digits import write_digits_cifar
+    from src.training.run_state import RunState
+    from src.training.trainer import train
 
     config = get_config(["--config_path", CONFIG] + list(argv))
     train_count, test_count = write_digits_cifar(config.dataset_path, seed=config.seed)

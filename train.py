@@ -6,7 +6,7 @@ from src.errors import run_main
 
 def main(argv):
     from src.model_utils.config import get_config
-    from src.trainer import train
+    from src.training.trainer import train
     train(get_config(argv))
 
 

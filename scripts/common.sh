@@ -19,7 +19,7 @@ usage_unless() {
 # preflight TRAIN_ARGS...: the checks train.py makes before it starts anything (config values,
 # the data folder's layout), run once before the workers start; its one error line, exit 2.
 preflight() {
-    PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" python3 -m src.launch check "$@" || exit 2
+    PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" python3 -m src.tools.launch check "$@" || exit 2
 }
 
 # show_failure LOG: a run's own error (or stop) line if it wrote one, else the log's last lines.

@@ -38,10 +38,10 @@ PORT=${MASTER_PORT:-$((8118 + RANDOM % 1000))}
 # msrun starts its scheduler on every node whose own addresses include MASTER_ADDR. On separate
 # hosts that is node 0 alone: plain msrun. A node that shares node 0's address (several nodes on
 # one machine) would start a second one, which cannot bind the port and fails the job after
-# training: there msrun's private address check is replaced (src/launch.py says if it is gone).
+# training: there msrun's private address check is replaced (src/tools/launch.py says if it is gone).
 MSRUN=(msrun)
 if [ "$NODE_RANK" -gt 0 ]; then
-    KIND=$(cd "$ROOT" && python3 -m src.launch msrun-for "$MASTER_ADDR") || exit 2
+    KIND=$(cd "$ROOT" && python3 -m src.tools.launch msrun-for "$MASTER_ADDR") || exit 2
     if [ "$KIND" = one-scheduler ]; then
         MSRUN=(python3 -c 'import sys
 from mindspore.parallel.cluster.process_entity import _api

@@ -12,7 +12,7 @@ Importing it sets two environment variables before MindSpore loads (every entry 
   the default (ShuffleNetV2 1.0x, batch 16: 447 against 315 ms a step on a 2-core Xeon): it is
   warned in one line. ZOO_OMP_WAIT_POLICY_SET marks ours, for processes that run PyTorch.
 
-``from src import create_network, list_networks`` is the Python API (src/pretrained.py's
+``from src import create_network, list_networks`` is the Python API (src/weights/pretrained.py's
 ``create_network`` takes ``pretrained=TAG``); they are imported on first use, so ``import src``
 stays light for the entry points' argument checks.
 """
@@ -33,7 +33,7 @@ if "OMP_WAIT_POLICY" not in os.environ:
 
 def __getattr__(name):  # PEP 562: the Python API, imported when first asked for
     if name == "create_network":
-        from src.pretrained import create_network
+        from src.weights.pretrained import create_network
         return create_network
     if name == "list_networks":
         from src.models import list_networks

@@ -230,10 +230,13 @@ def load_weights(net, params: dict, path: str, skip=()) -> None:
     ms.load_param_into_net(net, {n: params[n] for n in wanted}, strict_load=True)
 
 
+PARTIAL_PREFIX = ".partial-"  # a checkpoint being written, before its rename
+
+
 def partial_path(path: str) -> str:
     """Where ``save_atomically`` writes ``path`` before the rename."""
     folder, name = os.path.split(path)
-    return os.path.join(folder, ".partial-" + name)
+    return os.path.join(folder, PARTIAL_PREFIX + name)
 
 
 def save_atomically(network, path: str, append: dict) -> None:

@@ -150,7 +150,7 @@ def dataset_classes(config, training: bool = True):
     return class_names(imagenet_folder(config.dataset_path, training))
 
 
-# ---- MindRecord shards of an image folder (python -m src.mindrecord writes them)
+# ---- MindRecord shards of an image folder (python -m src.tools.mindrecord writes them)
 MINDRECORD_INFO = "mindrecord.json"
 
 
@@ -159,12 +159,12 @@ def mindrecord_info(folder: str) -> dict:
     folder is not one."""
     if not os.path.isdir(folder):
         raise UserError("data path not found", folder, "give the folder python -m "
-                        "src.mindrecord wrote")
+                        "src.tools.mindrecord wrote")
     path = os.path.join(folder, MINDRECORD_INFO)
     if not os.path.isfile(path):
         raise UserError(f"no {MINDRECORD_INFO} in the data folder: it holds no MindRecord "
                         "shards", folder, "convert the class folders with python -m "
-                        "src.mindrecord SOURCE OUTPUT, or give --dataset imagenet for them")
+                        "src.tools.mindrecord SOURCE OUTPUT, or give --dataset imagenet for them")
     try:
         with open(path, encoding="utf-8") as f:
             info = json.load(f)

@@ -92,7 +92,7 @@ def test_off_cpu_the_layer_modes_are_refused_and_torch_says_where_it_runs(cli, m
         "--device_target CPU, or --mode train or infer on the device"]
     import torch
 
-    from src import benchmark
+    from src.tools import benchmark
     args = benchmark.parser().parse_args(["--device_target", "GPU", "--mode", "infer"])
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert benchmark.runs_on(args, "torch") == "GPU" and benchmark.runs_on(args, "onnx") == "CPU"

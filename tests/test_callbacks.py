@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from src.callbacks import ProgressMonitor, SignalStop, StepClock, format_duration
+from src.training.callbacks import ProgressMonitor, SignalStop, StepClock, format_duration
 from tests.helpers import PROGRESS
 
 
@@ -55,7 +55,7 @@ def test_progress_line_has_the_loss_the_lr_used_and_a_long_eta(capsys, monkeypat
     clock = StepClock(0, steps_per_epoch, interval=2)
     monitor = ProgressMonitor(clock, optimizer, total_epochs=total_epochs, images_per_step=32)
     times = iter([100.0, 100.5, 101.5])
-    monkeypatch.setattr("src.callbacks.time.time", lambda: next(times))
+    monkeypatch.setattr("src.training.callbacks.time.time", lambda: next(times))
     for step, loss in zip(range(1, 5), (2.0, 1.0, 1.5, 0.5), strict=True):
         optimizer.step = step
         clock.on_train_step_end(step_context(loss))
@@ -108,10 +108,10 @@ def test_run_recorder_keeps_the_best_the_newest_and_the_metrics(tmp_path):
     metrics.csv has every step and eval once."""
     import os
 
-    from src.callbacks import RunRecorder
     from src.checkpoint import read_checkpoint
     from src.models import create_network
-    from src.run_state import RunState, read_metrics
+    from src.training.callbacks import RunRecorder
+    from src.training.run_state import RunState, read_metrics
     net = create_network("mobilenet_v1_025", num_classes=4, conv_impl="mindspore")
     optimizer = FakeOptimizer(np.full(6, 0.1))
     clock = StepClock(0, 2, interval=10)
@@ -146,10 +146,10 @@ def test_sink_mode_calls_keep_progress_lines_checkpoints_and_the_stop(tmp_path, 
     epoch call per sink of 4 steps (8-step epochs, log_interval 4). Each call is a sync point
     with a progress line at its last step; epoch 1's end saves its checkpoint; a SIGTERM during
     the third sink stops at that sink's end (global step 12) with a checkpoint a resume takes."""
-    from src.callbacks import NonFiniteLossGuard, RunRecorder
     from src.checkpoint import read_checkpoint
     from src.models import create_network
-    from src.run_state import RunState
+    from src.training.callbacks import NonFiniteLossGuard, RunRecorder
+    from src.training.run_state import RunState
     net = create_network("mobilenet_v1_025", num_classes=4, conv_impl="mindspore")
     optimizer = FakeOptimizer(np.full(24, 0.1))
     clock = StepClock(0, 8, interval=4)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from src.checkpoint import build_network, load_weights, read_checkpoint
-from src.convert import convert_command, megvii_shuffle_permutation
 from src.dataset import INPUT_NORMS
 from src.models import create_network
+from src.weights.convert import convert_command, megvii_shuffle_permutation
 from tests.helpers import RESULT, write_image_folder
 
 torch = pytest.importorskip("torch", reason="torch==2.13.0 is in requirements-test.txt")
@@ -63,7 +63,7 @@ def converted_logits(source, network, theirs, tmp_path, x):
 
 def test_megvii_v1_needs_the_permutation(tmp_path, monkeypatch):
     """Without moving megvii's shuffle before the depthwise conv, its logits are not reproduced."""
-    from src.convert import SOURCES
+    from src.weights.convert import SOURCES
     monkeypatch.setitem(SOURCES["megvii"]["fixups"], "shufflenet_v1", lambda params, net: None)
     theirs = ref.randomize(ref.MegviiShuffleNetV1(3, 0.5), seed=5)
     x = np.random.RandomState(1).randn(1, 3, 224, 224).astype(np.float32)

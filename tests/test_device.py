@@ -140,7 +140,7 @@ def test_loss_scaling_keeps_the_optimizer_and_the_manager_consistent():
     MindSpore's DynamicLossScaleManager with our scale, factor and window; the train step
     unscales the gradients itself, so the optimizer's scale is 1."""
     from src.model_utils.config import get_config
-    from src.trainer import loss_scaling
+    from src.training.trainer import loss_scaling
     manager, optimizer_scale = loss_scaling(get_config(["--loss_scale", "512"]))
     assert (manager.get_loss_scale(), optimizer_scale) == (512, 512)
     assert manager.get_drop_overflow_update() is False
@@ -161,14 +161,15 @@ def test_a_dynamic_loss_scale_on_cpu_is_one_line_before_anything_starts(cli, tmp
         "overflow-skipping train step for Ascend and GPU only) (--loss_scale_type): give "
         "--loss_scale_type fixed on CPU"]
     assert not (tmp_path / "out").exists()
-    result = cli("src.launch", "check", "--dataset_path", data, "--loss_scale_type", "dynamic")
+    result = cli("src.tools.launch", "check", "--dataset_path", data, "--loss_scale_type",
+                 "dynamic")
     assert result.returncode == 2 and "dynamic loss scale does not run on CPU" in result.stderr
 
 
 def test_export_writes_the_same_forms_on_every_device(monkeypatch):
     """A file is written once and runs anywhere: each format's conv form does not follow the
     device that exports it (a MINDIR exported on a GPU kept grouped convs before)."""
-    from src.exporter import EXPORT_CONV_IMPL
+    from src.deploy.exporter import EXPORT_CONV_IMPL
     from src.models import layers
     forms = {}
     for target in ("CPU", "GPU", "Ascend"):

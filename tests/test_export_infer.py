@@ -7,9 +7,9 @@ import mindspore as ms
 import numpy as np
 import pytest
 
+from src.deploy.predictor import Predictor, image_files, preprocess
 from src.model_utils.config import get_config
 from src.models import create_network, list_networks
-from src.predictor import Predictor, image_files, preprocess
 from tests.helpers import ROOT, randomize_weights, saved_checkpoint, write_image_folder
 
 pytestmark = pytest.mark.slow
@@ -79,7 +79,7 @@ def test_every_variant_exports_to_onnx_and_mindir_with_the_fast_layers_logits(tm
     open) and MINDIR give the same logits, and so does the unfused network."""
     import onnxruntime as ort
 
-    from src.exporter import EXPORT_CONV_IMPL, write_model
+    from src.deploy.exporter import EXPORT_CONV_IMPL, write_model
     from src.models.layers import FusedSequence
     x = np.random.RandomState(0).rand(2, 3, 32, 32).astype(np.float32)
     ms.set_context(mode=ms.PYNATIVE_MODE)  # no compile for the two references: the exports compile

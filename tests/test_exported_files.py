@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from src.exporter import export
+from src.deploy.exporter import export
 from tests.helpers import RESULT, randomize_weights, saved_checkpoint, write_cifar_folder
 
 NET, CLASSES, SIDE = "mobilenet_v1_025", 4, 64  # exported at 64, the yaml's image_size is 32

@@ -1,13 +1,13 @@
-"""src/launch.py on its own: the rank-table plan and its refusals, and the checks the launch
+"""src/tools/launch.py on its own: the rank-table plan and its refusals, and the checks the launch
 scripts make before any worker starts."""
 import json
 import re
 
 import pytest
 
-from src import launch
 from src.errors import UserError
-from src.launch import check_train_args, read_rank_table
+from src.tools import launch
+from src.tools.launch import check_train_args, read_rank_table
 from tests.helpers import write_image_folder
 
 
@@ -135,7 +135,7 @@ def test_msrun_is_patched_only_on_a_node_that_shares_the_masters_address(cli, mo
     assert launch.msrun_for("10.1.2.3") == "one-scheduler"
     assert launch.msrun_for("no-such-host.invalid") == "msrun"
     monkeypatch.setattr(launch, "MSRUN_LOCAL_CHECK", (launch.MSRUN_LOCAL_CHECK[0], "_renamed"))
-    result = cli("src.launch", "msrun-for", "127.0.0.1")
+    result = cli("src.tools.launch", "msrun-for", "127.0.0.1")
     assert result.returncode == 2 and result.error_lines() == [
         "error: this node has node 0's address 127.0.0.1, and this MindSpore's msrun has no "
         "mindspore.parallel.cluster.process_entity._api._renamed to keep a second scheduler off "

@@ -1,6 +1,7 @@
-"""The import graph: src/models/ (the networks, the ground floor) imports nothing of src/ above
-it, and src/ has no import circle. Read from the source (every import statement, those inside
-functions too), so a late import cannot hide an arrow."""
+"""The import graph: src/ stands in floors, each importing only its own floor and those below
+(the networks at the bottom, the command-line tools at the top), with no import circle; only
+src/training/distributed.py talks to the other ranks. Read from the source (every import
+statement, those inside functions too), so a late import cannot hide an arrow."""
 import ast
 import os
 import re
@@ -61,8 +62,10 @@ def test_the_checker_sees_an_arrow_up(tmp_path):
     models = tmp_path / "src" / "models"
     models.mkdir(parents=True)
     planted = models / "registry.py"
-    planted.write_text("def f():\n    from ..pretrained import fetch\n    import src.convert\n")
-    assert {"src.pretrained", "src.convert"} <= imported_modules(str(planted), str(tmp_path))
+    planted.write_text("def f():\n    from ..weights.pretrained import fetch\n"
+                       "    import src.weights.convert\n")
+    assert {"src.weights.pretrained", "src.weights.convert"} <= imported_modules(str(planted),
+                                                                                 str(tmp_path))
 
 
 def test_src_has_no_import_circle():
@@ -90,6 +93,81 @@ def test_src_has_no_import_circle():
     for module in sorted(graph):
         if module not in state:
             visit(module)
+
+
+# The floors, bottom up: a module's floor is that of the longest prefix of its name listed here.
+FLOORS = (
+    ("src.models",),  # the networks
+    ("src.errors", "src.progress", "src.CrossEntropySmooth", "src.lr_generator",
+     "src.model_utils", "src.dataset", "src.device", "src.checkpoint", "src.cli"),  # shared
+    ("src.weights",),  # other sources' weights
+    ("src.deploy",),  # evaluation, prediction, export
+    ("src.training",),  # the trainer and its callbacks, run state and ranks
+    ("src.tools", "src"),  # the tools and the package's API
+)
+
+
+def floor_of(module: str) -> int:
+    best, found = "", None
+    for level, names in enumerate(FLOORS):
+        for name in names:
+            if (module == name or module.startswith(name + ".")) and len(name) > len(best):
+                best, found = name, level
+    assert found is not None, f"{module} is on no floor: add it to FLOORS"
+    return found
+
+
+def test_every_arrow_points_down_or_across():
+    modules = src_modules()
+    up = []
+    for path in python_files(SRC):
+        name = module_name(path)
+        for target in sorted(imported_modules(path) & modules):
+            if target != "src" and floor_of(target) > floor_of(name):
+                up.append(f"{name} (floor {floor_of(name)}) imports {target} "
+                          f"(floor {floor_of(target)})")
+    assert not up, "\n".join(up)
+
+
+# MindSpore's collective operators: a rank that calls one waits for every other rank.
+COMMUNICATION_OPS = {"AllReduce", "AllGather", "Broadcast", "ReduceScatter", "AlltoAll",
+                     "Send", "Receive", "Barrier", "all_reduce", "all_gather_into_tensor",
+                     "broadcast", "barrier", "reduce_scatter_tensor"}
+DISTRIBUTED = os.path.join(SRC, "training", "distributed.py")
+
+
+def communication_calls(path: str) -> list:
+    """Where ``path`` imports mindspore.communication or names a collective operator."""
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), path)
+    found = []
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module]
+        if any(n.startswith("mindspore.communication") for n in names):
+            found.append(f"line {node.lineno}: imports {names[0]}")
+        if isinstance(node, ast.Attribute) and node.attr in COMMUNICATION_OPS:
+            found.append(f"line {node.lineno}: {node.attr}")
+    return found
+
+
+def test_only_the_distributed_module_talks_to_other_ranks():
+    found = {os.path.relpath(p, ROOT): communication_calls(p)
+             for p in python_files(SRC) if p != DISTRIBUTED}
+    assert not {p: c for p, c in found.items() if c}
+    assert communication_calls(DISTRIBUTED)  # it does, so the check reads the right names
+
+
+def test_the_checker_sees_a_collective_call(tmp_path):
+    planted = tmp_path / "trainer.py"
+    planted.write_text("from mindspore import ops\n"
+                       "def f(x):\n    from mindspore.communication import init\n"
+                       "    return ops.AllReduce()(x)\n")
+    assert communication_calls(str(planted)) == ["line 3: imports mindspore.communication",
+                                                 "line 4: AllReduce"]
 
 
 # Documents of the team's own, which a user who clones this repository does not have.

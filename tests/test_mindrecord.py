@@ -1,4 +1,4 @@
-"""MindRecord shards of an image folder (python -m src.mindrecord), read with --dataset
+"""MindRecord shards of an image folder (python -m src.tools.mindrecord), read with --dataset
 mindrecord; and sharding by rank for every data set kind: each sample once per epoch over all
 ranks, the same steps on every rank."""
 import hashlib
@@ -9,8 +9,8 @@ import shutil
 import pytest
 
 from src.dataset import create_dataset
-from src.mindrecord import convert
 from src.model_utils.config import get_config
+from src.tools.mindrecord import convert
 from tests.helpers import RESULT, saved_checkpoint, write_cifar_folder, write_image_folder
 
 CLASSES = 3
@@ -113,7 +113,7 @@ def bad_conversions(data, tmp_path):
                                   "0 shards", "val classes differ"])
 def test_bad_input_to_the_converter_is_one_line(data, cli, tmp_path, case):
     argv, expected = bad_conversions(data, tmp_path)[case]
-    result = cli("src.mindrecord", *argv)
+    result = cli("src.tools.mindrecord", *argv)
     assert result.returncode == 2, (result.stdout, result.stderr)
     lines = result.error_lines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from src.checkpoint import read_checkpoint, resolve
+from src.deploy.predictor import Predictor
 from src.errors import UserError
 from src.model_utils.config import get_config
-from src.predictor import Predictor
 from tests.helpers import saved_checkpoint, write_image_folder
 
 NET = "mobilenet_v1_025"
@@ -93,8 +93,8 @@ def spy_on_data(monkeypatch, module):
 
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_eval_uses_the_table(world, bare, cell, monkeypatch, cli):
-    import src.evaluator
-    spy_on_data(monkeypatch, src.evaluator)
+    import src.deploy.evaluator
+    spy_on_data(monkeypatch, src.deploy.evaluator)
     flags, ckpt, expected = CELLS[cell]
     with pytest.raises(Seen) as seen:
         cli("eval.py", "--config_path", world["yaml"], "--dataset_path", world["data"],
@@ -129,8 +129,8 @@ def test_pretrained_uses_the_table(world, bare, cell, monkeypatch, cli, tmp_path
     """Fine-tuning takes the weights' layout and their input normalisation (flag, then the
     checkpoint's, then the yaml's); the image size is the fine-tuning data's (flag, then yaml):
     a checkpoint's recorded size says how it was trained, not how the new data looks."""
-    import src.trainer
-    spy_on_data(monkeypatch, src.trainer)
+    import src.training.trainer
+    spy_on_data(monkeypatch, src.training.trainer)
     flags, ckpt, expected = CELLS[cell]
     with pytest.raises(Seen) as seen:
         cli("train.py", "--config_path", world["yaml"], "--dataset_path", world["data"],

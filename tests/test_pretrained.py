@@ -71,8 +71,8 @@ def publish(server, monkeypatch, network, data: bytes, make_record, name):
     with open(os.path.join(server.root, file), "wb") as f:
         f.write(data)
     record = make_record(file)
-    import src.pretrained
-    monkeypatch.setattr(src.pretrained, "published_weights",
+    import src.weights.pretrained
+    monkeypatch.setattr(src.weights.pretrained, "published_weights",
                         lambda n: (record,) if n == network else ())
     return record
 
@@ -126,7 +126,7 @@ def test_a_hash_mismatch_is_refused_and_deleted(server, monkeypatch, tmp_path, c
 
 def test_a_cut_download_leaves_nothing_loadable_and_resumes(server, monkeypatch, tmp_path):
     from src.errors import UserError
-    from src.pretrained import fetch
+    from src.weights.pretrained import fetch
     data = mindcv_file(tmp_path)
     record = publish(server, monkeypatch, NET, data,
                      lambda f: mindcv(f"shufflenet/{f}", 60.0, 80.0, num_classes=3),
@@ -143,13 +143,13 @@ def test_a_cut_download_leaves_nothing_loadable_and_resumes(server, monkeypatch,
 
 
 def test_no_connection_unknown_tag_and_a_file_placed_by_hand(tmp_path, monkeypatch, cli):
-    import src.pretrained
+    import src.weights.pretrained
     monkeypatch.setenv("ZOO_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("ZOO_MIRROR", "http://127.0.0.1:9")  # nothing listens on the discard port
     result = cli("eval.py", "--pretrained", "mindcv", "--network", NET)
     lines = result.error_lines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr
-    real = src.pretrained.find(NET, "mindcv")
+    real = src.weights.pretrained.find(NET, "mindcv")
     weights = tmp_path / "home" / "weights"
     assert lines[0].startswith("error: cannot download http://127.0.0.1:9/") and \
         f"place {real.file_name} in {weights} by hand" in lines[0]
@@ -157,15 +157,16 @@ def test_no_connection_unknown_tag_and_a_file_placed_by_hand(tmp_path, monkeypat
                  "--dataset_path", tmp_path)  # a folder: a missing one is refused first
     assert result.error_lines() == [
         f"error: no weights published as 'imagenet21k' for {NET} (--pretrained): give one of: "
-        "mindcv, torchvision, megvii (python -m src.pretrained lists them), or a checkpoint file"]
+        "mindcv, torchvision, megvii (python -m src.weights.pretrained lists them), or a "
+        "checkpoint file"]
     # The file placed in the cache by hand, with the digits its name gives: used as it is.
     data = mindcv_file(tmp_path)
     file = f"{NET}-{hashlib.sha256(data).hexdigest()[:8]}.ckpt"
     weights.mkdir(parents=True, exist_ok=True)
     (weights / file).write_bytes(data)
-    monkeypatch.setattr(src.pretrained, "published_weights",
+    monkeypatch.setattr(src.weights.pretrained, "published_weights",
                         lambda n: (mindcv(f"shufflenet/{file}", 60.0, 80.0, 3),))
-    assert read_checkpoint(src.pretrained.fetch(NET, "mindcv"))[1]["num_classes"] == 3
+    assert read_checkpoint(src.weights.pretrained.fetch(NET, "mindcv"))[1]["num_classes"] == 3
 
 
 def torch_source_file(kind, tmp_path):
@@ -209,8 +210,8 @@ def test_converted_on_download_gives_the_logits_of_converting_by_hand(kind, serv
         (tmp_path / "served" / data_name).write_bytes(data)
         record = PublishedWeights("timm", f"https://huggingface.co/timm/m/resolve/main/"
                                   f"{data_name}", 75.38, 92.31, input_norm="inception")
-        import src.pretrained
-        monkeypatch.setattr(src.pretrained, "published_weights",
+        import src.weights.pretrained
+        monkeypatch.setattr(src.weights.pretrained, "published_weights",
                             lambda n: (record,) if n == network else ())
         (tmp_path / "by_hand.safetensors").write_bytes(data)
     by_hand = tmp_path / "by_hand.ckpt"

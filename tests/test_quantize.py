@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from src.exporter import export
+from src.deploy.exporter import export
 from tests.helpers import (
     RESULT,
     randomize_weights,
@@ -82,8 +82,8 @@ def test_int8_scores_and_infers_like_the_float32_file(made, cli):
 
 
 def test_int8_logits_follow_the_float32_logits(made):
+    from src.deploy.predictor import Predictor
     from src.model_utils.config import get_config
-    from src.predictor import Predictor
     batch = np.random.RandomState(1).randn(8, 3, 32, 32).astype(np.float32)
     config = get_config([])
     fp32 = Predictor(made["onnx"], config).logits(batch)

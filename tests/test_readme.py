@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from src.model_utils.config import markdown_table
-from src.pretrained import results_table, table
+from src.weights.pretrained import results_table, table
 from tests.helpers import ROOT, saved_checkpoint
 
 README = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from src.checkpoint import read_checkpoint
-from src.run_state import RunState
+from src.training.run_state import RunState
 from tests.helpers import LOSS, ROOT, run_entry, write_cifar_folder
 
 pytestmark = pytest.mark.slow
@@ -152,7 +152,7 @@ def test_sigterm_stops_with_a_checkpoint_that_resume_continues(tmp_path):
 
 def test_a_second_run_on_a_folder_in_use_is_refused(tmp_path, cli):
     """The first run's lock (here held by this process, as a training run holds it)."""
-    from src.trainer import run_lock
+    from src.training.run_state import run_lock
     data = write_cifar_folder(str(tmp_path / "cifar"), train_count=32, test_count=8)
     folder = tmp_path / "run" / "ckpt_0"
     folder.mkdir(parents=True)

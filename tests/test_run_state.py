@@ -7,8 +7,17 @@ import pytest
 
 from src.errors import UserError
 from src.model_utils.config import get_config
-from src.run_state import RunState, checkpoint_name, read_metrics, truncate_metrics, write_metrics
-from src.trainer import Start, prepare_folder, resume_candidates, run_lock
+from src.training.run_state import (
+    RunState,
+    Start,
+    checkpoint_name,
+    prepare_folder,
+    read_metrics,
+    resume_candidates,
+    run_lock,
+    truncate_metrics,
+    write_metrics,
+)
 from tests.helpers import saved_checkpoint
 
 NET = "mobilenet_v1_025"

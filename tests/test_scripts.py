@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from src.run_state import RunState
+from src.training.run_state import RunState
 from tests.helpers import ROOT, write_cifar_folder, write_image_folder
 
 pytestmark = pytest.mark.slow

@@ -1,9 +1,10 @@
-"""docs/SIZING.md is what `python -m src.sizing` prints, and its rules compute what they say."""
+"""docs/SIZING.md is what `python -m src.tools.sizing` prints, and its rules compute what they
+say."""
 import os
 
 import pytest
 
-from src.sizing import (
+from src.tools.sizing import (
     allreduce_rows,
     markdown,
     parameter_counts,
@@ -33,4 +34,4 @@ def test_the_doc_is_the_scripts_output():
     """Builds the 28 networks for their parameter counts (about 20 s)."""
     with open(os.path.join(ROOT, "docs", "SIZING.md"), encoding="utf-8") as f:
         assert f.read() == markdown(parameter_counts(), recipe()), \
-            "run: python -m src.sizing > docs/SIZING.md"
+            "run: python -m src.tools.sizing > docs/SIZING.md"

@@ -14,8 +14,9 @@ import yaml
 
 from src.errors import ArgumentParser, UserError
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), "default_config.yaml")
+# The repository's folder: the entry points and the yaml recipes are at its top.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEFAULT_CONFIG = os.path.join(REPO_ROOT, "default_config.yaml")
 
 # Keys whose values are real numbers even where a yaml writes them as 0 or 1.
 FLOAT_KEYS = {"lr_init", "lr_max", "lr_end", "warmup_epochs", "momentum", "weight_decay",

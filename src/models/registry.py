@@ -62,7 +62,7 @@ def create_network(name: str, num_classes: int = None, **kwargs):
     ``kwargs`` are the family's options (``pool_pad``, ``shuffle_order``, ``conv_impl``,
     ``activation``, ``in_channels``). An unknown name raises ValueError with close matches.
     This layer knows nothing of weights files: ``src.create_network(name, pretrained=TAG)``
-    (src/pretrained.py) builds through here and loads a source's published weights.
+    (src/weights/pretrained.py) builds through here and loads a source's published weights.
     """
     _check_name(name)
     if kwargs.get("pretrained"):

@@ -1,8 +1,8 @@
 """What each source publishes of our networks' ImageNet weights: one record per file.
 
 The family modules list them (``PRETRAINED``), as timm's ``pretrained_cfg`` and MindCV's
-``default_cfgs`` do; ``src/pretrained.py`` downloads, verifies, converts and caches them. The
-top-1/top-5 are each source's published figures, not ours.
+``default_cfgs`` do; ``src/weights/pretrained.py`` downloads, verifies, converts and caches them.
+The top-1/top-5 are each source's published figures, not ours.
 """
 import dataclasses
 import re

@@ -6,12 +6,7 @@ import mindspore as ms
 import numpy as np
 
 from src.checkpoint import load_weights, read_checkpoint, resolve
-from src.device import use_device
-from src.errors import ArgumentParser, UserError, writable_folder
-from src.model_utils.config import MAX_IMAGE_SIZE, get_config, parse_bool
-from src.models.layers import fold_batch_norms
-from src.pretrained import checkpoint_of
-from src.quantize import (
+from src.deploy.quantize import (
     DEFAULT_CALIBRATION_IMAGES,
     INT8_SUFFIX,
     check_calibration_args,
@@ -20,6 +15,11 @@ from src.quantize import (
     quantize_onnx,
     write_sidecar,
 )
+from src.device import use_device
+from src.errors import ArgumentParser, UserError, writable_folder
+from src.model_utils.config import MAX_IMAGE_SIZE, get_config, parse_bool
+from src.models.layers import fold_batch_norms
+from src.weights.pretrained import checkpoint_of
 
 FORMATS = ("MINDIR", "ONNX", "AIR")
 SUFFIX = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
@@ -147,7 +147,7 @@ def _check_quantize(args, fmt: str) -> bool:
 
 def _quantize_file(args, config) -> str:
     """--quantize int8 --model FILE.onnx: the INT8 form of a float32 export of ours."""
-    from src.predictor import Predictor
+    from src.deploy.predictor import Predictor
     predictor = Predictor(args.model, config)
     if predictor.kind != ".onnx":
         raise UserError(f"a {predictor.kind} file cannot be quantized here", args.model,

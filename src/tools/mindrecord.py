@@ -1,6 +1,6 @@
 """An ImageNet-style folder as MindRecord shards, MindSpore's own format for large data sets:
 
-    python -m src.mindrecord SOURCE OUTPUT [--shards 8]
+    python -m src.tools.mindrecord SOURCE OUTPUT [--shards 8]
 
 SOURCE holds train/ and val/ (or validation_preprocess/) of class folders, as training reads
 them; OUTPUT gets train.mindrecord0..N-1 and val.mindrecord0..N-1 (the JPEG bytes as they are,

@@ -12,7 +12,7 @@ from src.dataset import check_layout, create_dataset
 from src.device import use_device
 from src.errors import UserError
 from src.model_utils.config import with_values
-from src.pretrained import checkpoint_of
+from src.weights.pretrained import checkpoint_of
 
 EVAL_LOG = "eval_log.txt"
 
@@ -55,7 +55,7 @@ def evaluate_file(config, path: str) -> dict:
     """The result line of an exported file (export.py's MINDIR or ONNX, float32 or INT8) on
     the validation set, read through the same pipeline as a checkpoint's: the pixels its
     sidecar records, the size and classes its graph declares."""
-    from src.predictor import Predictor
+    from src.deploy.predictor import Predictor
     if config.checkpoint_path or config.pretrained:
         raise UserError("both --model and a checkpoint given", "command line",
                         "give --model FILE or --checkpoint_path CKPT, not both")

@@ -111,7 +111,7 @@ def calibration_set(record, config, path: str, count: int, size: tuple):
             for row in data.create_tuple_iterator(output_numpy=True):
                 yield row[0].reshape((-1,) + row[0].shape[2:]).astype(np.float32)
     else:
-        from src.predictor import image_files, preprocess
+        from src.deploy.predictor import image_files, preprocess
         try:
             files = image_files([path])
         except UserError:

@@ -146,13 +146,13 @@ def check_compared(args) -> None:
 
 
 def check_model_file(args) -> None:
-    """The --model file against its own graph (src.predictor's checks): a given --image_size or
-    --batch_size that contradicts it is one line; one not given is the file's."""
+    """The --model file against its own graph (src.deploy.predictor's checks): a given
+    --image_size or --batch_size that contradicts it is one line; one not given is the file's."""
     if args.mode != "infer":
         raise UserError("an exported file is timed in infer mode only", "--model",
                         "give --mode infer")
+    from src.deploy.predictor import Predictor
     from src.model_utils.config import get_config
-    from src.predictor import Predictor
     config = get_config([f"--image_size={args.image_size}"] if "image_size" in args.explicit
                         else [])
     batch = args.batch_size if "batch_size" in args.explicit else None
@@ -170,8 +170,8 @@ def compared(args) -> list:
 def _file_setup(args) -> dict:
     """{batch: the timed call} of the --model file, as infer.py runs it (a fixed-batch file
     gets batch 1 padded to its batch)."""
+    from src.deploy.predictor import Predictor
     from src.model_utils.config import get_config
-    from src.predictor import Predictor
     predictor = Predictor(args.model, get_config([]))
     return {batch: functools.partial(predictor.logits, np.random.rand(
         batch, 3, args.image_size, args.image_size).astype(np.float32)) for batch in shapes(args)}
@@ -202,7 +202,7 @@ def _mindspore_setup(args, impl) -> dict:
         import mindcv
         net = mindcv.create_model(args.network, num_classes=1000)
     else:
-        from src.exporter import EXPORT_CONV_IMPL
+        from src.deploy.exporter import EXPORT_CONV_IMPL
         from src.models import create_network
         conv_impl = {"ours": args.conv_impl, "standard": "mindspore"}.get(impl) or \
             EXPORT_CONV_IMPL[impl.upper()]  # mindir, onnx: the network export.py writes
@@ -235,7 +235,7 @@ def _exported(args, net, impl):
     runs the file: a GraphCell on the MINDIR, or an onnxruntime session on the ONNX file."""
     import mindspore as ms
 
-    from src.exporter import write_model
+    from src.deploy.exporter import write_model
     side = args.image_size
     path = write_model(net, impl.upper(), os.path.join(tempfile.mkdtemp(), "net"), side, side)
     if impl == "mindir":
@@ -563,7 +563,7 @@ def side_by_side(args, mine: dict, theirs: dict) -> dict:
     return ratio
 
 
-# train.py's progress line (src/callbacks.py's ProgressMonitor) and the figure it reports
+# train.py's progress line (src/training/callbacks.py's ProgressMonitor) and the figure it reports
 PROGRESS_RATE = re.compile(r"^epoch: \d+ step: \d+, .*images/s: ([\d.]+|\?), eta: ", re.M)
 
 
@@ -577,8 +577,8 @@ def time_train_py(args) -> dict:
     steps = skip + args.steps * args.rounds
     root = tempfile.mkdtemp(prefix="benchmark-train-py-")
     images = write_jpeg_folder(os.path.join(root, "images"), count=max(args.batch_sizes) * steps)
-    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          "train.py")
+    from src.model_utils.config import REPO_ROOT
+    script = os.path.join(REPO_ROOT, "train.py")
     figures = {"by_batch": {}}
     for batch in args.batch_sizes:
         data = linked_subset(images, os.path.join(root, f"data-{batch}"), batch * steps)

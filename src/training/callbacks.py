@@ -14,7 +14,7 @@ from mindspore.train import Callback
 
 from src.checkpoint import save_atomically
 from src.errors import UserError
-from src.run_state import best_name, checkpoint_name, pending_best_name, write_metrics
+from src.training.run_state import best_name, checkpoint_name, pending_best_name, write_metrics
 
 
 def global_step(optimizer) -> int:
@@ -201,7 +201,8 @@ class RunRecorder(Callback):
     epoch checkpoint (every ``save_every`` epochs and after the last), save a new best under a
     pending name, commit the run state, then put the best in place and remove what
     ``keep_checkpoint_max`` no longer keeps. A crash anywhere leaves the folder as the last
-    commit says (src/run_state.py). ``save_stop`` saves the checkpoint a stop by signal needs.
+    commit says (src/training/run_state.py). ``save_stop`` saves the checkpoint a stop by signal
+    needs.
 
     Checkpoints are named ``{network}-{epoch}_{step}.ckpt`` (ModelCheckpoint would rename to
     ``{network}_1-...`` in a folder that already has some, and writes in place) and carry

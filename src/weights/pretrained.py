@@ -10,9 +10,10 @@ the file a source publishes of a network, verifies it, converts it and caches it
   carries (MindCV's, torchvision's). A file whose hash does not match is deleted.
 - ``ZOO_MIRROR=https://host[/prefix]`` replaces the scheme and host of every URL, for a mirror
   behind a firewall or closer to you.
-- ``python -m src.pretrained`` lists every network's published weights: tag, source, published
-  top-1/top-5, file size, cached or not. ``--markdown`` prints them as docs/PRETRAINED.md's
-  table, ``--results`` as the README's, ``NETWORK TAG`` fetches one into the cache.
+- ``python -m src.weights.pretrained`` lists every network's published weights: tag, source,
+  published top-1/top-5, file size, cached or not. ``--markdown`` prints them as
+  docs/PRETRAINED.md's table, ``--results`` as the README's, ``NETWORK TAG`` fetches one into
+  the cache.
 """
 import hashlib
 import os
@@ -52,7 +53,7 @@ def find(network: str, tag: str):
             return record
     known = ", ".join(r.tag for r in records) or "none"
     raise UserError(f"no weights published as {tag!r} for {network}", "--pretrained",
-                    f"give one of: {known} (python -m src.pretrained lists them), or a "
+                    f"give one of: {known} (python -m src.weights.pretrained lists them), or a "
                     "checkpoint file")
 
 
@@ -165,7 +166,7 @@ def read_source(path: str, record, network: str) -> tuple:
                             f"{network}", path, "delete it; the next call downloads it again")
         params = merge_split_groups(params)
         return {n: p.asnumpy() for n, p in params.items()}, {**meta, **pixels}
-    from src.convert import convert, read_torch_state
+    from src.weights.convert import convert, read_torch_state
     params, meta = convert(read_torch_state(path), record.tag, network, path)
     return params, {**meta, **pixels}
 
@@ -269,8 +270,8 @@ def main(argv):
         print("\n".join(table()))
         print(f"cache: {cache_dir()}  (published figures of each source, not measured here)")
     else:
-        raise UserError("usage: python -m src.pretrained [--markdown | --results | NETWORK TAG]",
-                        "command line", "give no argument to list the weights")
+        raise UserError("usage: python -m src.weights.pretrained [--markdown | --results | "
+                        "NETWORK TAG]", "command line", "give no argument to list the weights")
 
 
 if __name__ == "__main__":

@@ -1,17 +1,17 @@
 """What the launch scripts ask before they start workers.
 
-- ``python -m src.launch RANK_TABLE_FILE`` (scripts/run_distribute_train.sh) prints one line per
-  device of this server of an Ascend rank table, ``RANK_ID DEVICE_ID RANK_SIZE SERVER_INDEX``,
-  sorted by rank, or one ``error:`` line and exit code 2 when the table is malformed, its
-  servers disagree, this host is none of them, or it disagrees with ``RANK_SIZE`` (when set).
-  The server: ``SERVER_ID`` (an index from 0, or a server_id), else the one whose server_id is
-  one of this host's addresses (as the model_zoo's multi-server scripts match them).
-- ``python -m src.launch check TRAIN_ARGS...`` makes the checks train.py makes before it starts
-  anything (the config and its values, the data folder's layout), so a bad argument stops a
+- ``python -m src.tools.launch RANK_TABLE_FILE`` (scripts/run_distribute_train.sh) prints one line
+  per device of this server of an Ascend rank table, ``RANK_ID DEVICE_ID RANK_SIZE SERVER_INDEX``,
+  sorted by rank, or one ``error:`` line and exit code 2 when the table is malformed, its servers
+  disagree, this host is none of them, or it disagrees with ``RANK_SIZE`` (when set). The server:
+  ``SERVER_ID`` (an index from 0, or a server_id), else the one whose server_id is one of this
+  host's addresses (as the model_zoo's multi-server scripts match them).
+- ``python -m src.tools.launch check TRAIN_ARGS...`` makes the checks train.py makes before it
+  starts anything (the config and its values, the data folder's layout), so a bad argument stops a
   multi-process job with one line before any worker starts.
-- ``python -m src.launch msrun-for MASTER_ADDR`` (scripts/run_distribute_train_gpu.sh, on nodes
-  other than 0) prints ``msrun`` where MASTER_ADDR is another host, and ``one-scheduler`` where
-  it is this one (several nodes on one machine): there msrun would start a second scheduler,
+- ``python -m src.tools.launch msrun-for MASTER_ADDR`` (scripts/run_distribute_train_gpu.sh, on
+  nodes other than 0) prints ``msrun`` where MASTER_ADDR is another host, and ``one-scheduler``
+  where it is this one (several nodes on one machine): there msrun would start a second scheduler,
   so the script keeps it off through msrun's private ``_is_local_ip``; if a MindSpore release
   has renamed that, one error line.
 """
@@ -167,7 +167,7 @@ def check_train_args(argv) -> None:
     """train.py's checks that need no device: the config, then the data folder's layout."""
     from src.dataset import check_layout
     from src.model_utils.config import get_config
-    from src.trainer import check_recipe
+    from src.training.trainer import check_recipe
     config = get_config(argv)
     check_recipe(config)
     check_layout(config.dataset, config.dataset_path)
@@ -181,7 +181,7 @@ def main(argv):
         print(msrun_for(argv[1]))
         return
     if len(argv) != 1:
-        raise UserError("usage: python -m src.launch RANK_TABLE_FILE", "command line",
+        raise UserError("usage: python -m src.tools.launch RANK_TABLE_FILE", "command line",
                         "give the rank table path")
     plan, total, server = read_rank_table(argv[0], os.environ.get("SERVER_ID"))
     for rank, device in plan:

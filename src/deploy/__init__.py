@@ -1,0 +1,1 @@
+"""Using trained weights: evaluation, prediction, export and INT8 quantization."""

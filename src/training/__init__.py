@@ -1,0 +1,1 @@
+"""Training: the trainer, its callbacks, the run folder's state, the cross-rank plumbing."""

@@ -1,0 +1,1 @@
+"""Other sources' published weights: download, verify, convert, cache."""
