@@ -6,11 +6,12 @@ import mindspore as ms
 import numpy as np
 import pytest
 
-from src.checkpoint import build_network, load_weights, read_checkpoint
+from src.checkpoint import load_weights, read_checkpoint
 from src.dataset import INPUT_NORMS
 from src.models import create_network
-from src.weights.convert import convert_command, megvii_shuffle_permutation
-from tests.helpers import RESULT, write_image_folder
+from src.models.shufflenet_v1 import megvii_shuffle_permutation
+from src.weights.convert import convert_command
+from tests.helpers import RESULT, network_of, write_image_folder
 
 torch = pytest.importorskip("torch", reason="torch==2.13.0 is in requirements-test.txt")
 from reference import torch_models as ref  # noqa: E402  (needs torch)
@@ -55,7 +56,7 @@ def converted_logits(source, network, theirs, tmp_path, x):
     out = str(tmp_path / "converted.ckpt")
     convert_command(["--source", source, "--network", network, str(tmp_path / "source.pth"), out])
     params, meta = read_checkpoint(out)
-    ours = build_network(meta)
+    ours = network_of(meta)
     load_weights(ours, params, out)
     ours.set_train(False)
     return ours(ms.Tensor(x)).asnumpy(), meta
@@ -63,8 +64,12 @@ def converted_logits(source, network, theirs, tmp_path, x):
 
 def test_megvii_v1_needs_the_permutation(tmp_path, monkeypatch):
     """Without moving megvii's shuffle before the depthwise conv, its logits are not reproduced."""
-    from src.weights.convert import SOURCES
-    monkeypatch.setitem(SOURCES["megvii"]["fixups"], "shufflenet_v1", lambda params, net: None)
+    import dataclasses
+
+    from src.models import shufflenet_v1
+    family = shufflenet_v1.FAMILY
+    unfixed = dataclasses.replace(family.sources["megvii"], fixup=None)
+    monkeypatch.setitem(family.sources, "megvii", unfixed)
     theirs = ref.randomize(ref.MegviiShuffleNetV1(3, 0.5), seed=5)
     x = np.random.RandomState(1).randn(1, 3, 224, 224).astype(np.float32)
     got, _ = converted_logits("megvii", "shufflenet_v1_g3_05", theirs, tmp_path, x)

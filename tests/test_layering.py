@@ -129,6 +129,43 @@ def test_every_arrow_points_down_or_across():
     assert not up, "\n".join(up)
 
 
+# What the family records (src/models/family.py) stand for: the families' modules, their tables
+# of published weights, and the registry behind the package's names.
+FAMILY_INTERNALS = {"src.models.registry", "src.models.family", "src.models.weights",
+                    "src.models.shufflenet_v1", "src.models.shufflenet_v2",
+                    "src.models.mobilenet_v1"}
+
+
+def named_modules(path: str) -> set:
+    """The src modules ``path`` imports, and those it names in a string (importlib's reads)."""
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), path)
+    strings = {node.value for node in ast.walk(tree)
+               if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    return imported_modules(path) | {s for s in strings if s.startswith("src.")}
+
+
+def test_outside_the_networks_a_family_is_read_through_its_record():
+    """src/ outside src/models reads the families through src.models' names (family_record,
+    published_weights, checkpoint_sources...), never a family module or its tables."""
+    found = {}
+    for path in python_files(SRC):
+        if not module_name(path).startswith("src.models"):
+            inside = {m for m in named_modules(path)
+                      if any(m == i or m.startswith(i + ".") for i in FAMILY_INTERNALS)}
+            if inside:
+                found[os.path.relpath(path, ROOT)] = sorted(inside)
+    assert not found
+
+
+def test_the_checker_sees_a_family_module_read(tmp_path):
+    planted = tmp_path / "convert.py"
+    planted.write_text("import importlib\nfrom src.models.shufflenet_v1 import PRETRAINED\n"
+                       "LAYOUTS = importlib.import_module('src.models.shufflenet_v2').LAYOUTS\n")
+    assert {"src.models.shufflenet_v1.PRETRAINED", "src.models.shufflenet_v2"} <= \
+        named_modules(str(planted))
+
+
 # MindSpore's collective operators: a rank that calls one waits for every other rank.
 COMMUNICATION_OPS = {"AllReduce", "AllGather", "Broadcast", "ReduceScatter", "AlltoAll",
                      "Send", "Receive", "Barrier", "all_reduce", "all_gather_into_tensor",

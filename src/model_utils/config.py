@@ -7,12 +7,14 @@ an out-of-range value or a bad choice raises UserError naming the key and what i
 """
 import math
 import os
+import sys
 from types import SimpleNamespace
 from typing import NamedTuple, Optional
 
 import yaml
 
-from src.errors import ArgumentParser, UserError
+from src.cli import ArgumentParser, run_main
+from src.errors import UserError
 
 # The repository's folder: the entry points and the yaml recipes are at its top.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -24,14 +26,14 @@ FLOAT_KEYS = {"lr_init", "lr_max", "lr_end", "warmup_epochs", "momentum", "weigh
               "color_jitter"}
 
 
-def owned(module: str, name: str):
-    """The list ``module.name`` owns (a tuple, a dict's keys, or what a function returns), read
-    when first needed: the modules that use a choice own its values, and importing them here
-    would load MindSpore before the config is even parsed."""
+def owned(module: str, name: str, *args):
+    """The list ``module.name`` owns (a tuple, a dict's keys, or what a function returns given
+    ``args``), read when first needed: the modules that use a choice own its values, and
+    importing them here would load MindSpore before the config is even parsed."""
     def values() -> tuple:
         import importlib
         found = getattr(importlib.import_module(module), name)
-        return tuple(found() if callable(found) else found)
+        return tuple(found(*args) if callable(found) else found)
     return values
 
 
@@ -74,8 +76,8 @@ RULES = {
     "network": Choice(owned("src.models", "list_networks"), listed=False),
     "pool_pad": Choice(owned("src.models.layers", "POOL_PADS")),
     "shuffle_order": Choice(owned("src.models.layers", "SHUFFLE_ORDERS")),
-    "activation": Choice(owned("src.models.mobilenet_v1", "ACTIVATIONS")),
-    "layout": Choice(owned("src.models.shufflenet_v2", "LAYOUTS")),
+    "activation": Choice(owned("src.models", "option_values", "activation")),
+    "layout": Choice(owned("src.models", "option_values", "layout")),
     # conv_impl's names before 2026-11 (layers.ALIASES) are still taken, not listed.
     "conv_impl": Choice(owned("src.models.layers", "CONV_IMPLS"),
                         hidden=owned("src.models.layers", "ALIASES")),
@@ -173,7 +175,7 @@ def check_value(key, value, where=""):
         if value not in allowed:  # a registry's long list: the near names and where it is
             shown = ", ".join(rule.shown()) if rule.listed else \
                 f"{_close(str(value), allowed).replace('--', '')} or another of the " \
-                f"{len(allowed)} names `python -m src.models.complexity` lists"
+                f"{len(allowed)} names `python -m src.tools.complexity` lists"
             raise UserError(f"{key} {value!r} is not allowed", where, f"choose {shown}")
     elif isinstance(rule, Range):
         too_high = rule.high is not None and (
@@ -341,5 +343,12 @@ def markdown_table() -> str:
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":
+def main(argv) -> None:
+    """``python -m src.model_utils.config``: docs/CONFIG.md's table."""
+    ArgumentParser(prog="python -m src.model_utils.config", allow_abbrev=False,
+                   description="Print every config key as docs/CONFIG.md's table.").parse_args(argv)
     print(markdown_table(), end="")
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,9 +1,11 @@
 """MobileNetV1 (arXiv 1704.04861) in MindCV's layout: width 0.25, 0.5, 0.75, 1.0."""
-import mindspore as ms
+import re
+
 from mindspore import nn
 from mindspore.common import initializer as init
 
 from . import cpu_kernels
+from .family import Family, SourceLayout
 from .layers import (
     Classifier,
     FusedSequence,
@@ -65,7 +67,7 @@ class SeparableBlock(FusedSequence):
                 stride, "relu6" if act is nn.ReLU6 else "relu")
 
     def construct(self, x):
-        if self.whole_block and self.fusing and not self.training and x.dtype == ms.float32:
+        if self.whole_block and self.fused_eval(x):
             return self.block_op(x, *self.conv_bn_tensors(), self.cell_list[1].eps_tensor)
         return super().construct(x)
 
@@ -106,3 +108,30 @@ class MobileNetV1(nn.Cell):
 
 def build(num_classes=1000, **kwargs) -> MobileNetV1:
     return MobileNetV1(num_classes=num_classes, **kwargs)
+
+
+# ---- other sources' checkpoints of this family
+
+TIMM_STAGE_BLOCKS = (1, 2, 2, 6, 2)  # timm's blocks.s.b: separable blocks per stage
+
+
+def timm_module_name(name: str) -> str:
+    """timm mobilenetv1_100 -> ours: conv_stem/bn1 are features.0/1, blocks.s.b's conv_dw, bn1,
+    conv_pw, bn2 are features.(3 + block).{0,1,3,4}."""
+    stem = {"conv_stem": "features.0", "bn1": "features.1"}
+    if name in stem:
+        return stem[name]
+    match = re.fullmatch(r"blocks\.(\d+)\.(\d+)\.(conv_dw|bn1|conv_pw|bn2)", name)
+    if match:
+        stage, block = int(match.group(1)), int(match.group(2))
+        unit = 3 + sum(TIMM_STAGE_BLOCKS[:stage]) + block
+        index = {"conv_dw": 0, "bn1": 1, "conv_pw": 3, "bn2": 4}[match.group(3)]
+        return f"features.{unit}.{index}"
+    return name
+
+
+FAMILY = Family(
+    "mobilenet_v1", VARIANTS, build, stem_and_head, OPTIONS,
+    option_values={"activation": tuple(ACTIVATIONS)}, pretrained=PRETRAINED,
+    mindcv_layout=MINDCV_LAYOUT,
+    sources={"timm": SourceLayout({"activation": "relu6"}, "inception", timm_module_name)})

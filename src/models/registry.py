@@ -1,14 +1,12 @@
-"""The one registry of networks: every variant by name, built by ``create_network``."""
+"""The one registry of networks: every variant by name, built by ``create_network``, read from
+the families' records (family.Family: each family module's ``FAMILY``)."""
 import difflib
 
 from . import mobilenet_v1, shufflenet_v1, shufflenet_v2
 
-# name -> (family module, constructor arguments); the families hold the variant tables.
-_REGISTRY = {
-    name: (family, args)
-    for family in (shufflenet_v1, shufflenet_v2, mobilenet_v1)
-    for name, args in family.VARIANTS.items()
-}
+FAMILIES = (shufflenet_v1.FAMILY, shufflenet_v2.FAMILY, mobilenet_v1.FAMILY)
+# name -> (family record, constructor arguments)
+_REGISTRY = {name: (family, args) for family in FAMILIES for name, args in family.variants.items()}
 
 
 def list_networks() -> list:
@@ -16,30 +14,52 @@ def list_networks() -> list:
     return sorted(_REGISTRY)
 
 
-def family_of(name: str) -> str:
-    """The family module's short name (shufflenet_v1, shufflenet_v2, mobilenet_v1)."""
+def family_record(name: str):
+    """The record of ``name``'s family (family.Family): its options, published weights, MindCV
+    layout and other sources' checkpoint layouts."""
     _check_name(name)
-    return _REGISTRY[name][0].__name__.rsplit(".", 1)[-1]
+    return _REGISTRY[name][0]
+
+
+def family_of(name: str) -> str:
+    """The family's short name (shufflenet_v1, shufflenet_v2, mobilenet_v1)."""
+    return family_record(name).name
 
 
 def options_of(name: str) -> tuple:
     """The layout options the family of ``name`` takes (pool_pad, shuffle_order, activation...)."""
-    _check_name(name)
-    return _REGISTRY[name][0].OPTIONS
+    return family_record(name).options
 
 
 def published_weights(name: str) -> tuple:
     """The ImageNet weights sources publish of ``name`` (weights.PublishedWeights), in the order
     its family lists them (the first is the default)."""
-    _check_name(name)
-    return _REGISTRY[name][0].PRETRAINED.get(name, ())
+    return family_record(name).pretrained.get(name, ())
 
 
 def mindcv_layout(name: str) -> dict:
     """How MindCV's checkpoints of ``name``'s family look: {"marker": a parameter only that
     family has, "stem": the stem conv's parameter, "options": our options for its code}."""
-    _check_name(name)
-    return _REGISTRY[name][0].MINDCV_LAYOUT
+    return family_record(name).mindcv_layout
+
+
+def option_values(option: str) -> tuple:
+    """The values a family's own option takes (``layout``, ``activation``), from the family that
+    owns it."""
+    for family in FAMILIES:
+        if option in family.option_values:
+            return tuple(family.option_values[option])
+    raise KeyError(f"no family owns the option {option!r}")
+
+
+def checkpoint_sources() -> dict:
+    """source tag -> the families whose checkpoints of that source convert (megvii, torchvision,
+    timm), in registry order."""
+    found = {}
+    for family in FAMILIES:
+        for tag in family.sources:
+            found.setdefault(tag, []).append(family.name)
+    return {tag: tuple(names) for tag, names in found.items()}
 
 
 def variant_args(name: str) -> dict:

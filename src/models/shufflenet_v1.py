@@ -1,12 +1,14 @@
 """ShuffleNetV1 (arXiv 1707.01083) in MindCV's layout: 20 variants, g in {1,2,3,4,8} x 4 widths."""
 import math
+import re
 from fractions import Fraction
 
-import mindspore as ms
+import numpy as np
 from mindspore import nn, ops
 from mindspore.common import initializer as init
 
 from . import cpu_kernels
+from .family import Family, SourceLayout
 from .layers import (
     ChannelShuffle,
     Classifier,
@@ -119,8 +121,7 @@ class ShuffleV1Block(nn.Cell):
             self.unit_op = cpu_kernels.shufflenet_v1_unit_op(stride, shuffle_order)
 
     def construct(self, x):
-        if self.whole_unit and self.branch_main_1.fusing and not self.training and \
-                x.dtype == ms.float32:
+        if self.whole_unit and self.branch_main_1.fused_eval(x):
             tensors = self.branch_main_1.conv_bn_tensors() + self.branch_main_2.conv_bn_tensors()
             return self.unit_op(x, *tensors, self.branch_main_1[1].eps_tensor)
         y = self.branch_main_2(self.shuffle(self.branch_main_1(x)))
@@ -181,3 +182,44 @@ def init_shufflenet_weights(net: nn.Cell) -> None:
 
 def build(num_classes=1000, **kwargs) -> ShuffleNetV1:
     return ShuffleNetV1(num_classes=num_classes, **kwargs)
+
+
+# ---- other sources' checkpoints of this family
+
+def megvii_module_name(name: str) -> str:
+    """megvii ShuffleNetV1 -> ours: its branch_main_1.{3,4} (dw, BN) and branch_main_2.{0,1}
+    are our branch_main_2.{0,1,2,3}; classifier.0 is our classifier."""
+    if name == "classifier.0":
+        return "classifier"
+    match = re.fullmatch(r"(features\.\d+)\.branch_main_(\d)\.(\d)", name)
+    if match:
+        unit, branch, index = match.group(1), int(match.group(2)), int(match.group(3))
+        if branch == 1 and index >= 3:
+            return f"{unit}.branch_main_2.{index - 3}"
+        if branch == 2:
+            return f"{unit}.branch_main_2.{index + 2}"
+    return name
+
+
+def megvii_shuffle_permutation(channels: int, groups: int) -> np.ndarray:
+    """sigma with shuffle(x)[j] = x[sigma[j]] for megvii's shuffle (view (C/g, g), transpose)."""
+    return np.arange(channels).reshape(channels // groups, groups).T.reshape(-1)
+
+
+def permute_megvii(params: dict, net) -> None:
+    """megvii shuffles after the depthwise conv and its BN, we before: permute that conv's and
+    its BN's channels by the shuffle (new[j] = old[sigma[j]])."""
+    for name, cell in net.cells_and_names():
+        if name.endswith(".branch_main_2"):
+            groups = int(cell[2].group)  # the unit's second grouped 1x1 conv
+            mid = params[f"{name}.0.weight"].shape[0]
+            sigma = megvii_shuffle_permutation(mid, groups)
+            for leaf in ("0.weight", "1.gamma", "1.beta", "1.moving_mean", "1.moving_variance"):
+                params[f"{name}.{leaf}"] = params[f"{name}.{leaf}"][sigma]
+
+
+FAMILY = Family(
+    "shufflenet_v1", VARIANTS, build, stem_and_head, OPTIONS, pretrained=PRETRAINED,
+    mindcv_layout=MINDCV_LAYOUT,
+    sources={"megvii": SourceLayout({"pool_pad": "pad", "shuffle_order": "megvii"},
+                                    "megvii_bgr", megvii_module_name, permute_megvii)})

@@ -1,9 +1,11 @@
 """ShuffleNetV2 (arXiv 1807.11164): x0.5, x1.0, x1.5, x2.0, in the megvii/MindCV layout or
 torchvision's (a different network with the same name, whose weights need it)."""
-import mindspore as ms
+import re
+
 from mindspore import nn, ops
 
 from . import cpu_kernels
+from .family import Family, SourceLayout
 from .layers import (
     ChannelShuffle,
     Classifier,
@@ -104,8 +106,7 @@ class ShuffleV2Block(nn.Cell):
             self.unit_op = cpu_kernels.shufflenet_v2_unit_op(stride)
 
     def construct(self, x):
-        if self.whole_unit and self.branch_main.fusing and not self.training and \
-                x.dtype == ms.float32:
+        if self.whole_unit and self.branch_main.fused_eval(x):
             tensors = self.branch_main.conv_bn_tensors()
             if self.stride == 2:
                 tensors = tensors + self.branch_proj.conv_bn_tensors()
@@ -162,3 +163,39 @@ class ShuffleNetV2(nn.Cell):
 
 def build(num_classes=1000, **kwargs) -> ShuffleNetV2:
     return ShuffleNetV2(num_classes=num_classes, **kwargs)
+
+
+# ---- other sources' checkpoints of this family
+
+TORCHVISION_STAGE_START = {"stage2": 0, "stage3": 4, "stage4": 12}  # index in our features
+
+
+def megvii_module_name(name: str) -> str:
+    """megvii ShuffleNetV2 -> ours: the same names but classifier.0."""
+    return "classifier" if name == "classifier.0" else name
+
+
+def torchvision_module_name(name: str) -> str:
+    """torchvision ShuffleNetV2 -> ours (layout torchvision): conv1/conv5/fc are our
+    first_conv/conv_last/classifier, stageS.i.branch1/branch2 our features.n.branch_proj/main."""
+    match = re.fullmatch(r"(stage\d)\.(\d+)\.branch([12])\.(\d+)", name)
+    if match:
+        unit = TORCHVISION_STAGE_START.get(match.group(1), -1000) + int(match.group(2))
+        branch = "branch_proj" if match.group(3) == "1" else "branch_main"
+        return f"features.{unit}.{branch}.{match.group(4)}"
+    for theirs, ours in (("conv1.", "first_conv."), ("conv5.", "conv_last.")):
+        if name.startswith(theirs):
+            return ours + name[len(theirs):]
+    return "classifier" if name == "fc" else name
+
+
+FAMILY = Family(
+    "shufflenet_v2", VARIANTS, build, stem_and_head, OPTIONS,
+    option_values={"layout": LAYOUTS}, pretrained=PRETRAINED, mindcv_layout=MINDCV_LAYOUT,
+    sources={
+        "megvii": SourceLayout({"pool_pad": "pad", "layout": "megvii"}, "megvii_bgr",
+                               megvii_module_name),
+        # torchvision's ShuffleNetV2 is another network (branch widths, split, shuffle place):
+        # it loads into ours built with layout torchvision.
+        "torchvision": SourceLayout({"pool_pad": "pad", "layout": "torchvision"}, "imagenet",
+                                    torchvision_module_name)})

@@ -25,7 +25,8 @@ from types import SimpleNamespace
 
 import mindspore as ms
 
-from src.errors import UserError, run_main
+from src.cli import ArgumentParser, run_main
+from src.errors import UserError
 from src.models import list_networks, published_weights
 from src.progress import Progress
 
@@ -193,17 +194,17 @@ def create_network(name: str, num_classes: int = None, pretrained: str = "", **k
     in the layout they need and with their classes unless ``num_classes`` says otherwise;
     without, random weights (src.models' builder). ``kwargs``: the family's options."""
     if pretrained:
-        return pretrained_network(name, pretrained, num_classes, **kwargs)
+        return _with_published_weights(name, pretrained, num_classes, **kwargs)
     from src.models import create_network as build
     return build(name, num_classes, **kwargs)
 
 
-def pretrained_network(name: str, pretrained: str, num_classes=None, **kwargs):
+def _with_published_weights(name: str, pretrained: str, num_classes=None, **kwargs):
     """``name`` with the weights ``pretrained`` names (a tag or a checkpoint), in the layout they
     were trained with. ``num_classes``: None keeps the weights' classes; 1000 from MindCV's
     1001-class MobileNets drops the unused last row, as MindCV's loader does; any other number
     gets a new classifier (fine-tuning)."""
-    from src.checkpoint import build_network, load_weights, read_checkpoint, require_network
+    from src.checkpoint import NetworkRecord, load_weights, read_checkpoint, require_network
     path = checkpoint_for(pretrained, name)
     params, meta = read_checkpoint(path)
     require_network(SimpleNamespace(network=name), meta, path, "load")
@@ -213,7 +214,8 @@ def pretrained_network(name: str, pretrained: str, num_classes=None, **kwargs):
         for key in ("classifier.weight", "classifier.bias"):
             params[key] = ms.Parameter(params[key].data[:1000], name=key)
         classes = 1000
-    net = build_network({**meta, "network": name, "num_classes": wanted}, **kwargs)
+    net = NetworkRecord.from_values({**meta, "network": name, "num_classes": wanted}).build(
+        **kwargs)
     load_weights(net, params, path, skip=() if wanted == classes else ("classifier",))
     return net
 
@@ -242,7 +244,7 @@ def table(markdown: bool = False) -> list:
 def results_table() -> list:
     """The README's results: per network, each source's published top-1 / top-5 next to what
     the ports this zoo replaces report for their own runs. The sources' figures, not ours."""
-    from src.models.weights import PORTS_REPORTED
+    from src.models import PORTS_REPORTED
     tags = ("mindcv", "torchvision", "timm", "megvii")
     rows = ["| network | " + " | ".join(tags) + " | the port's own run |",
             "| --- |" + " ---: |" * len(tags) + " --- |"]
@@ -260,18 +262,26 @@ def results_table() -> list:
 
 
 def main(argv):
-    if argv[:1] == ["--markdown"]:
+    parser = ArgumentParser(prog="python -m src.weights.pretrained", allow_abbrev=False,
+                            description="List every network's published weights, or fetch one "
+                            "into the cache.")
+    form = parser.add_mutually_exclusive_group()
+    form.add_argument("--markdown", action="store_true", help="docs/PRETRAINED.md's table")
+    form.add_argument("--results", action="store_true", help="the README's results table")
+    parser.add_argument("fetch", nargs="*", metavar="NETWORK TAG",
+                        help="fetch the weights TAG of NETWORK into the cache")
+    args = parser.parse_args(argv)
+    if args.fetch and (len(args.fetch) != 2 or args.markdown or args.results):
+        parser.error("give NETWORK TAG (two words) alone, --markdown, --results, or nothing")
+    if args.markdown:
         print("\n".join(table(markdown=True)))
-    elif argv[:1] == ["--results"]:
+    elif args.results:
         print("\n".join(results_table()))
-    elif len(argv) == 2:
-        print(fetch(*argv))
-    elif not argv:
+    elif args.fetch:
+        print(fetch(*args.fetch))
+    else:
         print("\n".join(table()))
         print(f"cache: {cache_dir()}  (published figures of each source, not measured here)")
-    else:
-        raise UserError("usage: python -m src.weights.pretrained [--markdown | --results | "
-                        "NETWORK TAG]", "command line", "give no argument to list the weights")
 
 
 if __name__ == "__main__":
