@@ -5,7 +5,7 @@
 """
 import sys
 
-from src.errors import run_main
+from src.cli import run_main
 
 
 def main(argv):

@@ -6,7 +6,7 @@ Needs torch (this tool only): pip install torch==2.13.0
 """
 import sys
 
-from src.errors import run_main
+from src.cli import run_main
 
 
 def main(argv):

@@ -2,12 +2,12 @@
 FILE.mindir|FILE.onnx|FILE.int8.onnx) --dataset_path DATA."""
 import sys
 
-from src.errors import run_main
+from src.cli import run_main
 
 
 def main(argv):
+    from src.cli import ArgumentParser
     from src.deploy.evaluator import evaluate
-    from src.errors import ArgumentParser
     from src.model_utils.config import get_config
     parser = ArgumentParser(description=__doc__, allow_abbrev=False, add_help=False)
     parser.add_argument("--model", default="", help="an exported .mindir or .onnx to score "

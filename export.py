@@ -1,7 +1,7 @@
 """Export a checkpoint: python export.py --checkpoint_path CKPT --file_format MINDIR|ONNX|AIR."""
 import sys
 
-from src.errors import run_main
+from src.cli import run_main
 
 
 def main(argv):

@@ -5,7 +5,8 @@ Other flags are config keys (for a .ckpt without metadata: --network, --num_clas
 import sys
 import time
 
-from src.errors import ArgumentParser, UserError, run_main
+from src.cli import ArgumentParser, run_main
+from src.errors import UserError
 
 
 def main(argv):

@@ -6,7 +6,7 @@ python quick_start.py [--key value ...]
 import os
 import sys
 
-from src.errors import run_main
+from src.cli import run_main
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIG = os.path.join(HERE, "configs", "quick_start_digits.yaml")

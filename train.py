@@ -1,7 +1,7 @@
 """Train a network: python train.py --config_path default_config.yaml --dataset_path DATA."""
 import sys
 
-from src.errors import run_main
+from src.cli import run_main
 
 
 def main(argv):

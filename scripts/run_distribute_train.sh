@@ -21,7 +21,7 @@ DATA_PATH=$(abspath "$2")
 CONFIG_PATH=$(abspath "${3:-$DEFAULT_CONFIG}")
 need_path "data path" "$DATA_PATH"
 need_path "config file" "$CONFIG_PATH"
-PLAN=$(cd "$ROOT" && python3 -m src.tools.launch "$RANK_TABLE_FILE") || exit 2
+PLAN=$(cd "$ROOT" && python3 -m src.tools.launch ranks "$RANK_TABLE_FILE") || exit 2
 preflight --config_path "$CONFIG_PATH" --device_target Ascend --dataset_path "$DATA_PATH" \
     ${EXTRA_ARGS:-}
 RANK_SIZE=$(echo "$PLAN" | head -n 1 | cut -d' ' -f3)

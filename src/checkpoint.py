@@ -54,11 +54,16 @@ class NetworkRecord:
 
     @classmethod
     def from_values(cls, values: dict) -> "NetworkRecord":
-        """The record of ``values`` (a config's attributes, or a checkpoint's metadata)."""
-        options = tuple(sorted((k, values[k]) for k in options_of(values["network"])))
-        return cls(values["network"], int(values["num_classes"]), options, values["dataset"],
-                   int(values["image_size"]), values["input_norm"],
-                   int(values.get("eval_resize", 0)), tuple(values.get(CLASS_NAMES) or ()))
+        """The record of ``values`` (a config's attributes, or a checkpoint's metadata): its
+        network and classes, the family options it gives, its pixels (the defaults where it
+        gives none)."""
+        network = values["network"]
+        options = tuple(sorted((k, values[k]) for k in options_of(network) if k in values))
+        return cls(network, int(values["num_classes"]), options,
+                   values.get("dataset", cls.dataset), int(values.get("image_size",
+                                                                      cls.image_size)),
+                   values.get("input_norm", cls.input_norm), int(values.get("eval_resize", 0)),
+                   tuple(values.get(CLASS_NAMES) or ()))
 
     @classmethod
     def from_config(cls, config, class_names=()) -> "NetworkRecord":
@@ -81,22 +86,16 @@ class NetworkRecord:
         return meta
 
     def build(self, **kwargs):
-        """The network this record describes (``kwargs``: conv_impl, in_channels)."""
-        return build_network(self.as_dict(), **kwargs)
+        """The network this record describes, random weights (``kwargs``: conv_impl,
+        in_channels): every network built from weights' metadata is built here."""
+        return create_network(self.network, num_classes=self.num_classes, **dict(self.options),
+                              **kwargs)
 
     def data_config(self, config):
         """``config`` with this record's pixels and classes, for the data pipeline."""
         return with_values(config, dataset=self.dataset, image_size=self.image_size,
                            input_norm=self.input_norm, eval_resize=self.eval_resize,
                            num_classes=self.num_classes)
-
-
-def build_network(meta: dict, **kwargs):
-    """The network that ``meta`` (a record's or a checkpoint's metadata) names: its network,
-    classes and whichever of its family's options it gives (``kwargs``: conv_impl, ...)."""
-    options = {k: meta[k] for k in options_of(meta["network"]) if k in meta}
-    return create_network(meta["network"], num_classes=int(meta["num_classes"]), **options,
-                          **kwargs)
 
 
 def resolve(config, recorded: dict, where: str, fixed=None, carried=PIXEL_KEYS) -> NetworkRecord:

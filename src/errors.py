@@ -1,7 +1,6 @@
-"""The one error type for expected failures, and how entry points report it."""
-import argparse
+"""The one error type for expected failures (``UserError``), a run a signal stopped
+(``Stopped``), and the check every output folder gets. src/cli.py reports them."""
 import os
-import sys
 import tempfile
 
 
@@ -36,33 +35,6 @@ class Stopped(Exception):
         super().__init__(line)
 
 
-def run_main(main, argv=None) -> int:
-    """Run an entry point's ``main(argv)``; turn a UserError into one line and exit code 2, a
-    Stopped run into its line and its signal's exit code.
-
-    ``--debug`` anywhere in argv re-raises instead, so the traceback is shown.
-    """
-    argv = sys.argv[1:] if argv is None else list(argv)
-    debug = "--debug" in argv
-    if debug:
-        argv = [a for a in argv if a != "--debug"]
-    try:
-        main(argv)
-    except UserError as err:
-        if debug:
-            raise
-        print(err.line(), file=sys.stderr, flush=True)
-        return 2
-    except Stopped as stop:
-        if stop.text:
-            print(stop.text, file=sys.stderr, flush=True)
-        if stop.hard_exit:  # MindSpore's exit handlers wait for a cluster that is gone
-            sys.stdout.flush()
-            os._exit(stop.code)
-        return stop.code
-    return 0
-
-
 def writable_folder(path: str, key: str) -> str:
     """Create ``path`` if needed and check that files can be written in it; UserError if not."""
     try:
@@ -73,13 +45,3 @@ def writable_folder(path: str, key: str) -> str:
         raise UserError(f"output folder is not writable ({err.strerror})", path,
                         f"give {key} a folder you can write to") from err
     return path
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse whose errors are UserErrors, so a bad flag gets our one line and exit code 2."""
-
-    def error(self, message):
-        if message.endswith("expected one argument"):  # "--key -inf": argparse reads a flag
-            raise UserError(message, "command line",
-                            "give it a value (one that starts with '-' as --key=VALUE)")
-        raise UserError(message, "command line", f"see {self.prog} --help")

@@ -14,7 +14,7 @@ import src  # noqa: F401, I001  (first: it quiets MindSpore's C++ warnings befor
 import mindspore as ms  # noqa: E402
 import pytest  # noqa: E402
 
-from src.errors import run_main  # noqa: E402
+from src.cli import run_main  # noqa: E402
 
 ms.set_device("CPU")
 

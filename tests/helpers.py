@@ -69,15 +69,21 @@ def write_image_folder(root, per_class=16, classes=3, size=48, val_name="val", s
     return root
 
 
+def network_of(meta: dict, **kwargs):
+    """The network a checkpoint's metadata names, random weights (the record's builder)."""
+    from src.checkpoint import NetworkRecord
+    return NetworkRecord.from_values(meta).build(**kwargs)
+
+
 def saved_checkpoint(path, network="shufflenet_v2_x0_5", num_classes=4, epoch=1, steps=2,
                      net=None, **meta):
     """A checkpoint of ``network`` as train.py writes it (random weights, our metadata, epoch and
     step), without training for it; ``meta`` overrides the recorded values."""
-    from src.checkpoint import NetworkRecord, build_network, save_atomically
+    from src.checkpoint import NetworkRecord, save_atomically
     from src.model_utils.config import get_config
     config = get_config(["--network", network, "--num_classes", str(num_classes)])
     record = {**NetworkRecord.from_config(config).as_dict(), **meta}
-    net = net or build_network(record, conv_impl="mindspore")
+    net = net or network_of(record, conv_impl="mindspore")
     save_atomically(net, str(path), {**record, "epoch_num": epoch, "step_num": epoch * steps})
     return str(path)
 

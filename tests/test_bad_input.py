@@ -10,8 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from src.checkpoint import build_network
-from tests.helpers import run_entry, saved_checkpoint, write_cifar_folder, write_image_folder
+from tests.helpers import (
+    network_of,
+    run_entry,
+    saved_checkpoint,
+    write_cifar_folder,
+    write_image_folder,
+)
 
 NET = "shufflenet_v2_x0_5"
 
@@ -71,7 +76,7 @@ def world(tmp_path_factory):
     paths["onnx_64"] = str(root / "exports" / "m64.onnx")
     paths["onnx_bad_json"] = str(root / "exports" / "bad.onnx")
     # non-finite weights
-    net = build_network({"network": NET, "num_classes": 4}, conv_impl="mindspore")
+    net = network_of({"network": NET, "num_classes": 4}, conv_impl="mindspore")
     weight = net.first_conv[0].weight  # not the classifier, which --pretrained does not load
     weight.set_data(ms.Tensor(np.full(weight.shape, np.nan, np.float32)))
     paths["ckpt_nan"] = saved_checkpoint(root / "nan-1_2.ckpt", NET, num_classes=4, net=net)
@@ -222,9 +227,9 @@ CASES = {
         "TFLITE"),
     # benchmark
     "benchmark unknown network": (lambda w: ("benchmark.py", "--network", "resnet50"),
-                                  "unknown network 'resnet50'"),
+                                  "network 'resnet50' is not allowed"),
     "benchmark bad image size": (lambda w: ("benchmark.py", "--image_size", "100"),
-                                 "not a multiple of 32"),
+                                 "image_size = 100 is out of range"),
     "benchmark unknown reference": (lambda w: ("benchmark.py", "--compare", "tensorflow"),
                                     "unknown reference 'tensorflow'"),
     "benchmark bad flag": (lambda w: ("benchmark.py", "--mode", "fly"), "invalid choice"),

@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 
 from src.checkpoint import (
-    build_network,
     load_weights,
     partial_path,
     read_checkpoint,
     save_atomically,
 )
 from src.errors import UserError
-from tests.helpers import saved_checkpoint
+from tests.helpers import network_of, saved_checkpoint
 
 NET = "mobilenet_v1_025"
 
@@ -31,7 +30,7 @@ def test_metadata_round_trip(tmp_path):
                     "eval_resize": 0, "epoch_num": 3, "step_num": 21,
                     "class_names": list("abcde")}
     assert "classifier.weight" in params and "network" not in params
-    net = build_network(meta)
+    net = network_of(meta)
     load_weights(net, params, path)
     assert net.classifier.weight.shape == (5, 256)
 
@@ -39,17 +38,17 @@ def test_metadata_round_trip(tmp_path):
 def test_loading_refuses_another_network_other_classes_and_nan(tmp_path):
     params, _ = read_checkpoint(saved_checkpoint(tmp_path / "a.ckpt", NET, num_classes=4))
     with pytest.raises(UserError, match="trained for 4 classes, not 7: use --pretrained"):
-        load_weights(build_network({"network": NET, "num_classes": 7}), params, "a.ckpt")
-    other = build_network({"network": "shufflenet_v2_x0_5", "num_classes": 4})
+        load_weights(network_of({"network": NET, "num_classes": 7}), params, "a.ckpt")
+    other = network_of({"network": "shufflenet_v2_x0_5", "num_classes": 4})
     with pytest.raises(UserError, match="checkpoint has no parameter 'first_conv.0.weight'"):
         load_weights(other, params, "a.ckpt")
     params["features.3.0.weight"].set_data(ms.Tensor(
         np.full(params["features.3.0.weight"].shape, np.inf, np.float32)))
     with pytest.raises(UserError, match=r"NaN or Inf weights \('features.3.0.weight'\)"):
-        load_weights(build_network({"network": NET, "num_classes": 4}), params, "a.ckpt")
+        load_weights(network_of({"network": NET, "num_classes": 4}), params, "a.ckpt")
     # All but the classifier (--pretrained) still checks what it loads, and only that.
     params, _ = read_checkpoint(saved_checkpoint(tmp_path / "b.ckpt", NET, num_classes=4))
-    load_weights(build_network({"network": NET, "num_classes": 9}), params, "b.ckpt",
+    load_weights(network_of({"network": NET, "num_classes": 9}), params, "b.ckpt",
                  skip=("classifier",))
 
 
@@ -64,7 +63,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_path, monke
             f.write(b"\0" * 1000)
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(ms, "save_checkpoint", full_disk)
-    net = build_network({"network": NET, "num_classes": 4})
+    net = network_of({"network": NET, "num_classes": 4})
     with pytest.raises(UserError) as err:
         save_atomically(net, str(tmp_path / f"{NET}-2_2.ckpt"), {"epoch_num": 2})
     line = err.value.line()
@@ -79,5 +78,5 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_path, monke
 def test_a_save_writes_a_hidden_partial_first(tmp_path):
     path = str(tmp_path / "x.ckpt")
     assert partial_path(path) == str(tmp_path / ".partial-x.ckpt")
-    save_atomically(build_network({"network": NET, "num_classes": 4}), path, {"epoch_num": 1})
+    save_atomically(network_of({"network": NET, "num_classes": 4}), path, {"epoch_num": 1})
     assert os.listdir(tmp_path) == ["x.ckpt"]

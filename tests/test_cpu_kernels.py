@@ -518,12 +518,12 @@ def test_mindcv_weights_give_the_same_logits_with_fast_layers_on_and_off(name):
 
 
 def test_auto_is_ours_on_cpu_and_mindspore_never_is(monkeypatch):
-    assert resolve_conv_impl("auto") == "fast"
-    assert resolve_conv_impl("mindspore") == "split"
-    assert resolve_conv_impl("mindspore_grouped") == "native"
-    # The names before 2026-11 still work.
+    assert resolve_conv_impl("auto") == "ours"
+    assert resolve_conv_impl("mindspore") == "mindspore_split"
+    assert resolve_conv_impl("mindspore_grouped") == "mindspore_grouped"
+    # The names before 2026-11 are taken as input, and resolve to today's names.
     assert [resolve_conv_impl(old) for old in ("fast", "standard", "split", "native")] == \
-        ["fast", "split", "split", "native"]
+        ["ours", "mindspore_split", "mindspore_split", "mindspore_grouped"]
     net = create_network("shufflenet_v1_g3_05", conv_impl="mindspore")
     assert all(not getattr(cell, "fast", False) for _, cell in net.cells_and_names())
     # Our kernels asked for off CPU are refused, not silently dropped (use_device turns this
@@ -534,7 +534,7 @@ def test_auto_is_ours_on_cpu_and_mindspore_never_is(monkeypatch):
     with pytest.raises(ValueError, match=r"conv_impl ours \(our CPU kernels\) does not run "
                                          r"here \(GPU\)"):
         resolve_conv_impl("ours")
-    assert resolve_conv_impl("auto") == "native"
+    assert resolve_conv_impl("auto") == "mindspore_grouped"
 
 
 @pytest.mark.slow
@@ -543,7 +543,7 @@ def test_without_a_compiler_training_falls_back_with_one_line(tmp_path, monkeypa
     monkeypatch.setenv("CXX", "no-such-compiler-zoo")
     monkeypatch.setattr(cpu_kernels, "_built", {})  # build (or fail) anew in this test
     assert cpu_kernels.library() is None
-    assert resolve_conv_impl("auto") == "split"
+    assert resolve_conv_impl("auto") == "mindspore_split"
     lines = [line for line in capsys.readouterr().out.splitlines() if "kernels" in line]
     assert lines == ["warning: fast CPU conv kernels unavailable (no C++ compiler "
                      "'no-such-compiler-zoo' on PATH; set CXX to one); using MindSpore's own "

@@ -6,6 +6,7 @@ import mindspore as ms
 import numpy as np
 
 from src.checkpoint import load_weights, read_checkpoint, resolve
+from src.cli import ArgumentParser
 from src.deploy.quantize import (
     DEFAULT_CALIBRATION_IMAGES,
     INT8_SUFFIX,
@@ -13,10 +14,10 @@ from src.deploy.quantize import (
     is_quantized,
     quantization_tools,
     quantize_onnx,
-    write_sidecar,
 )
+from src.deploy.sidecar import sidecar_of, write_sidecar
 from src.device import use_device
-from src.errors import ArgumentParser, UserError, writable_folder
+from src.errors import UserError, writable_folder
 from src.model_utils.config import MAX_IMAGE_SIZE, get_config, parse_bool
 from src.models.layers import fold_batch_norms
 from src.weights.pretrained import checkpoint_of
@@ -24,12 +25,11 @@ from src.weights.pretrained import checkpoint_of
 FORMATS = ("MINDIR", "ONNX", "AIR")
 SUFFIX = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
 # Standard operators only, in the form each format's runtime runs fast, and the same whatever
-# device exports (a file is written once and runs wherever). MindSpore's CPU grouped conv is up
-# to 100x slower than one conv per group, so MINDIR, AIR and the float graph INT8 quantizes split
-# a grouped 1x1 conv ("mindspore_split"); MINDIR also builds the 3x3 stems and depthwise convs
-# from shifted windows ("mindspore_taps"; MindSpore's CPU Conv2D is several times slower there).
-# onnxruntime runs a grouped Conv faster than the split (docs/PERFORMANCE.md), and the file
-# exports in 2/3 of the time.
+# device exports (a file is written once and runs wherever). MindSpore's CPU grouped conv is
+# far slower than one conv per group, so MINDIR, AIR and the float graph INT8 quantizes split a
+# grouped 1x1 conv ("mindspore_split"); MINDIR also builds the 3x3 stems and depthwise convs
+# from shifted windows ("mindspore_taps"; MindSpore's CPU Conv2D is slower there). onnxruntime
+# runs a grouped Conv faster than the split, and the file exports sooner (docs/PERFORMANCE.md).
 EXPORT_CONV_IMPL = {"MINDIR": "mindspore_taps", "AIR": "mindspore_split",
                     "ONNX": "mindspore_grouped", "INT8": "mindspore_split"}
 
@@ -103,16 +103,14 @@ def export(argv) -> str:
     writable_folder(os.path.dirname(os.path.abspath(file_name)), "--file_name")
     batch = None if dynamic else args.batch_size
     path = write_model(net, fmt, file_name, height, width, batch, example_batch=args.batch_size)
-    sidecar = {**record.as_dict(), "input_shape": [batch, 3, height, width], "format": fmt,
-               "checkpoint": os.path.abspath(checkpoint)}
-    write_sidecar(path, sidecar)
+    sidecar = sidecar_of(record, [batch, 3, height, width], fmt,
+                         checkpoint=os.path.abspath(checkpoint))
     print(f"export: {path} ({fmt}, input {sidecar['input_shape']}; None = any batch), "
-          f"metadata in {path}.json", flush=True)
+          f"metadata in {write_sidecar(path, sidecar)}", flush=True)
     if not quantize:
         return path
     # The INT8 file is quantized from a float32 graph with each grouped 1x1 conv split into one
-    # conv a group: onnxruntime's integer grouped conv is slow (ShuffleNetV1 g3 1.0x at 224,
-    # batch 32: 281 images/s split against 207 grouped, docs/DEPLOY.md).
+    # conv a group: onnxruntime's integer grouped conv is slower than the split (docs/DEPLOY.md).
     net = record.build(conv_impl=EXPORT_CONV_IMPL["INT8"])
     load_weights(net, params, checkpoint)
     split = os.path.join(os.path.dirname(os.path.abspath(path)),
@@ -156,8 +154,7 @@ def _quantize_file(args, config) -> str:
         raise UserError("the model is already quantized (INT8); quantizing needs the float32 "
                         "file", args.model, "give the float32 .onnx it was made from")
     stem = args.file_name or args.model[:-len(".onnx")]
-    sidecar = {**predictor.record.as_dict(),
-               "input_shape": [predictor.fixed_batch, 3, *predictor.size], "format": "ONNX"}
+    sidecar = sidecar_of(predictor.record, [predictor.fixed_batch, 3, *predictor.size], "ONNX")
     return _write_int8(args.model, stem + INT8_SUFFIX, predictor.record, config, args, sidecar)
 
 
@@ -170,11 +167,10 @@ def _write_int8(float_path: str, path: str, record, config, args, sidecar: dict,
                                  args.calibration_data, args.calibration_images, (height, width))
     sidecar = {**sidecar, "quantization": {**quantization,
                                            "float_model": os.path.abspath(float_path)}}
-    write_sidecar(path, sidecar)
     size = os.path.getsize(path) / os.path.getsize(float_path)
     print(f"export: {path} (ONNX INT8, {size:.2f}x the float32 file's size, calibrated on "
-          f"{sidecar['quantization']['calibration_images']} images), metadata in {path}.json",
-          flush=True)
+          f"{sidecar['quantization']['calibration_images']} images), metadata in "
+          f"{write_sidecar(path, sidecar)}", flush=True)
     return path
 
 

@@ -1,5 +1,4 @@
 """Inference from a checkpoint, a MINDIR or an ONNX file on image files: top-5 per image."""
-import json
 import os
 import warnings
 
@@ -9,6 +8,7 @@ from PIL import Image, UnidentifiedImageError
 
 from src.checkpoint import load_weights, read_checkpoint, resolve
 from src.dataset import eval_image_ops
+from src.deploy.sidecar import read_sidecar, sidecar_path
 from src.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -53,23 +53,6 @@ def preprocess(files, dataset: str, size, input_norm: str = "imagenet",
             image = op(image)
         batch.append(image)
     return np.stack(batch).astype(np.float32)
-
-
-def read_sidecar(path: str) -> dict:
-    """What export.py wrote beside a model (its record and input shape); {} if there is none."""
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            sidecar = json.load(f)
-    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
-        raise UserError(f"the model's metadata is not valid JSON ({err})", path,
-                        "export the model again, or remove the file to use the config's "
-                        "values") from None
-    if not isinstance(sidecar, dict):
-        raise UserError("the model's metadata is not a JSON object", path,
-                        "export the model again")
-    return sidecar
 
 
 EXPORTED = (".mindir", ".onnx")
@@ -125,8 +108,8 @@ class Predictor:
         self._load(model_path)
         (batch, channels, height, width), classes = graph_signature(
             model_path, self.kind, getattr(self, "session", None))
-        sidecar = model_path + ".json"
-        recorded = read_sidecar(sidecar)
+        sidecar = sidecar_path(model_path)
+        recorded = read_sidecar(model_path)
         shape = recorded.pop("input_shape", None)
         if shape and [d or None for d in shape] != [batch, channels, height, width]:
             raise UserError(f"the metadata says input {shape}, the file's graph "

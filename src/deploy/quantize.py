@@ -5,8 +5,8 @@ package) write the INT8 file: QDQ format (QuantizeLinear/DequantizeLinear pairs 
 op, which onnxruntime fuses into integer kernels and other runtimes read as well), weights int8
 per output channel, activations uint8 per tensor with ranges calibrated (MinMax) on images the
 user gives. uint8 activations (u8s8): onnxruntime ran all three 1.0x networks faster than with
-int8 ones on this AVX-512 VNNI CPU (ShuffleNetV2 batch 32: 316 against 187 images/s); x86 CPUs
-without VNNI may saturate u8s8 products (onnxruntime's docs), see docs/DEPLOY.md. The
+int8 ones on an AVX-512 VNNI CPU; x86 CPUs without VNNI may saturate u8s8 products
+(onnxruntime's docs), see docs/DEPLOY.md. The
 calibration images are read through our own pipeline with the eval transforms,
 so their pixels are the ones the network was trained on:
 
@@ -20,7 +20,6 @@ MindSpore Lite's converter (INT8 ``.ms``) is not installable for this Python fro
 registry, and Golden Stick 1.4.1 pins MindSpore 2.7.1 (docs/DEPLOY.md), so this is the INT8
 route that runs here and on any CPU.
 """
-import json
 import os
 
 import numpy as np
@@ -194,8 +193,3 @@ def quantize_onnx(float_path: str, out_path: str, record, config, calibration_da
             "activations": "uint8 per tensor", "method": "MinMax",
             "calibration_data": os.path.abspath(calibration_data), "calibration_images": count,
             "float_model": os.path.abspath(float_path)}
-
-
-def write_sidecar(path: str, sidecar: dict) -> None:
-    with open(path + ".json", "w", encoding="utf-8") as f:
-        json.dump(sidecar, f, indent=1)

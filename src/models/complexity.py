@@ -1,7 +1,5 @@
-"""Parameter and multiply-add counts of the networks; ``python -m src.models.complexity``
-prints the table."""
-import argparse
-
+"""Parameter and multiply-add counts of the networks (``python -m src.tools.complexity`` prints
+the table)."""
 import mindspore as ms
 import numpy as np
 from mindspore import nn
@@ -62,21 +60,3 @@ def complexity_table(names, num_classes=1000, image_size=224) -> list:
         net = create_network(name, num_classes=num_classes)
         rows.append((name, count_params(net), count_macs(net, image_size)))
     return rows
-
-
-def main(argv=None) -> None:
-    from .registry import list_networks
-    parser = argparse.ArgumentParser(description="Print params and MMACs of every network.")
-    parser.add_argument("--num_classes", type=int, default=1000)
-    parser.add_argument("--image_size", type=int, default=224)
-    parser.add_argument("names", nargs="*", help="networks (default: all)")
-    args = parser.parse_args(argv)
-    ms.set_device("CPU")
-    print("| network | params | MMACs |\n| --- | ---: | ---: |")
-    for name, params, macs in complexity_table(args.names or list_networks(), args.num_classes,
-                                               args.image_size):
-        print(f"| {name} | {params:,} | {macs / 1e6:.1f} |", flush=True)
-
-
-if __name__ == "__main__":
-    main()

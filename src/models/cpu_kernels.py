@@ -1,15 +1,15 @@
 """Our CPU kernels (kernels/, one C++ file a kind) as MindSpore ops with their gradients.
 
-MindSpore 2.10's CPU depthwise conv is 12-40x slower than PyTorch's, its grouped conv up to
-100x, and its stem conv and BatchNorm were most of a training step once those were fixed
-(docs/PERFORMANCE.md). The files in ``kernels/`` (kernels.h lists them: depthwise, GEMM convs,
-BatchNorm, pools, whole units) compute these layers with OpenMP, and the GEMMs of the 1x1 and
-dense convs with oneDNN's sgemm from the libdnnl that MindSpore ships (portable loops when a
-MindSpore build has none). They are compiled into one library once per machine on first use,
-with ``$CXX`` (default g++) and ``-march=native``, into ``$ZOO_KERNEL_DIR`` (default
-``~/.cache/mobile_cnn_zoo``), under a name hashed from the sources, the flags and the CPU's
-features, so a changed source or another CPU builds anew. When it cannot be built,
-``library()`` returns None, says why in one line, and the layers use MindSpore's operators.
+MindSpore 2.10's CPU depthwise and grouped convs are many times slower than PyTorch's, and its stem
+conv and BatchNorm were most of a training step once those were fixed (docs/PERFORMANCE.md has the
+figures). The files in ``kernels/`` (kernels.h lists them: depthwise, GEMM convs, BatchNorm, pools,
+whole units) compute these layers with OpenMP, and the GEMMs of the 1x1 and dense convs with
+oneDNN's sgemm from the libdnnl that MindSpore ships (portable loops when a MindSpore build has
+none). They are compiled into one library once per machine on first use, with ``$CXX`` (default g++)
+and ``-march=native``, into ``$ZOO_KERNEL_DIR`` (default ``~/.cache/mobile_cnn_zoo``), under a name
+hashed from the sources, the flags and the CPU's features, so a changed source or another CPU builds
+anew. When it cannot be built, ``library()`` returns None, says why in one line, and the layers use
+MindSpore's operators.
 Each kernel uses ``$ZOO_KERNEL_THREADS`` threads, by default every core the process may use
 (not OMP_NUM_THREADS, which importing MindSpore sets to 1).
 """

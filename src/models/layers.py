@@ -19,21 +19,22 @@ POOL_PADS = ("pad", "same")
 
 
 def resolve_conv_impl(impl: str = "auto") -> str:
-    """How this backend computes the convs and BatchNorm: "fast", "split", "native" or "taps".
+    """How this backend computes the convs and BatchNorm: "ours", "mindspore_split",
+    "mindspore_grouped" or "mindspore_taps" (``impl`` as given, "auto" and "mindspore" made one of
+    them; the old names in ALIASES taken as input).
 
-    - "ours" -> "fast": our CPU kernels (cpu_kernels.py) for the depthwise, 1x1 and stem convs
-      and BatchNorm, forward and backward; CPU only, refused elsewhere (ValueError).
-    - "mindspore_split" -> "split": MindSpore's operators, a grouped 1x1 conv as one plain conv
-      per group over slices of its one weight. MindSpore's CPU grouped conv is up to 100x slower
-      than that, and Ascend runs grouped convs natively only when depthwise.
-    - "mindspore_grouped" -> "native": MindSpore's ``nn.Conv2d`` with ``group=`` throughout.
-    - "mindspore_taps" -> "taps": "split", with the 3x3 stem and depthwise convs built from
-      the nine shifted windows of the input (``windows3x3``): the stem as a 1x1 conv of them,
-      the depthwise conv as their per-channel weighted sum. MindSpore 2.10's CPU Conv2D took
-      1,680 ms for ShuffleNetV2's stem at batch 32 (78 as taps), 184 ms for a 14x14 depthwise
-      conv of 232 channels (61), 101 ms for a stride-2 one of 116 on 28x28 (74; on 14x14 41
-      against 46). What export writes for MINDIR (exporter.EXPORT_CONV_IMPL), whatever
-      device exports; standard operators only, so it runs on every device.
+    - "ours": our CPU kernels (cpu_kernels.py) for the depthwise, 1x1 and stem convs and
+      BatchNorm, forward and backward; CPU only, refused elsewhere (ValueError).
+    - "mindspore_split": MindSpore's operators, a grouped 1x1 conv as one plain conv per group
+      over slices of its one weight. MindSpore's CPU grouped conv is far slower than that
+      (docs/PERFORMANCE.md), and Ascend runs grouped convs natively only when depthwise.
+    - "mindspore_grouped": MindSpore's ``nn.Conv2d`` with ``group=`` throughout.
+    - "mindspore_taps": "mindspore_split", with the 3x3 stem and depthwise convs built from the
+      nine shifted windows of the input (``windows3x3``): the stem as a 1x1 conv of them, the
+      depthwise conv as their per-channel weighted sum, which MindSpore 2.10's CPU runs faster
+      than its Conv2D of those (docs/PERFORMANCE.md). What export writes for MINDIR
+      (exporter.EXPORT_CONV_IMPL), whatever device exports; standard operators only, so it runs
+      on every device.
     - "mindspore": the faster of those two here: grouped on GPU, split elsewhere. Only standard
       operators: what export writes.
     - "auto": "ours" on CPU when the kernels build (else "mindspore", with one line saying
@@ -47,12 +48,10 @@ def resolve_conv_impl(impl: str = "auto") -> str:
         raise ValueError(f"conv_impl ours (our CPU kernels) does not run here ({target}"
                          f"{'' if target != 'CPU' else ', the kernels did not build'})")
     if impl in ("auto", "ours") and target == "CPU" and cpu_kernels.library():
-        return "fast"
-    if impl == "mindspore_taps":
-        return "taps"
-    if impl in ("mindspore_split", "mindspore_grouped"):
-        return {"mindspore_split": "split", "mindspore_grouped": "native"}[impl]
-    return "native" if target == "GPU" else "split"
+        return "ours"
+    if impl in ("mindspore_split", "mindspore_grouped", "mindspore_taps"):
+        return impl
+    return "mindspore_grouped" if target == "GPU" else "mindspore_split"
 
 
 def _fast_call(op, x, weight):
@@ -73,8 +72,8 @@ class Conv1x1(nn.Conv2d):
         super().__init__(in_channels, out_channels, 1, stride=1, pad_mode="valid",
                          group=group, has_bias=False)
         impl = resolve_conv_impl(impl)
-        self.fast = impl == "fast"  # as ConvKxK and BatchNorm say it
-        self.split = impl in ("split", "taps") and group > 1  # else, if not fast, native
+        self.fast = impl == "ours"  # as ConvKxK and BatchNorm say it
+        self.split = impl in ("mindspore_split", "mindspore_taps") and group > 1  # else grouped
         if self.fast:
             self.fast_op = cpu_kernels.conv_op("1x1")
         self.split_input = ops.Split(axis=1, output_num=group)
@@ -107,7 +106,7 @@ class ConvKxK(nn.Conv2d):
     """k x k convolution with symmetric padding k // 2 and no bias, dense (``group=1``) or
     depthwise (``group`` = channels).
 
-    Its weight is ``nn.Conv2d``'s; ``impl`` "fast" (stride 1 or 2, odd k <= 7) computes it
+    Its weight is ``nn.Conv2d``'s; ``impl`` "ours" (stride 1 or 2, odd k <= 7) computes it
     with our CPU kernels, anything else with MindSpore's.
     """
 
@@ -119,11 +118,11 @@ class ConvKxK(nn.Conv2d):
         fits = (group == 1 or depthwise) and stride in cpu_kernels.STRIDES \
             and kernel_size % 2 == 1 and kernel_size <= cpu_kernels.MAX_KERNEL
         impl = resolve_conv_impl(impl)
-        self.fast = fits and impl == "fast"
+        self.fast = fits and impl == "ours"
         self.kind = "depthwise" if depthwise else "dense"
-        # The nine windows (resolve_conv_impl's "taps"): the dense and depthwise 3x3 convs
-        self.taps = impl == "taps" and kernel_size == 3 and stride in cpu_kernels.STRIDES \
-            and (group == 1 or depthwise)
+        # The nine windows ("mindspore_taps"): the dense and depthwise 3x3 convs
+        self.taps = impl == "mindspore_taps" and kernel_size == 3 and \
+            stride in cpu_kernels.STRIDES and (group == 1 or depthwise)
         if self.fast:
             self.fast_op = cpu_kernels.conv_op(self.kind, stride)
         if self.taps and self.kind == "dense":  # the 1x1 conv of the nine windows
@@ -181,7 +180,7 @@ def conv3x3(in_channels: int, out_channels: int, stride: int = 1, impl: str = "a
 class BatchNorm(nn.BatchNorm2d):
     """``nn.BatchNorm2d`` with MindSpore's convention, momentum 0.9 (PyTorch's 0.1), eps 1e-5.
 
-    Same parameters. With ``impl`` "fast", training mode computes the batch statistics, the
+    Same parameters. With ``impl`` "ours", training mode computes the batch statistics, the
     normalisation and its gradient with our CPU kernel and updates the moving statistics as
     MindSpore's does (the moving variance from the unbiased batch variance); eval mode, and
     every other impl, is MindSpore's own. ``fuse_activation`` (FusedSequence calls it) puts the
@@ -190,7 +189,7 @@ class BatchNorm(nn.BatchNorm2d):
 
     def __init__(self, channels: int, impl: str = "auto"):
         super().__init__(channels, momentum=0.9, eps=1e-5)
-        self.fast = resolve_conv_impl(impl) == "fast"
+        self.fast = resolve_conv_impl(impl) == "ours"
         self.eps_tensor = ms.Tensor([self.eps], ms.float32)
         if self.fast:
             self.fast_op = cpu_kernels.batch_norm_op()
@@ -273,7 +272,7 @@ class FusedSequence(nn.SequentialCell):
             for i in self.training_cells:
                 x = self.cell_list[i](x)
             return x
-        if self.training or not self.fusing or x.dtype != ms.float32:
+        if not self.fused_eval(x):
             for cell in self.cell_list:
                 x = cell(x)
             return x
@@ -286,6 +285,11 @@ class FusedSequence(nn.SequentialCell):
                 x = cell.bn_act(x, cell.weight, bn.gamma, bn.beta, bn.moving_mean,
                                 bn.moving_variance, bn.eps_tensor)
         return x
+
+    def fused_eval(self, x) -> bool:
+        """Whether ``x`` runs through the fused eval kernels: eval mode, float32, and a conv
+        fused with its BatchNorm in this sequence (the whole-unit ops ask the same)."""
+        return self.fusing and not self.training and x.dtype == ms.float32
 
     def conv_bn_tensors(self) -> tuple:
         """(weight, gamma, beta, moving mean, moving variance) of each fused conv -> BatchNorm,
@@ -352,7 +356,7 @@ def zero_pad(x, bottom: int = 1, right: int = 1):
     """x with one row and column of zeros before it and ``bottom`` rows and ``right`` columns
     after it (H and W). Split and Concat, because both ``ops.pad`` (PadV3) and MindSpore's
     padded pools (MaxPool3DWithArgmax, AvgPool3D) fail to export to ONNX on 2.10, and not
-    slices: MindSpore's CPU StridedSlice is several times slower. Keeps the batch dynamic."""
+    slices: MindSpore's CPU StridedSlice is slower. Keeps the batch dynamic."""
     row = ops.split(x, (1, x.shape[2] - 1), axis=2)[0] * 0
     x = ops.concat((row, x) + (row,) * bottom, axis=2)
     col = ops.split(x, (1, x.shape[3] - 1), axis=3)[0] * 0
@@ -398,7 +402,7 @@ class Pool3x3s2(nn.Cell):
     (PyTorch's count_include_pad=True), and the max pool follows a ReLU, so its inputs are
     never below the zeros. ``pad_mode="same"`` gives MindCV's TF-style pools instead (the
     extra row/column at the bottom/right only), to reproduce its weights' logits. With ``impl``
-    "fast" (resolve_conv_impl) the symmetric pool is our CPU kernel, the padding included,
+    "ours" (resolve_conv_impl) the symmetric pool is our CPU kernel, the padding included,
     forward and gradient; float16 and "same" take MindSpore's pad and pool.
     """
 
@@ -410,7 +414,7 @@ class Pool3x3s2(nn.Cell):
         self.symmetric = pad_mode == "pad"
         self.pad = ZeroPad1()
         self.pool = pool(3, 2, pad_mode="valid" if self.symmetric else "same")
-        self.fast = self.symmetric and resolve_conv_impl(impl) == "fast"
+        self.fast = self.symmetric and resolve_conv_impl(impl) == "ours"
         if self.fast:
             self.fast_op = cpu_kernels.pool_op(kind)
 
@@ -433,12 +437,12 @@ def avg_pool_3x3_s2(pad_mode: str = "pad", impl: str = "auto") -> Pool3x3s2:
 
 
 class Classifier(nn.Dense):
-    """``nn.Dense`` (the same parameters and names), whose eval mode with ``impl`` "fast" takes
-    our CPU kernel (MindSpore's MatMul took 0.5 ms of a ShuffleNetV2 inference at batch 1)."""
+    """``nn.Dense`` (the same parameters and names), whose eval mode with ``impl`` "ours" takes
+    our CPU kernel (MindSpore's MatMul is a visible share of a batch-1 inference)."""
 
     def __init__(self, in_channels: int, out_channels: int, has_bias: bool, impl: str = "auto"):
         super().__init__(in_channels, out_channels, has_bias=has_bias)
-        self.fast = resolve_conv_impl(impl) == "fast"
+        self.fast = resolve_conv_impl(impl) == "ours"
         if self.fast:
             self.fast_op = cpu_kernels.fully_connected_op(has_bias)
 
@@ -452,13 +456,12 @@ class Classifier(nn.Dense):
 
 class GlobalAvgPool(nn.Cell):
     """Mean over H and W, (N, C, H, W) -> (N, C). Exports to ONNX, unlike AdaptiveAvgPool2d.
-    With ``impl`` "fast", float32 takes our CPU kernel, forward and gradient (MindSpore's
-    ReduceMean took 6 ms of a ShuffleNetV2 inference at batch 32, with its gradient 24 ms of a
-    training step)."""
+    With ``impl`` "ours", float32 takes our CPU kernel, forward and gradient (MindSpore's
+    ReduceMean and its gradient are slow on CPU: docs/PERFORMANCE.md)."""
 
     def __init__(self, impl: str = "auto"):
         super().__init__()
-        self.fast = resolve_conv_impl(impl) == "fast"
+        self.fast = resolve_conv_impl(impl) == "ours"
         if self.fast:
             self.fast_op = cpu_kernels.global_mean_op()
 

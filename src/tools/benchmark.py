@@ -45,8 +45,8 @@ import time
 
 import numpy as np
 
-from src.errors import ArgumentParser, UserError
-from src.models.layers import CONV_IMPLS
+from src.cli import ArgumentParser
+from src.errors import UserError
 
 # "standard": ours built from standard operators only (our CPU kernels off). Infer mode adds
 # the exported files: "mindir" (GraphCell) and "onnx" (onnxruntime).
@@ -76,13 +76,13 @@ def parser() -> ArgumentParser:
     p.add_argument("--steps", type=int, default=3, help="timed steps per round")
     p.add_argument("--rounds", type=int, default=2, help="A B A B rounds of --steps each")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps after the compile")
-    p.add_argument("--device_target", default="CPU", choices=("CPU", "GPU", "Ascend"))
+    p.add_argument("--device_target", default="CPU", help="as train.py's")
     p.add_argument("--compare", default=None, help="comma list of standard (ours with our "
                    "CPU kernels off), mindir, onnx (infer mode: the exported files), mindcv, "
                    "torch: timed in the same run (one that is not importable is skipped with a "
                    "line); default: none, and every one in infer mode")
-    p.add_argument("--conv_impl", default="auto", choices=CONV_IMPLS,
-                   help="ours: how the 1x1 and depthwise convs are computed")
+    p.add_argument("--conv_impl", default="auto",
+                   help="ours: how the 1x1 and depthwise convs are computed, as train.py's")
     p.add_argument("--jit_level", default="", choices=("", "O0", "O1", "O2"),
                    help="ours and MindCV: GRAPH_MODE jit level ('' = MindSpore's default)")
     p.add_argument("--data_path", default="", help="data mode: a folder with train/<class>/; "
@@ -99,8 +99,12 @@ def batch_list(text: str) -> list:
     return [int(part) for part in text.split(",") if part.strip()]
 
 
+# The keys the benchmark shares with train.py: their values follow the config's rules.
+CONFIG_KEYS = ("network", "device_target", "conv_impl", "image_size")
+
+
 def check(args) -> None:
-    from src.models import list_networks
+    from src.model_utils.config import check_value
     args.explicit = {k for k in DEFAULTS if getattr(args, k) is not None}
     for key, value in DEFAULTS.items():
         if getattr(args, key) is None:
@@ -112,16 +116,12 @@ def check(args) -> None:
         raise UserError("a sweep of batch sizes is timed in train mode only", "--batch_size",
                         "give one batch size, or --mode train")
     args.batch_size = args.batch_sizes[0]  # the headline figures' batch
-    if args.network not in list_networks():
-        raise UserError(f"unknown network {args.network!r}", "--network",
-                        "give a registered name, e.g. shufflenet_v2_x1_0")
+    for key in CONFIG_KEYS:
+        check_value(key, getattr(args, key), f"--{key}")
     for key, value in (("batch_size", min(args.batch_sizes)), ("steps", args.steps),
                        ("rounds", args.rounds)):
         if value < 1:
             raise UserError(f"{key} must be at least 1", f"--{key}", "give a positive number")
-    if args.image_size < 32 or args.image_size % 32:
-        raise UserError(f"image size {args.image_size} is not a multiple of 32", "--image_size",
-                        "give 224, 160, 64, 32, ...")
     check_compared(args)
     if args.model:
         check_model_file(args)
@@ -247,8 +247,8 @@ def _exported(args, net, impl):
 
 def _torch_defaults():
     """PyTorch with its own threading defaults: every core (a process spawned by one that has
-    imported MindSpore starts with 1: MobileNetV1 inference 11.4 vs 17.2 images/s) and
-    OpenMP's default wait policy, not the one src/__init__.py sets for our kernels."""
+    imported MindSpore starts with 1 thread) and OpenMP's default wait policy, not the one
+    src/__init__.py sets for our kernels."""
     if os.environ.pop("ZOO_OMP_WAIT_POLICY_SET", None):
         os.environ.pop("OMP_WAIT_POLICY", None)
     import torch
@@ -289,7 +289,7 @@ def _layer_setup(args, impl):
     from src.device import use_device
     from src.models.layers import BatchNorm, Conv1x1, ConvKxK
     use_device(args.device_target)
-    conv_impl = "fast" if impl == "ours" else "standard"
+    conv_impl = "ours" if impl == "ours" else "mindspore"
     if args.layer == "batch_norm":
         layer = BatchNorm(cin, conv_impl)
     elif k == 1:
@@ -301,7 +301,7 @@ def _layer_setup(args, impl):
     if args.mode == "layer_infer":
         return lambda: layer(inputs).asnumpy()
     # The backward from a given output gradient, as in a network, without a loss's own cost
-    # (MindSpore's CPU ReduceSum of this tensor alone takes 15 ms).
+    # (MindSpore's CPU ReduceSum of this tensor alone is slower than many layers it would time).
     cotangent = ms.Tensor(np.random.rand(*layer(inputs).shape).astype(np.float32))
 
     class Backward(nn.Cell):

@@ -1,11 +1,11 @@
 """What the launch scripts ask before they start workers.
 
-- ``python -m src.tools.launch RANK_TABLE_FILE`` (scripts/run_distribute_train.sh) prints one line
-  per device of this server of an Ascend rank table, ``RANK_ID DEVICE_ID RANK_SIZE SERVER_INDEX``,
-  sorted by rank, or one ``error:`` line and exit code 2 when the table is malformed, its servers
-  disagree, this host is none of them, or it disagrees with ``RANK_SIZE`` (when set). The server:
-  ``SERVER_ID`` (an index from 0, or a server_id), else the one whose server_id is one of this
-  host's addresses (as the model_zoo's multi-server scripts match them).
+- ``python -m src.tools.launch ranks RANK_TABLE_FILE`` (scripts/run_distribute_train.sh) prints one
+  line per device of this server of an Ascend rank table, ``RANK_ID DEVICE_ID RANK_SIZE
+  SERVER_INDEX``, sorted by rank, or one ``error:`` line and exit code 2 when the table is
+  malformed, its servers disagree, this host is none of them, or it disagrees with ``RANK_SIZE``
+  (when set). The server: ``SERVER_ID`` (an index from 0, or a server_id), else the one whose
+  server_id is one of this host's addresses (as the model_zoo's multi-server scripts match them).
 - ``python -m src.tools.launch check TRAIN_ARGS...`` makes the checks train.py makes before it
   starts anything (the config and its values, the data folder's layout), so a bad argument stops a
   multi-process job with one line before any worker starts.
@@ -20,7 +20,8 @@ import os
 import subprocess
 import sys
 
-from src.errors import UserError, run_main
+from src.cli import ArgumentParser, run_main
+from src.errors import UserError
 
 
 def host_addresses() -> set:
@@ -173,17 +174,31 @@ def check_train_args(argv) -> None:
     check_layout(config.dataset, config.dataset_path)
 
 
+def parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m src.tools.launch", allow_abbrev=False,
+                       description=__doc__.splitlines()[0])
+    commands = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    ranks = commands.add_parser("ranks", help="this server's ranks of an Ascend rank table")
+    ranks.add_argument("rank_table", metavar="RANK_TABLE_FILE")
+    commands.add_parser("check", help="train.py's checks of TRAIN_ARGS (any config flags)")
+    msrun = commands.add_parser("msrun-for", help="msrun, or one-scheduler where MASTER_ADDR "
+                                "is this host")
+    msrun.add_argument("master_addr", metavar="MASTER_ADDR")
+    return p
+
+
 def main(argv):
-    if argv[:1] == ["check"]:
-        check_train_args(argv[1:])
+    p = parser()
+    args, train_args = p.parse_known_args(argv)
+    if args.command == "check":
+        check_train_args(train_args)
         return
-    if argv[:1] == ["msrun-for"] and len(argv) == 2:
-        print(msrun_for(argv[1]))
+    if train_args:
+        p.error(f"unrecognized arguments: {' '.join(train_args)}")
+    if args.command == "msrun-for":
+        print(msrun_for(args.master_addr))
         return
-    if len(argv) != 1:
-        raise UserError("usage: python -m src.tools.launch RANK_TABLE_FILE", "command line",
-                        "give the rank table path")
-    plan, total, server = read_rank_table(argv[0], os.environ.get("SERVER_ID"))
+    plan, total, server = read_rank_table(args.rank_table, os.environ.get("SERVER_ID"))
     for rank, device in plan:
         print(rank, device, total, server)
 

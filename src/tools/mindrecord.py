@@ -19,6 +19,7 @@ import sys
 
 import numpy as np
 
+from src.cli import ArgumentParser, run_main
 from src.dataset import (
     MINDRECORD_INFO,
     check_classes,
@@ -26,7 +27,7 @@ from src.dataset import (
     imagenet_folder,
     scan_image_folder,
 )
-from src.errors import ArgumentParser, UserError, run_main
+from src.errors import UserError
 from src.progress import Progress
 
 SPLITS = {"train": True, "val": False}

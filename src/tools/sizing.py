@@ -13,12 +13,13 @@ output).
   one CPU core decodes and crops (``DECODE_PER_CORE``) and the bytes per second from storage
   (``JPEG_BYTES`` a training image on average).
 """
-import argparse
 import math
 import os
+import sys
 
 import yaml
 
+from src.cli import ArgumentParser, run_main
 from src.model_utils.config import REPO_ROOT
 
 IMAGENET_TRAIN = 1_281_167
@@ -119,10 +120,11 @@ def markdown(params: dict, config: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> None:
-    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args(argv)
+def main(argv) -> None:
+    ArgumentParser(prog="python -m src.tools.sizing", allow_abbrev=False,
+                   description=__doc__.splitlines()[0]).parse_args(argv)
     print(markdown(parameter_counts(), recipe()), end="")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))
