@@ -207,9 +207,27 @@ def test_the_checker_sees_a_collective_call(tmp_path):
                                                  "line 4: AllReduce"]
 
 
-# Documents of the team's own, which a user who clones this repository does not have.
-OUTSIDE = re.compile(r"\bANCHORS\b|\bSPEC\.md\b|\bseeds/")
+# Documents of the team's own, which a user who clones this repository does not have, and the
+# team's issues by title ("the training issue").
+OUTSIDE = re.compile(r"\bANCHORS\b|\bSPEC\.md\b|\bseeds/|\b[\w-]+ issue\b")
 TEXT = (".py", ".md", ".yaml", ".sh", ".cc", ".h", ".txt", ".ini", ".toml", ".cfg")
+
+
+# A measured time or rate: "447 ms", "281 images/s", "3x faster".
+TIMING = re.compile(r"\b\d[\d,.]*\s?(ms|µs)\b|\b\d[\d,.]*\s?images/s\b|\b[\d.]+x (faster|slower)\b")
+
+
+def test_measured_timings_live_in_the_docs_not_the_code():
+    """The code gives the reason in a clause; the figures are in docs/PERFORMANCE.md and
+    docs/DEPLOY.md, where they are measured again, not in comments that go stale."""
+    found = []
+    for path in python_files(SRC) + [
+            os.path.join(ROOT, name) for name in os.listdir(ROOT) if name.endswith(".py")]:
+        with open(path, encoding="utf-8") as f:
+            found += [f"{os.path.relpath(path, ROOT)}:{number}: {line.strip()}"
+                      for number, line in enumerate(f, 1) if TIMING.search(line)]
+    assert not found, "\n".join(found)
+    assert TIMING.search("took 447 ms a step") and TIMING.search("281 images/s split")
 
 
 def test_no_file_points_to_documents_outside_the_repository():

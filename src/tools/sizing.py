@@ -27,7 +27,7 @@ DEVICES_PER_NODE = 8
 NODES = (1, 2, 4, 8, 16, 32, 64)
 JPEG_BYTES = 110_000  # ImageNet's training JPEGs average about 110 KB (140 GB / 1.28 M)
 # Decode + random-resized crop to 224 + flip + normalise of one ImageNet JPEG, images/s on one
-# core: an assumption of this table (about 2.5 ms an image), stated, not measured here.
+# core: an assumption of this table, stated, not measured here.
 DECODE_PER_CORE = 400
 CORES_PER_NODE = 192  # an Ascend 910 training server: 4 Kunpeng 920 CPUs of 48 cores
 CONFIG = os.path.join(REPO_ROOT, "default_config_imagenet.yaml")
