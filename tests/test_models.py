@@ -173,6 +173,28 @@ def test_layout_options_keep_names_and_shapes():
     assert {"features.0.weight", "features.15.3.weight", "classifier.bias"} <= mbv1
 
 
+@pytest.mark.parametrize("name", ["shufflenet_v1_g3_05", "shufflenet_v2_x0_5", "mobilenet_v1_025"])
+def test_drop_rate_drops_the_classifiers_inputs_in_training_only(name):
+    """The same parameters; in training about drop_rate of the classifier's inputs are zeroed
+    (the rest scaled by 1 / (1 - drop_rate)); eval mode is the network without dropout."""
+    plain = create_network(name, num_classes=10, conv_impl="mindspore")
+    dropping = create_network(name, num_classes=10, conv_impl="mindspore", drop_rate=0.5)
+    assert [p.name for p in dropping.get_parameters()] == \
+        [p.name for p in plain.get_parameters()]
+    ms.load_param_into_net(dropping, {p.name: p for p in plain.get_parameters()})
+    features = ms.Tensor(np.ones((64, dropping.classifier.in_channels), np.float32))
+    dropping.classifier.set_train(True)
+    kept = dropping.classifier.dropout(features).asnumpy()
+    assert 0.4 < (kept == 0).mean() < 0.6 and np.allclose(kept[kept != 0], 2.0)
+    x = ms.Tensor(np.random.RandomState(0).rand(2, 3, 64, 64).astype(np.float32))
+    plain.set_train(False)
+    dropping.set_train(False)
+    assert np.abs(dropping(x).asnumpy() - plain(x).asnumpy()).max() < 1e-5
+    dropping.set_train(True)
+    plain.set_train(True)
+    assert np.abs(dropping(x).asnumpy() - plain(x).asnumpy()).max() > 1e-4
+
+
 @pytest.mark.parametrize("name, options", [
     ("shufflenet_v1_g3_05", {"pool_pad": "same", "shuffle_order": "megvii"}),
     ("shufflenet_v2_x0_5", {"pool_pad": "same"}),

@@ -23,7 +23,7 @@ DEFAULT_CONFIG = os.path.join(REPO_ROOT, "default_config.yaml")
 # Keys whose values are real numbers even where a yaml writes them as 0 or 1.
 FLOAT_KEYS = {"lr_init", "lr_max", "lr_end", "warmup_epochs", "momentum", "weight_decay",
               "label_smooth_factor", "loss_scale", "scale_factor", "bad_image_limit",
-              "color_jitter"}
+              "color_jitter", "beta1", "beta2", "eps", "rmsprop_decay", "drop_rate"}
 
 
 def owned(module: str, name: str, *args):
@@ -102,7 +102,13 @@ RULES = {
     "lr_max": Range(0.0),
     "lr_end": Range(0.0),
     "warmup_epochs": Range(0.0),
+    "opt": Choice(owned("src.training.optim", "OPTIMIZERS")),
     "momentum": Range(0.0, 1.0),
+    "beta1": Range(0.0, 1.0, high_inclusive=False),
+    "beta2": Range(0.0, 1.0, high_inclusive=False),
+    "eps": Range(1e-12),
+    "rmsprop_decay": Range(0.0, 1.0, high_inclusive=False),
+    "drop_rate": Range(0.0, 1.0, high_inclusive=False),
     "weight_decay": Range(0.0),
     "label_smooth_factor": Range(0.0, 1.0, high_inclusive=False),
     "loss_scale": Range(1.0),

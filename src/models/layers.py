@@ -438,19 +438,26 @@ def avg_pool_3x3_s2(pad_mode: str = "pad", impl: str = "auto") -> Pool3x3s2:
 
 class Classifier(nn.Dense):
     """``nn.Dense`` (the same parameters and names), whose eval mode with ``impl`` "ours" takes
-    our CPU kernel (MindSpore's MatMul is a visible share of a batch-1 inference)."""
+    our CPU kernel (MindSpore's MatMul is a visible share of a batch-1 inference). In training,
+    ``drop_rate`` > 0 drops its inputs with that chance first (dropout, as timm's and MindCV's
+    heads do); eval mode never does."""
 
-    def __init__(self, in_channels: int, out_channels: int, has_bias: bool, impl: str = "auto"):
+    def __init__(self, in_channels: int, out_channels: int, has_bias: bool, impl: str = "auto",
+                 drop_rate: float = 0.0):
         super().__init__(in_channels, out_channels, has_bias=has_bias)
         self.fast = resolve_conv_impl(impl) == "ours"
         if self.fast:
             self.fast_op = cpu_kernels.fully_connected_op(has_bias)
+        self.drop_rate = float(drop_rate)
+        self.dropout = nn.Dropout(p=self.drop_rate) if self.drop_rate > 0 else None
 
     def construct(self, x):
         if self.fast and not self.training and x.dtype == ms.float32:
             if self.has_bias:
                 return self.fast_op(x, self.weight, self.bias)
             return self.fast_op(x, self.weight)
+        if self.dropout is not None and self.training:
+            x = self.dropout(x)
         return super().construct(x)
 
 

@@ -76,11 +76,12 @@ class MobileNetV1(nn.Cell):
     """MobileNetV1 at width ``alpha``; channels are ``int(c * alpha)``; dense with bias.
 
     ``activation`` "relu" (paper, MindCV; default) or "relu6" (timm's and the zoo's weights).
-    ``conv_impl`` how the 1x1 and depthwise convs are computed (layers.resolve_conv_impl).
+    ``conv_impl`` how the 1x1 and depthwise convs are computed (layers.resolve_conv_impl);
+    ``drop_rate`` the dropout before the classifier in training.
     """
 
     def __init__(self, alpha=1.0, num_classes=1000, in_channels=3, activation="relu",
-                 conv_impl="auto"):
+                 conv_impl="auto", drop_rate=0.0):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation {activation!r} is not one of {tuple(ACTIVATIONS)}")
@@ -92,7 +93,7 @@ class MobileNetV1(nn.Cell):
             c = int(out * alpha)
         self.features = FusedSequence(layers)
         self.pool = GlobalAvgPool(conv_impl)
-        self.classifier = Classifier(c, num_classes, True, conv_impl)
+        self.classifier = Classifier(c, num_classes, True, conv_impl, drop_rate)
         for _, cell in self.cells_and_names():
             if isinstance(cell, nn.Conv2d):
                 cell.weight.set_data(init.initializer(init.XavierUniform(), cell.weight.shape,

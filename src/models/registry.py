@@ -80,7 +80,8 @@ def create_network(name: str, num_classes: int = None, **kwargs):
     (MindCV's initialisation).
 
     ``kwargs`` are the family's options (``pool_pad``, ``shuffle_order``, ``conv_impl``,
-    ``activation``, ``in_channels``). An unknown name raises ValueError with close matches.
+    ``drop_rate``, ``activation``, ``in_channels``). An unknown name raises ValueError with close
+    matches.
     This layer knows nothing of weights files: ``src.create_network(name, pretrained=TAG)``
     (src/weights/pretrained.py) builds through here and loads a source's published weights.
     """

@@ -135,11 +135,12 @@ class ShuffleNetV1(nn.Cell):
 
     Options: ``pool_pad`` "pad" (symmetric, default) or "same" (MindCV's pools);
     ``shuffle_order`` "paper" (default) or "megvii" (megvii's and MindCV's permutation);
-    ``conv_impl`` how the 1x1 and depthwise convs are computed (layers.resolve_conv_impl).
+    ``conv_impl`` how the 1x1 and depthwise convs are computed (layers.resolve_conv_impl);
+    ``drop_rate`` the dropout before the classifier in training.
     """
 
     def __init__(self, group=3, width=1.0, num_classes=1000, in_channels=3,
-                 pool_pad="pad", shuffle_order="paper", conv_impl="auto"):
+                 pool_pad="pad", shuffle_order="paper", conv_impl="auto", drop_rate=0.0):
         super().__init__()
         c1, *stages = stage_channels(group, width)
         self.first_conv = FusedSequence([conv3x3(in_channels, c1, 2, conv_impl),
@@ -155,7 +156,7 @@ class ShuffleNetV1(nn.Cell):
                 c_in = c_out
         self.features = nn.SequentialCell(blocks)
         self.global_pool = GlobalAvgPool(conv_impl)
-        self.classifier = Classifier(c_in, num_classes, False, conv_impl)
+        self.classifier = Classifier(c_in, num_classes, False, conv_impl, drop_rate)
         init_shufflenet_weights(self)
 
     def construct(self, x):

@@ -133,11 +133,12 @@ class ShuffleNetV2(nn.Cell):
     ``pool_pad`` "pad" (symmetric, default) or "same" (MindCV's stem max pool); ``layout``
     "megvii" (default: megvii, MindCV, the zoo; classifier without bias) or "torchvision"
     (ShuffleV2Block; classifier with bias). Parameter names are ours in both layouts.
-    ``conv_impl`` how the 1x1 and depthwise convs are computed (layers.resolve_conv_impl).
+    ``conv_impl`` how the 1x1 and depthwise convs are computed (layers.resolve_conv_impl);
+    ``drop_rate`` the dropout before the classifier in training.
     """
 
     def __init__(self, width="1_0", num_classes=1000, in_channels=3, pool_pad="pad",
-                 layout="megvii", conv_impl="auto"):
+                 layout="megvii", conv_impl="auto", drop_rate=0.0):
         super().__init__()
         c1, *stages, c5 = CHANNELS[width]
         self.first_conv = FusedSequence([conv3x3(in_channels, c1, 2, conv_impl),
@@ -153,7 +154,8 @@ class ShuffleNetV2(nn.Cell):
         self.conv_last = FusedSequence([conv1x1(c_in, c5, impl=conv_impl),
                                             batch_norm(c5, conv_impl), nn.ReLU()])
         self.pool = GlobalAvgPool(conv_impl)
-        self.classifier = Classifier(c5, num_classes, layout == "torchvision", conv_impl)
+        self.classifier = Classifier(c5, num_classes, layout == "torchvision", conv_impl,
+                                     drop_rate)
         init_shufflenet_weights(self)
 
     def construct(self, x):

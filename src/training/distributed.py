@@ -10,6 +10,7 @@ import numpy as np
 from mindspore import ops
 
 from src.errors import UserError
+from src.training.optim import state_of
 
 
 def join_group() -> tuple:
@@ -59,7 +60,7 @@ def agree_on_step(step: int, rank: int, size: int) -> tuple:
 def broadcast_state(net, opt, step: int, rank: int, size: int) -> None:
     """Rank 0's weights, BatchNorm statistics, momentum and step on every rank: one all-reduce
     of a vector that only rank 0 fills (MindSpore's CPU collectives sum floats)."""
-    params = list(net.get_parameters()) + list(opt.moments)
+    params = list(net.get_parameters()) + state_of(opt, net)
     sizes = gather_over_ranks(sum(int(np.prod(p.shape)) for p in params), rank, size)
     if len(set(sizes)) > 1:
         raise UserError(f"the ranks built networks of different sizes ({min(sizes):,} to "

@@ -12,7 +12,6 @@ import time
 
 import mindspore as ms
 import numpy as np
-from mindspore import nn
 from mindspore.train import DynamicLossScaleManager, FixedLossScaleManager, Model
 
 from src.checkpoint import (
@@ -45,6 +44,7 @@ from src.training.distributed import (
     join_group,
     wait_for_every_rank,
 )
+from src.training.optim import create_optimizer, state_of
 from src.training.run_state import (
     Start,
     best_name,
@@ -56,11 +56,16 @@ from src.weights.pretrained import checkpoint_for
 
 
 def check_recipe(config) -> None:
-    """Combinations of keys that this device cannot train, refused before anything starts."""
+    """Combinations of keys that cannot train (on this device), refused before anything
+    starts."""
     if config.loss_scale_type == "dynamic" and config.device_target == "CPU":
         raise UserError("a dynamic loss scale does not run on CPU (MindSpore 2.10 builds its "
                         "overflow-skipping train step for Ascend and GPU only)",
                         "--loss_scale_type", "give --loss_scale_type fixed on CPU")
+    if config.use_nesterov and (config.opt not in ("momentum", "sgd") or not config.momentum):
+        raise UserError(f"Nesterov's momentum needs opt momentum or sgd with a momentum above 0 "
+                        f"(opt {config.opt}, momentum {config.momentum:g})", "--use_nesterov",
+                        "give --use_nesterov False, or --opt momentum with --momentum 0.9")
 
 
 def loss_scaling(config) -> tuple:
@@ -81,16 +86,6 @@ def set_up(config) -> tuple:
     ms.dataset.config.set_seed(config.seed)
     use_device(config.device_target, config.conv_impl, config.device_id)
     return join_group() if config.is_distributed else (0, 1)
-
-
-def decay_groups(net, weight_decay: float) -> list:
-    """Momentum parameter groups: weight decay on weights only, not BN gamma/beta or biases."""
-    params = net.trainable_params()
-    no_decay = [p for p in params if p.name.endswith((".gamma", ".beta", ".bias"))]
-    decay = [p for p in params if not p.name.endswith((".gamma", ".beta", ".bias"))]
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-            {"order_params": params}]
 
 
 def checkpoint_dir(config) -> str:
@@ -154,8 +149,9 @@ def network_record(config, start: Start) -> tuple:
 # ---- the optimizer, its schedule, the train state
 
 def build_optimizer(config, net, steps: int, group_size: int, loss_scale: float) -> tuple:
-    """(Momentum optimizer, per-step lr array): the lr schedule scaled to the global batch when
-    the recipe says so, weight decay on weights only, ``loss_scale`` (``loss_scaling``'s)."""
+    """(optimizer, per-step lr array): the optimizer ``opt`` names (optim.py), the lr schedule
+    scaled to the global batch when the recipe says so, weight decay on weights only,
+    ``loss_scale`` (``loss_scaling``'s)."""
     lr_init, lr_max = config.lr_init, config.lr_max
     if config.lr_scaling == "linear" and config.lr_base_batch:
         factor = config.batch_size * group_size / config.lr_base_batch
@@ -165,20 +161,18 @@ def build_optimizer(config, net, steps: int, group_size: int, loss_scale: float)
               flush=True)
     lr = get_lr(config.lr_decay_mode, lr_init, lr_max, config.lr_end,
                 config.warmup_epochs, config.epoch_size, steps)
-    opt = nn.Momentum(decay_groups(net, config.weight_decay), ms.Tensor(lr), config.momentum,
-                      loss_scale=loss_scale)
-    return opt, lr
+    return create_optimizer(config, net, lr, loss_scale), lr
 
 
 def restore_train_state(net, opt, start: Start, step: int, steps: int, lr) -> None:
-    """The resumed checkpoint's weights, momentum and the optimizer's step counter (so the lr
-    continues where it was)."""
+    """The resumed checkpoint's weights, the optimizer's state (moments...) and its step
+    counter (so the lr continues where it was)."""
     load_weights(net, start.params, start.path)
-    # Set the moments by exact name: load_param_into_net(opt, ...) also matches a network
+    # Set the state by exact name: load_param_into_net(opt, ...) also matches a network
     # weight to its moment with the "moments." prefix dropped (measured on 2.10).
-    for moment in opt.moments:
-        if moment.name in start.params:
-            moment.set_data(start.params[moment.name].data)
+    for state in state_of(opt, net):
+        if state.name in start.params:
+            state.set_data(start.params[state.name].data)
     opt.global_step.set_data(ms.Tensor([start.meta.get("global_step", step)], ms.int32))
     epoch, in_epoch = epoch_and_step(step + 1, steps)
     print(f"resume: from {start.path} at epoch {epoch} step {in_epoch}, next lr "
@@ -281,7 +275,7 @@ def build_model(run: Run, pretrained) -> tuple:
     """(Model, network, optimizer): the network with its pretrained, resumed or rank 0's
     weights, the optimizer with its schedule and train state, the loss and loss scaling."""
     config = run.config
-    net = run.record.build(conv_impl=config.conv_impl)
+    net = run.record.build(conv_impl=config.conv_impl, drop_rate=config.drop_rate)
     if pretrained is not None:
         load_weights(net, pretrained, config.pretrained, skip=("classifier",))
         print(f"pretrained: loaded all but the classifier ({config.pretrained})", flush=True)
