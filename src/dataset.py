@@ -17,6 +17,7 @@ import numpy as np
 from mindspore.common import dtype as mstype
 from PIL import Image
 
+from src.augment import auto_augment_ops, erasing_ops
 from src.errors import UserError
 
 CIFAR_RECORD = 1 + 32 * 32 * 3
@@ -374,7 +375,8 @@ def create_dataset(config, training: bool, rank_id: int = 0, rank_size: int = 1,
         if size == 32:
             ops = ops[1:]  # the 32x32 images need no resize
         if augment:
-            ops = [V.RandomCrop(32, padding=4)] + flip_ops(config) + ops
+            ops = [V.RandomCrop(32, padding=4)] + flip_ops(config) + \
+                auto_augment_ops(config.auto_augment, "cifar10") + ops + erasing_ops(config)
     elif config.dataset in ("imagenet", "mindrecord"):
         if config.dataset == "imagenet":
             folder = imagenet_folder(config.dataset_path, training)
@@ -388,11 +390,11 @@ def create_dataset(config, training: bool, rank_id: int = 0, rank_size: int = 1,
                                   num_parallel_workers=workers, **shard)
         if augment:
             ops = [V.RandomCropDecodeResize(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3))] + \
-                flip_ops(config)
+                flip_ops(config) + auto_augment_ops(config.auto_augment)
             if config.color_jitter:
                 jitter = config.color_jitter
                 ops.append(V.RandomColorAdjust(jitter, jitter, jitter))
-            ops += normalize_ops(config.input_norm)
+            ops += normalize_ops(config.input_norm) + erasing_ops(config)
         else:
             ops = [V.Decode()] + eval_image_ops("imagenet", size, config.input_norm,
                                                 config.eval_resize)

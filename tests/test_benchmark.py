@@ -65,10 +65,12 @@ def test_data_mode(tmp_path):
     out = tmp_path / "bench.json"
     proc = run_entry("benchmark.py", "--network", "mobilenet_v1_025", "--mode", "data",
                      "--image_size", "32", "--batch_size", "4", "--steps", "2", "--rounds", "1",
+                     "--auto_augment", "randaug-m9-mstd0.5-inc1", "--re_prob", "0.25",
                      "--json", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["mode"] == "data" and FIGURES <= set(result["results"]["ours"])
+    assert (result["auto_augment"], result["re_prob"]) == ("randaug-m9-mstd0.5-inc1", 0.25)
 
 
 @pytest.mark.parametrize("mode, layer", [("layer", "depthwise_s2"), ("layer_infer", "batch_norm")])

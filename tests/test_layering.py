@@ -98,7 +98,7 @@ def test_src_has_no_import_circle():
 # The floors, bottom up: a module's floor is that of the longest prefix of its name listed here.
 FLOORS = (
     ("src.models",),  # the networks
-    ("src.errors", "src.progress", "src.CrossEntropySmooth", "src.lr_generator",
+    ("src.errors", "src.progress", "src.CrossEntropySmooth", "src.lr_generator", "src.augment",
      "src.model_utils", "src.dataset", "src.device", "src.checkpoint", "src.cli"),  # shared
     ("src.weights",),  # other sources' weights
     ("src.deploy",),  # evaluation, prediction, export

@@ -23,7 +23,8 @@ DEFAULT_CONFIG = os.path.join(REPO_ROOT, "default_config.yaml")
 # Keys whose values are real numbers even where a yaml writes them as 0 or 1.
 FLOAT_KEYS = {"lr_init", "lr_max", "lr_end", "warmup_epochs", "momentum", "weight_decay",
               "label_smooth_factor", "loss_scale", "scale_factor", "bad_image_limit",
-              "color_jitter", "beta1", "beta2", "eps", "rmsprop_decay", "drop_rate"}
+              "color_jitter", "beta1", "beta2", "eps", "rmsprop_decay", "drop_rate",
+              "re_prob"}
 
 
 def owned(module: str, name: str, *args):
@@ -63,6 +64,19 @@ class Range(NamedTuple):
     high: Optional[float] = None
     high_inclusive: bool = True
     multiple: int = 1
+
+
+class Pair(NamedTuple):
+    """Two numbers (min, max): low < min <= max (a yaml list [a, b] or a flag "a,b")."""
+    low: float = 0.0
+
+
+class Check(NamedTuple):
+    """The value must pass ``module.name(value)``, the parser of the module that uses it, which
+    raises a ValueError of (what is wrong, what to do)."""
+    module: str
+    name: str
+    text: str  # what docs/CONFIG.md says is allowed
 
 
 # The largest image side a run takes (a multiple of 32, as the networks' five stride-2 stages
@@ -109,6 +123,13 @@ RULES = {
     "eps": Range(1e-12),
     "rmsprop_decay": Range(0.0, 1.0, high_inclusive=False),
     "drop_rate": Range(0.0, 1.0, high_inclusive=False),
+    "auto_augment": Check("src.augment", "parse_auto_augment",
+                          "\"\", randaug-m<M>[-n<N>][-mstd<S>][-mmax<X>][-inc<0 or 1>], autoaug, "
+                          "trivialaugwide"),
+    "re_prob": Range(0.0, 1.0),
+    "re_scale": Pair(0.0),
+    "re_ratio": Pair(0.0),
+    "re_value": Check("src.augment", "check_erasing_value", "a whole number, or random"),
     "weight_decay": Range(0.0),
     "label_smooth_factor": Range(0.0, 1.0, high_inclusive=False),
     "loss_scale": Range(1.0),
@@ -140,6 +161,8 @@ def parse_bool(text: str, key: str) -> bool:
 def _kind(key, default):
     if isinstance(default, bool):
         return bool
+    if isinstance(default, list):
+        return tuple
     if key in FLOAT_KEYS or isinstance(default, float):
         return float
     if isinstance(default, int):
@@ -150,7 +173,16 @@ def _kind(key, default):
 def _convert(key, value, kind, where):
     """Turn a yaml or command-line value into ``kind``, or raise a UserError."""
     try:
-        if isinstance(value, (list, dict)):  # no key takes a yaml list or mapping
+        if kind is tuple:  # two numbers: a yaml list, or "a,b" on the command line
+            parts = value.split(",") if isinstance(value, str) else value
+            if not isinstance(parts, (list, tuple)) or len(parts) != 2 or \
+                    any(isinstance(p, bool) for p in parts):
+                raise ValueError(value)
+            pair = tuple(float(p) for p in parts)
+            if not all(math.isfinite(p) for p in pair):
+                raise ValueError(value)
+            return pair
+        if isinstance(value, (list, dict)):  # no other key takes a yaml list or mapping
             raise ValueError(value)
         if kind is bool:
             if isinstance(value, bool):
@@ -167,7 +199,7 @@ def _convert(key, value, kind, where):
         return "" if value is None else str(value)
     except (ValueError, TypeError):
         allowed = {bool: "True or False", int: "an integer", float: "a finite number",
-                   str: "one text value"}[kind]
+                   str: "one text value", tuple: "two numbers a,b"}[kind]
         flag = f"--{key}" if where.startswith("--") else key
         raise UserError(f"{key} must be {allowed}, got {value!r}", where,
                         f"give {flag} {allowed}") from None
@@ -176,6 +208,17 @@ def _convert(key, value, kind, where):
 def check_value(key, value, where=""):
     """Raise UserError if ``value`` breaks the rule for ``key``."""
     rule = RULES.get(key)
+    if isinstance(rule, Check) and value != "":
+        import importlib
+        try:
+            getattr(importlib.import_module(rule.module), rule.name)(value)
+        except ValueError as err:
+            what, todo = err.args
+            raise UserError(f"{key} {value!r}: {what}", where, todo) from None
+    elif isinstance(rule, Pair):
+        if not rule.low < value[0] <= value[1]:
+            raise UserError(f"{key} = {value[0]:g},{value[1]:g} is out of range", where,
+                            f"give two numbers above {rule.low:g}, the smaller first")
     if isinstance(rule, Choice):
         allowed = rule.allowed()
         if value not in allowed:  # a registry's long list: the near names and where it is
@@ -342,6 +385,10 @@ def markdown_table() -> str:
             allowed = f"{rule.low} .. {rule.high if rule.high is not None else ''}"
             if rule.multiple > 1:
                 allowed += f", a multiple of {rule.multiple}"
+        elif isinstance(rule, Check):
+            allowed = rule.text
+        elif isinstance(rule, Pair):
+            allowed = f"two numbers above {rule.low:g}, the smaller first"
         else:
             allowed = "True, False" if isinstance(value, bool) else "text"
         text = str(helps.get(key, "")).replace("|", "\\|")

@@ -88,6 +88,10 @@ def parser() -> ArgumentParser:
     p.add_argument("--data_path", default="", help="data mode: a folder with train/<class>/; "
                    "default: a generated folder of 256 JPEGs of 500x375")
     p.add_argument("--num_parallel_workers", type=int, default=0, help="data mode: 0 = cores")
+    p.add_argument("--auto_augment", default="", help="data mode: train.py's policy on top "
+                   "(randaug-m9-mstd0.5-inc1, autoaug, trivialaugwide)")
+    p.add_argument("--re_prob", type=float, default=0.0,
+                   help="data mode: train.py's random erasing chance")
     p.add_argument("--no_train_py", action="store_true",
                    help="train mode: leave out the train.py runs (in-process steps only)")
     p.add_argument("--json", default="", help="write the figures to this file")
@@ -100,7 +104,7 @@ def batch_list(text: str) -> list:
 
 
 # The keys the benchmark shares with train.py: their values follow the config's rules.
-CONFIG_KEYS = ("network", "device_target", "conv_impl", "image_size")
+CONFIG_KEYS = ("network", "device_target", "conv_impl", "image_size", "auto_augment", "re_prob")
 
 
 def check(args) -> None:
@@ -372,7 +376,8 @@ def _data_setup(args):
     config = get_config(["--dataset", "imagenet", "--dataset_path", path, "--network",
                          args.network, "--image_size", str(args.image_size), "--batch_size",
                          str(args.batch_size), "--num_parallel_workers",
-                         str(args.num_parallel_workers)])
+                         str(args.num_parallel_workers), "--auto_augment", args.auto_augment,
+                         "--re_prob", str(args.re_prob)])
     data = create_dataset(config, training=True)
     iterator = data.create_tuple_iterator(num_epochs=-1, output_numpy=True)
 
@@ -478,21 +483,28 @@ def _start_worker(context, args, impl) -> tuple:
     return (process, parent), {"compile_s": round(compile_s, 2), "device": device}
 
 
+def result_header(args) -> dict:
+    """What the run timed, with what, on what machine (the figures' JSON, before them)."""
+    result = {"network": args.network, "mode": args.mode, "batch_size": args.batch_size,
+              "image_size": args.image_size, "steps": args.steps, "rounds": args.rounds,
+              "device_target": args.device_target, "conv_impl": args.conv_impl,
+              "jit_level": args.jit_level or "default",
+              "layer": args.layer if args.mode.startswith("layer") else "",
+              "model": os.path.abspath(args.model) if args.model else "",
+              "machine": machine(), "results": {}, "ratios": {}}
+    if args.mode == "train":
+        result["batch_sizes"] = args.batch_sizes
+    if args.mode == "data":
+        result.update(auto_augment=args.auto_augment, re_prob=args.re_prob)
+    return result
+
+
 def run_benchmark(args) -> dict:
     """Time ours (and the references) as ``args`` says; returns the figures."""
     impls = ["ours"] + ([] if args.mode == "data" else compared(args)) + \
         (["file"] if args.model else [])
     context = mp.get_context("spawn")
-    workers, result = {}, {"network": args.network, "mode": args.mode,
-                           "batch_size": args.batch_size, "image_size": args.image_size,
-                           "steps": args.steps, "rounds": args.rounds,
-                           "device_target": args.device_target, "conv_impl": args.conv_impl,
-                           "jit_level": args.jit_level or "default",
-                           "layer": args.layer if args.mode.startswith("layer") else "",
-                           "model": os.path.abspath(args.model) if args.model else "",
-                           "machine": machine(), "results": {}, "ratios": {}}
-    if args.mode == "train":
-        result["batch_sizes"] = args.batch_sizes
+    workers, result = {}, result_header(args)
     for impl in impls:
         why = available(impl)
         if why:
