@@ -123,3 +123,64 @@ def erasing_ops(config) -> list:
     value = "random" if config.re_value == "random" else int(config.re_value)
     return [V.RandomErasing(config.re_prob, tuple(config.re_scale), tuple(config.re_ratio),
                             value)]
+
+
+class BatchMixer:
+    """mixup and CutMix of a training batch, as a ``per_batch_map``: each batch is mixed with
+    itself reversed (image i with image N-1-i) with the chance ``cutmix_prob``; with both on,
+    CutMix with the chance ``mixup_switch_prob``, else mixup; the factor lam ~ Beta(alpha,
+    alpha). mixup: x = lam x + (1 - lam) x_reversed. CutMix: a box of area (1 - lam) H W (its
+    sides sqrt(1 - lam) H and W, centred anywhere, clipped to the image) comes from the reversed
+    image, and lam becomes 1 - the clipped box's share of the image. The targets are
+    lam y + (1 - lam) y_reversed of the smoothed one-hot labels y (1 - s on the class, s / (C - 1)
+    elsewhere: ``label_smooth_factor``'s rule), so each row sums to 1. Draws come from a numpy
+    generator seeded with ``seed`` (a resumed run draws afresh)."""
+
+    def __init__(self, config, seed: int):
+        import numpy as np
+        self.np = np
+        self.mixup, self.cutmix = config.mixup, config.cutmix
+        self.prob, self.switch = config.cutmix_prob, config.mixup_switch_prob
+        self.classes, self.smoothing = config.num_classes, config.label_smooth_factor
+        self.rng = np.random.RandomState(seed)
+        self.last = ("none", 1.0, None)  # the last batch's (kind, lam, box): for tests and logs
+
+    def targets(self, labels):
+        """The smoothed one-hot rows of ``labels``."""
+        np = self.np
+        off = self.smoothing / (self.classes - 1)
+        rows = np.full((len(labels), self.classes), off, np.float32)
+        rows[np.arange(len(labels)), labels] = 1.0 - self.smoothing
+        return rows
+
+    def draw(self, height: int, width: int) -> tuple:
+        """(kind, lam, box (y1, y2, x1, x2) or None) of the next batch."""
+        if self.rng.rand() >= self.prob:
+            return "none", 1.0, None
+        cut = self.cutmix > 0 and (self.mixup <= 0 or self.rng.rand() < self.switch)
+        if not cut:
+            return "mixup", float(self.rng.beta(self.mixup, self.mixup)), None
+        lam = float(self.rng.beta(self.cutmix, self.cutmix))
+        ratio = self.np.sqrt(1.0 - lam)
+        cut_h, cut_w = int(height * ratio), int(width * ratio)
+        cy, cx = self.rng.randint(height), self.rng.randint(width)
+        y1, y2 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, height)
+        x1, x2 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, width)
+        return "cutmix", 1.0 - (y2 - y1) * (x2 - x1) / (height * width), (y1, y2, x1, x2)
+
+    def __call__(self, images, labels, batch_info=None):
+        np = self.np
+        images = np.stack(images).astype(np.float32)
+        labels = np.asarray(labels).reshape(-1).astype(np.int64)
+        rows = self.targets(labels)
+        kind, lam, box = self.draw(*images.shape[2:])
+        self.last = (kind, lam, box)
+        reversed_images = images[::-1]
+        if kind == "mixup":
+            images = lam * images + (1.0 - lam) * reversed_images
+        elif kind == "cutmix":
+            y1, y2, x1, x2 = box
+            images = images.copy()
+            images[:, :, y1:y2, x1:x2] = reversed_images[:, :, y1:y2, x1:x2]
+        mixed = (lam * rows + (1.0 - lam) * rows[::-1]).astype(np.float32)
+        return list(images.astype(np.float32)), list(mixed)

@@ -34,6 +34,8 @@ CLASS_NAMES = "class_names"
 # Where a checkpoint stands in its run: the epoch and step of its name, and the optimizer's own
 # step counter (``global_step``, saved with the train network), which a resume continues from.
 TRAIN_STATE_KEYS = ("epoch_num", "step_num", "global_step")
+# The moving average of the weights a run with ``ema`` keeps beside them: "ema.<parameter>".
+EMA_PREFIX = "ema."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,13 +205,19 @@ def identify_network(params: dict) -> dict:
     return {}
 
 
-def load_weights(net, params: dict, path: str, skip=()) -> None:
-    """Load ``params`` into ``net``, every parameter of it except those starting with ``skip``.
+def load_weights(net, params: dict, path: str, skip=(), use_ema: bool = True) -> str:
+    """Load ``params`` into ``net``, every parameter of it except those starting with ``skip``;
+    returns which weights: "ema" (the moving average a run with ``ema`` saved beside its weights,
+    taken unless ``use_ema`` is False) or "raw".
 
     Refuses, naming the first offending parameter, when one is missing, has another shape or
     holds NaN or Inf.
     """
     wanted = {p.name: p for p in net.get_parameters() if not p.name.startswith(tuple(skip))}
+    which = "ema" if use_ema and wanted and all(EMA_PREFIX + n in params for n in wanted) \
+        else "raw"
+    if which == "ema":
+        params = {n: params[EMA_PREFIX + n] for n in wanted}
     for name, param in wanted.items():
         if name not in params:
             raise UserError(f"checkpoint has no parameter {name!r}: it is for another network",
@@ -227,6 +235,7 @@ def load_weights(net, params: dict, path: str, skip=()) -> None:
         raise UserError(f"checkpoint holds NaN or Inf weights ({broken[0]!r}{more})", path,
                         "use an earlier checkpoint of the run: this one would give NaN scores")
     ms.load_param_into_net(net, {n: params[n] for n in wanted}, strict_load=True)
+    return which
 
 
 PARTIAL_PREFIX = ".partial-"  # a checkpoint being written, before its rename

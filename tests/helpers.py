@@ -12,7 +12,7 @@ from src.dataset import write_cifar10
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULT = re.compile(r"result: \{'Loss': ([\d.e+-]+), 'Top_1_Acc': ([\d.e+-]+), "
                     r"'Top_5_Acc': ([\d.e+-]+)\}, network: (\w+), (?:ckpt|model): '([^']+)', "
-                    r"time: ")
+                    r"(?:weights: (\w+), )?time: ")
 # The progress line, the run's one loss line: epoch, step, loss, smoothed loss, lr, images/s, eta.
 PROGRESS = re.compile(r"^epoch: (\d+) step: (\d+), loss: ([\d.e+-]+), loss\(smoothed\): "
                       r"([\d.e+-]+), lr: ([\d.e+-]+), images/s: ([\d.]+|\?), "

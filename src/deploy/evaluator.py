@@ -39,7 +39,7 @@ def evaluate(config, model: str = "") -> dict:
     record = resolve(config, meta, path)
     check_layout(record.dataset, config.dataset_path)
     net = record.build(conv_impl=config.conv_impl)
-    load_weights(net, params, path)
+    which = load_weights(net, params, path, use_ema=config.use_ema_weights)
     net.set_train(False)
     dataset = create_dataset(record.data_config(config), training=False,
                              classes=record.class_names or None)
@@ -48,7 +48,8 @@ def evaluate(config, model: str = "") -> dict:
     model = Model(net, loss_fn=loss, metrics=eval_metrics(record.num_classes))
     started = time.time()
     result = model.eval(dataset, dataset_sink_mode=False)
-    return _report(result, f"network: {record.network}, ckpt: '{path}'", started)
+    weights = ", weights: ema" if which == "ema" else ""  # the moving average a run saved
+    return _report(result, f"network: {record.network}, ckpt: '{path}'{weights}", started)
 
 
 def evaluate_file(config, path: str) -> dict:

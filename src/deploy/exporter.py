@@ -98,13 +98,13 @@ def export(argv) -> str:
                             f"{MAX_IMAGE_SIZE}", name, "give 224, 192, 160, 128, 32, ...")
     use_device(config.device_target, device_id=config.device_id)
     net = record.build(conv_impl=EXPORT_CONV_IMPL[fmt])
-    load_weights(net, params, checkpoint)
+    weights = load_weights(net, params, checkpoint, use_ema=config.use_ema_weights)
     file_name = args.file_name or record.network
     writable_folder(os.path.dirname(os.path.abspath(file_name)), "--file_name")
     batch = None if dynamic else args.batch_size
     path = write_model(net, fmt, file_name, height, width, batch, example_batch=args.batch_size)
     sidecar = sidecar_of(record, [batch, 3, height, width], fmt,
-                         checkpoint=os.path.abspath(checkpoint))
+                         checkpoint=os.path.abspath(checkpoint), weights=weights)
     print(f"export: {path} ({fmt}, input {sidecar['input_shape']}; None = any batch), "
           f"metadata in {write_sidecar(path, sidecar)}", flush=True)
     if not quantize:
@@ -112,7 +112,7 @@ def export(argv) -> str:
     # The INT8 file is quantized from a float32 graph with each grouped 1x1 conv split into one
     # conv a group: onnxruntime's integer grouped conv is slower than the split (docs/DEPLOY.md).
     net = record.build(conv_impl=EXPORT_CONV_IMPL["INT8"])
-    load_weights(net, params, checkpoint)
+    load_weights(net, params, checkpoint, use_ema=config.use_ema_weights)
     split = os.path.join(os.path.dirname(os.path.abspath(path)),
                          f".{os.path.basename(file_name)}.split.partial")
     try:

@@ -99,7 +99,7 @@ class Predictor:
             self.record = resolve(config, meta, model_path)
             self.size = (self.record.image_size, self.record.image_size)
             self.net = self.record.build(conv_impl=config.conv_impl)
-            load_weights(self.net, params, model_path)
+            load_weights(self.net, params, model_path, use_ema=config.use_ema_weights)
             self.net.set_train(False)
             return
         if self.kind not in EXPORTED:

@@ -24,7 +24,8 @@ DEFAULT_CONFIG = os.path.join(REPO_ROOT, "default_config.yaml")
 FLOAT_KEYS = {"lr_init", "lr_max", "lr_end", "warmup_epochs", "momentum", "weight_decay",
               "label_smooth_factor", "loss_scale", "scale_factor", "bad_image_limit",
               "color_jitter", "beta1", "beta2", "eps", "rmsprop_decay", "drop_rate",
-              "re_prob"}
+              "re_prob", "mixup", "cutmix", "cutmix_prob", "mixup_switch_prob", "clip_value",
+              "ema_decay"}
 
 
 def owned(module: str, name: str, *args):
@@ -83,6 +84,10 @@ class Check(NamedTuple):
 # need): 1024 is 21x the pixels of ImageNet's 224; beyond it a batch outgrows most memory.
 MAX_IMAGE_SIZE = 1024
 
+# MindCV's names of keys that mean what ours mean: taken as ours, so a MindCV recipe reads the
+# same.
+KEY_ALIASES = {"label_smoothing": "label_smooth_factor"}
+
 # Every key that is not free text has a rule (tests check that each number and choice does).
 RULES = {
     "device_target": Choice(("Ascend", "GPU", "CPU")),
@@ -123,6 +128,13 @@ RULES = {
     "eps": Range(1e-12),
     "rmsprop_decay": Range(0.0, 1.0, high_inclusive=False),
     "drop_rate": Range(0.0, 1.0, high_inclusive=False),
+    "mixup": Range(0.0),
+    "cutmix": Range(0.0),
+    "cutmix_prob": Range(0.0, 1.0),
+    "mixup_switch_prob": Range(0.0, 1.0),
+    "gradient_accumulation_steps": Range(1),
+    "clip_value": Range(1e-12),
+    "ema_decay": Range(1e-12, 1.0, high_inclusive=False),
     "auto_augment": Check("src.augment", "parse_auto_augment",
                           "\"\", randaug-m<M>[-n<N>][-mstd<S>][-mmax<X>][-inc<0 or 1>], autoaug, "
                           "trivialaugwide"),
@@ -285,6 +297,16 @@ def load_yaml(path):
     return values, helps
 
 
+def _rename_aliases(overrides: dict, path: str) -> None:
+    """A yaml's MindCV names (KEY_ALIASES) as our keys, in place."""
+    for alias, key in KEY_ALIASES.items():
+        if alias in overrides:
+            if key in overrides:
+                raise UserError(f"both {alias!r} and {key!r} are given", path,
+                                f"keep one: {alias} is MindCV's name of {key}")
+            overrides[key] = overrides.pop(alias)
+
+
 def get_config(argv=None, config_path=None):
     """Parse ``argv`` (a list; None means no flags) over the yaml from ``--config_path``.
 
@@ -301,6 +323,7 @@ def get_config(argv=None, config_path=None):
     kinds = {key: _kind(key, value) for key, value in values.items()}
     if path != DEFAULT_CONFIG:
         overrides, more_help = load_yaml(path)
+        _rename_aliases(overrides, path)
         for key in overrides:
             if key not in values:
                 raise UserError(f"unknown key {key!r}", path,
@@ -319,6 +342,9 @@ def get_config(argv=None, config_path=None):
         text = f"{helps.get(key, '')} (default: {value})".replace("%", "%%")
         parser.add_argument(f"--{key}", dest=key, default=None, metavar=kinds[key].__name__,
                             help=text)
+    for alias, key in KEY_ALIASES.items():
+        parser.add_argument(f"--{alias}", dest=key, default=None, metavar=kinds[key].__name__,
+                            help=f"MindCV's name of --{key}")
     flags, unknown = parser.parse_known_args(rest)
     if unknown:
         bad = next(u for u in unknown if u.startswith("--")) if any(

@@ -5,6 +5,7 @@ Every step and epoch number comes from StepClock, the host's count of the steps 
 the run started, so it is right after a resume too, also one that starts in the middle of an
 epoch; the callbacks read the device only at its sync points.
 """
+import contextlib
 import os
 import signal
 import time
@@ -117,9 +118,10 @@ class ProgressMonitor(Callback):
     """
 
     def __init__(self, clock: StepClock, optimizer, total_epochs: int, images_per_step: int,
-                 history=()):
+                 history=(), accumulation: int = 1):
         super().__init__()
         self.clock, self.optimizer, self.steps = clock, optimizer, clock.steps
+        self.accumulation = accumulation  # micro-batches an optimizer step takes
         self.lrs = lr_schedule(optimizer)  # fixed during training: read once, not every step
         self.total_steps = total_epochs * clock.steps
         self.images_per_step = images_per_step
@@ -140,8 +142,10 @@ class ProgressMonitor(Callback):
         skipped = done - global_step(self.optimizer)  # overflowed steps the lr did not count
         for step, loss in losses:
             self.smoothed = loss if self.smoothed is None else 0.9 * self.smoothed + 0.1 * loss
+            used = (step - 1) // self.accumulation if self.accumulation > 1 else \
+                max(step - 1 - skipped, 0)
             self.history.append((epoch_and_step(step, self.steps)[0], step, loss,
-                                 float(self.lrs[max(step - 1 - skipped, 0)])))
+                                 float(self.lrs[min(used, len(self.lrs) - 1)])))
         if self.last_time is not None and done > self.last_step:
             self.step_time = (now - self.last_time) / (done - self.last_step)
         self.last_time, self.last_step = now, done
@@ -210,8 +214,11 @@ class RunRecorder(Callback):
     """
 
     def __init__(self, folder, state, meta, progress, total_epochs, *, save=True,
-                 save_every=1, keep=10, model=None, eval_data=None, eval_interval=0):
+                 save_every=1, keep=10, model=None, eval_data=None, eval_interval=0,
+                 eval_weights=None):
         super().__init__()
+        # the weights evals score: a context in which the network holds them (the EMA's)
+        self.eval_weights = eval_weights or contextlib.nullcontext
         self.folder, self.state, self.meta, self.progress = folder, state, meta, progress
         self.clock, self.total_epochs, self.save = progress.clock, total_epochs, save
         self.save_every, self.keep = save_every, keep
@@ -229,7 +236,8 @@ class RunRecorder(Callback):
         record = {"global_step": done, "checkpoint": None, "top1": None, "top5": None}
         watching = self.eval_interval and epoch % self.eval_interval == 0
         if watching:
-            result = self.model.eval(self.eval_data, dataset_sink_mode=False)
+            with self.eval_weights():
+                result = self.model.eval(self.eval_data, dataset_sink_mode=False)
             record["top1"], record["top5"] = float(result["Top_1_Acc"]), float(result["Top_5_Acc"])
         if self.eval_interval:
             self.append_metrics(eval_row=(epoch, done, record) if watching else None)

@@ -57,10 +57,10 @@ def agree_on_step(step: int, rank: int, size: int) -> tuple:
     return steps[0], any(s != steps[0] for s in steps)
 
 
-def broadcast_state(net, opt, step: int, rank: int, size: int) -> None:
+def broadcast_state(net, opt, extra: list, step: int, rank: int, size: int) -> None:
     """Rank 0's weights, BatchNorm statistics, momentum and step on every rank: one all-reduce
     of a vector that only rank 0 fills (MindSpore's CPU collectives sum floats)."""
-    params = list(net.get_parameters()) + state_of(opt, net)
+    params = list(net.get_parameters()) + state_of(opt, net) + list(extra)
     sizes = gather_over_ranks(sum(int(np.prod(p.shape)) for p in params), rank, size)
     if len(set(sizes)) > 1:
         raise UserError(f"the ranks built networks of different sizes ({min(sizes):,} to "

@@ -58,6 +58,39 @@ def state_of(opt, net) -> list:
             if p.name not in own and p.name not in ("global_step", "learning_rate")]
 
 
+_adamw_step = ops.MultitypeFuncGraph("adamw_step")
+
+
+@_adamw_step.register("Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
+                      "Tensor", "Tensor", "Tensor", "Tensor")
+def _adamw_update(beta1, beta2, eps, lr, correction1, correction2, decay, param, m, v, gradient):
+    """One AdamW step of one parameter (float32 state); ``decay``: lr-free weight decay."""
+    gradient = ops.cast(gradient, ms.float32)
+    next_m = beta1 * m + (1.0 - beta1) * gradient
+    next_v = beta2 * v + (1.0 - beta2) * ops.square(gradient)
+    update = (next_m / correction1) / (ops.sqrt(next_v / correction2) + eps)
+    next_param = ops.cast(param, ms.float32) * (1.0 - lr * decay) - lr * update
+    next_param = ops.depend(next_param, ops.assign(param, ops.cast(next_param, param.dtype)))
+    next_param = ops.depend(next_param, ops.assign(m, next_m))
+    return ops.depend(next_param, ops.assign(v, next_v))
+
+
+_rmsprop_step = ops.MultitypeFuncGraph("rmsprop_step")
+
+
+@_rmsprop_step.register("Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
+                        "Tensor")
+def _rmsprop_update(decay, momentum, eps, lr, param, square, moment, gradient):
+    """One TensorFlow RMSProp step of one parameter."""
+    gradient = ops.cast(gradient, ms.float32)
+    next_square = decay * square + (1.0 - decay) * ops.square(gradient)
+    next_moment = momentum * moment + lr * gradient / ops.sqrt(next_square + eps)
+    next_param = ops.cast(param, ms.float32) - next_moment
+    next_param = ops.depend(next_param, ops.assign(param, ops.cast(next_param, param.dtype)))
+    next_param = ops.depend(next_param, ops.assign(square, next_square))
+    return ops.depend(next_param, ops.assign(moment, next_moment))
+
+
 class AdamW(nn.Optimizer):
     """torch.optim.AdamW's step, from MindSpore's operators: m = b1 m + (1 - b1) g,
     v = b2 v + (1 - b2) g^2,
@@ -77,27 +110,24 @@ class AdamW(nn.Optimizer):
     def construct(self, gradients):
         gradients = self.scale_grad(gradients)
         lr = self.get_lr()
-        weight_decay = self.get_weight_decay()
+        # MindSpore keeps weight decay multiplied by the loss scale (for the L2 term it adds to
+        # scaled gradients): decoupled, it is divided back.
+        decays = self.map_(ops.partial(_times, self.reciprocal_scale), self.get_weight_decay())
         self.assignadd(self.global_step, self.global_step_increase_tensor)
         step = ops.cast(self.global_step, ms.float32)
         correction1 = 1.0 - ops.pow(self.beta1, step)
         correction2 = 1.0 - ops.pow(self.beta2, step)
-        updated = ()
-        for i in range(len(self._parameters)):
-            param, m, v = self._parameters[i], self.moments1[i], self.moments2[i]
-            gradient = ops.cast(gradients[i], ms.float32)
-            next_m = self.beta1 * m + (1.0 - self.beta1) * gradient
-            next_v = self.beta2 * v + (1.0 - self.beta2) * ops.square(gradient)
-            update = (next_m / correction1) / (ops.sqrt(next_v / correction2) + self.eps)
-            # MindSpore keeps weight decay multiplied by the loss scale (for the L2 term it adds
-            # to scaled gradients): decoupled, it is divided back.
-            decay = lr * weight_decay[i] * self.reciprocal_scale
-            next_param = ops.cast(param, ms.float32) * (1.0 - decay) - lr * update
-            next_param = ops.depend(next_param, ops.assign(param, ops.cast(next_param,
-                                                                           param.dtype)))
-            next_param = ops.depend(next_param, ops.assign(m, next_m))
-            updated += (ops.depend(next_param, ops.assign(v, next_v)),)
-        return updated
+        return self.hyper_map(ops.partial(_adamw_step, self.beta1, self.beta2, self.eps, lr,
+                                          correction1, correction2),
+                              decays, self._parameters, self.moments1, self.moments2, gradients)
+
+
+_times = ops.MultitypeFuncGraph("times")
+
+
+@_times.register("Tensor", "Tensor")
+def _times_tensor(factor, value):
+    return value * factor
 
 
 class RMSProp(nn.Optimizer):
@@ -118,16 +148,5 @@ class RMSProp(nn.Optimizer):
         gradients = self.scale_grad(gradients)
         lr = self.get_lr()
         self.assignadd(self.global_step, self.global_step_increase_tensor)
-        updated = ()
-        for i in range(len(self._parameters)):
-            param, square, moment = self._parameters[i], self.mean_square[i], self.moment[i]
-            gradient = ops.cast(gradients[i], ms.float32)
-            next_square = self.decay * square + (1.0 - self.decay) * ops.square(gradient)
-            next_moment = self.momentum * moment + lr * gradient / ops.sqrt(next_square +
-                                                                            self.eps)
-            next_param = ops.cast(param, ms.float32) - next_moment
-            next_param = ops.depend(next_param, ops.assign(param, ops.cast(next_param,
-                                                                           param.dtype)))
-            next_param = ops.depend(next_param, ops.assign(square, next_square))
-            updated += (ops.depend(next_param, ops.assign(moment, next_moment)),)
-        return updated
+        return self.hyper_map(ops.partial(_rmsprop_step, self.decay, self.momentum, self.eps, lr),
+                              self._parameters, self.mean_square, self.moment, gradients)

@@ -12,6 +12,7 @@ import time
 
 import mindspore as ms
 import numpy as np
+from mindspore import nn
 from mindspore.train import DynamicLossScaleManager, FixedLossScaleManager, Model
 
 from src.checkpoint import (
@@ -52,6 +53,7 @@ from src.training.run_state import (
     resume_candidates,
     run_lock,
 )
+from src.training.train_step import TrainStep
 from src.weights.pretrained import checkpoint_for
 
 
@@ -62,6 +64,13 @@ def check_recipe(config) -> None:
         raise UserError("a dynamic loss scale does not run on CPU (MindSpore 2.10 builds its "
                         "overflow-skipping train step for Ascend and GPU only)",
                         "--loss_scale_type", "give --loss_scale_type fixed on CPU")
+    if (config.mixup > 0 or config.cutmix > 0) and config.num_classes < 2:
+        raise UserError(f"mixup and CutMix mix the targets of two classes; the network has "
+                        f"{config.num_classes}", "--mixup" if config.mixup > 0 else "--cutmix",
+                        "give --num_classes 2 or more, or --mixup 0 --cutmix 0")
+    if needs_own_step(config) and config.loss_scale_type == "dynamic":
+        raise UserError("gradient accumulation, clipping and EMA take a fixed loss scale here",
+                        "--loss_scale_type", "give --loss_scale_type fixed")
     if config.use_nesterov and (config.opt not in ("momentum", "sgd") or not config.momentum):
         raise UserError(f"Nesterov's momentum needs opt momentum or sgd with a momentum above 0 "
                         f"(opt {config.opt}, momentum {config.momentum:g})", "--use_nesterov",
@@ -164,19 +173,22 @@ def build_optimizer(config, net, steps: int, group_size: int, loss_scale: float)
     return create_optimizer(config, net, lr, loss_scale), lr
 
 
-def restore_train_state(net, opt, start: Start, step: int, steps: int, lr) -> None:
-    """The resumed checkpoint's weights, the optimizer's state (moments...) and its step
-    counter (so the lr continues where it was)."""
-    load_weights(net, start.params, start.path)
+def restore_train_state(net, opt, extra: list, start: Start, step: int, steps: int,
+                        lr) -> None:
+    """The resumed checkpoint's weights, the optimizer's state (moments...) and step counter
+    (so the lr continues where it was), and ``extra``, the train step's own state (the EMA,
+    the accumulated gradients and the cycle's position)."""
+    load_weights(net, start.params, start.path, use_ema=False)  # the EMA: the train step's own
     # Set the state by exact name: load_param_into_net(opt, ...) also matches a network
     # weight to its moment with the "moments." prefix dropped (measured on 2.10).
-    for state in state_of(opt, net):
+    for state in state_of(opt, net) + extra:
         if state.name in start.params:
             state.set_data(start.params[state.name].data)
-    opt.global_step.set_data(ms.Tensor([start.meta.get("global_step", step)], ms.int32))
+    counter = int(start.meta.get("global_step", step))
+    opt.global_step.set_data(ms.Tensor([counter], ms.int32))
     epoch, in_epoch = epoch_and_step(step + 1, steps)
     print(f"resume: from {start.path} at epoch {epoch} step {in_epoch}, next lr "
-          f"{lr[step]:.8f}", flush=True)
+          f"{lr[min(counter, len(lr) - 1)]:.8f}", flush=True)
 
 
 def sinks(config) -> bool:
@@ -240,11 +252,16 @@ def _train(config, rank: int, group_size: int, folder: str) -> str:
     dataset = create_dataset(record.data_config(config), training=True, rank_id=rank,
                              rank_size=group_size)
     run = Run(config, rank, group_size, folder, start, record, dataset.get_dataset_size())
+    if run.steps % config.gradient_accumulation_steps:
+        raise UserError(f"an epoch of {run.steps} steps is not a whole number of cycles of "
+                        f"{config.gradient_accumulation_steps} accumulated batches",
+                        "--gradient_accumulation_steps", "give a divisor of the epoch's steps, "
+                        "or change --batch_size")
     agree_where_to_start(run)
     state, history = prepare_folder(config, folder, start, run.step, run.steps) \
         if rank == 0 else (None, [])
-    model, net, opt = build_model(run, pretrained)
-    clock, callbacks, stopper = make_callbacks(run, model, net, opt, state, history)
+    model, net, opt, step = build_model(run, pretrained)
+    clock, callbacks, stopper = make_callbacks(run, model, net, opt, step, state, history)
     elapsed = run_epochs(run, model, dataset, clock, callbacks, stopper)
     if stopper.signum:
         stop(run, stopper)
@@ -277,21 +294,54 @@ def build_model(run: Run, pretrained) -> tuple:
     config = run.config
     net = run.record.build(conv_impl=config.conv_impl, drop_rate=config.drop_rate)
     if pretrained is not None:
-        load_weights(net, pretrained, config.pretrained, skip=("classifier",))
-        print(f"pretrained: loaded all but the classifier ({config.pretrained})", flush=True)
+        which = load_weights(net, pretrained, config.pretrained, skip=("classifier",),
+                             use_ema=config.use_ema_weights)
+        print(f"pretrained: loaded all but the classifier ({config.pretrained}, {which} "
+              "weights)", flush=True)
     scale_manager, optimizer_scale = loss_scaling(config)
-    opt, lr = build_optimizer(config, net, run.steps, run.group_size, optimizer_scale)
-    if run.start.path:
-        restore_train_state(net, opt, run.start, run.step, run.steps, lr)
-    if run.take_rank0:
-        broadcast_state(net, opt, run.step, run.rank, run.group_size)
-    loss = CrossEntropySmooth(sparse=True, reduction="mean",
-                              smooth_factor=config.label_smooth_factor,
+    own_step = needs_own_step(config)
+    opt, lr = build_optimizer(config, net, run.steps // config.gradient_accumulation_steps,
+                              run.group_size, 1.0 if own_step else optimizer_scale)
+    # Mixed batches carry soft targets with the label smoothing in them; evals score hard ones.
+    soft = mixes(config)
+    loss = CrossEntropySmooth(sparse=not soft, reduction="mean",
+                              smooth_factor=0.0 if soft else config.label_smooth_factor,
                               num_classes=config.num_classes)
-    model = Model(net, loss_fn=loss, optimizer=opt, amp_level=config.amp_level,
-                  loss_scale_manager=scale_manager,
-                  metrics=eval_metrics(config.num_classes) if watches(run) else None)
-    return model, net, opt
+    metrics = eval_metrics(config.num_classes) if watches(run) else None
+    evaluation = {}
+    if metrics and (soft or own_step):
+        evaluation = {"eval_network": nn.WithEvalCell(net, CrossEntropySmooth(
+            sparse=True, reduction="mean", smooth_factor=config.label_smooth_factor,
+            num_classes=config.num_classes)), "eval_indexes": [0, 1, 2]}
+    step = None
+    if own_step:
+        if config.amp_level != "O0":
+            ms.amp.auto_mixed_precision(net, config.amp_level)
+        step = TrainStep(nn.WithLossCell(net, loss), opt, net, sens=config.loss_scale,
+                         accumulation=config.gradient_accumulation_steps,
+                         clip_norm=config.clip_value if config.clip_grad else 0.0,
+                         ema_decay=config.ema_decay if config.ema else 0.0)
+        model = Model(step, metrics=metrics, **evaluation)
+    else:
+        model = Model(net, loss_fn=loss, optimizer=opt, amp_level=config.amp_level,
+                      loss_scale_manager=scale_manager, metrics=metrics, **evaluation)
+    extra = step.own_state() if step is not None else []
+    if run.start.path:
+        restore_train_state(net, opt, extra, run.start, run.step, run.steps, lr)
+    if run.take_rank0:
+        broadcast_state(net, opt, extra, run.step, run.rank, run.group_size)
+    return model, net, opt, step
+
+
+def needs_own_step(config) -> bool:
+    """Whether the recipe needs TrainStep (accumulation, clipping or EMA) rather than
+    MindSpore's own train step."""
+    return config.ema or config.clip_grad or config.gradient_accumulation_steps > 1
+
+
+def mixes(config) -> bool:
+    """Whether training batches are mixed (mixup or CutMix)."""
+    return config.mixup > 0 or config.cutmix > 0
 
 
 def watches(run: Run) -> bool:
@@ -299,14 +349,16 @@ def watches(run: Run) -> bool:
     return run.config.eval_interval > 0 and run.rank == 0
 
 
-def make_callbacks(run: Run, model, net, opt, state, history) -> tuple:
+def make_callbacks(run: Run, model, net, opt, step, state, history) -> tuple:
     """(clock, callbacks in call order, the signal stopper): the host step count, the loss
-    guard, the progress line, on rank 0 the recorder (checkpoints, evals, run state), and the
-    stop on a signal (agreed over the ranks)."""
+    guard, the progress line, on rank 0 the recorder (checkpoints, evals on the EMA weights
+    when the recipe keeps them, run state), and the stop on a signal (agreed over the
+    ranks)."""
     config = run.config
     clock = StepClock(run.step, run.steps, config.log_interval, run.rank)
     progress = ProgressMonitor(clock, opt, config.epoch_size,
-                               config.batch_size * run.group_size, history)
+                               config.batch_size * run.group_size, history,
+                               accumulation=config.gradient_accumulation_steps)
     callbacks = [clock, NonFiniteLossGuard(clock, opt, net.trainable_params()[0]), progress]
     recorder = None
     if run.rank == 0:
@@ -317,7 +369,8 @@ def make_callbacks(run: Run, model, net, opt, state, history) -> tuple:
                                config.epoch_size, save=config.save_checkpoint,
                                save_every=config.save_checkpoint_epochs,
                                keep=config.keep_checkpoint_max, model=model, eval_data=eval_data,
-                               eval_interval=config.eval_interval if watches(run) else 0)
+                               eval_interval=config.eval_interval if watches(run) else 0,
+                               eval_weights=step.ema_weights if step is not None else None)
         callbacks.append(recorder)
     stopper = SignalStop(clock, recorder, any_rank_signal(run.rank, run.group_size)
                          if run.group_size > 1 else None)
