@@ -125,3 +125,86 @@ def test_the_training_pipelines_take_both(tmp_path, dataset):
     reference = next(create_dataset(plain, training=False).create_dict_iterator(
         output_numpy=True))["image"]
     assert np.array_equal(evaluated, reference)  # eval reads the images untouched
+
+
+def mixer(argv, seed=3):
+    from src.augment import BatchMixer
+    return BatchMixer(get_config(["--num_classes", "4", *argv]), seed)
+
+
+def beta_cdf(x, alpha, points=20000):
+    """The CDF of Beta(alpha, alpha) by integrating its density (a midpoint sum)."""
+    from math import gamma
+    grid = (np.arange(points) + 0.5) / points
+    density = grid ** (alpha - 1) * (1 - grid) ** (alpha - 1) * gamma(2 * alpha) / gamma(alpha) ** 2
+    cdf = np.cumsum(density) / points
+    return np.interp(x, grid, cdf / cdf[-1])
+
+
+@pytest.mark.parametrize("kind, alpha", [("mixup", 0.4), ("cutmix", 1.0)])
+def test_the_mixing_factor_follows_its_beta(kind, alpha):
+    """Over 3,000 draws the mixup factor passes a Kolmogorov-Smirnov test against
+    Beta(alpha, alpha); CutMix's factor is 1 - its clipped box's share of the image."""
+    mix = mixer([f"--{kind}", str(alpha)])
+    draws = [mix.draw(32, 32) for _ in range(3000)]
+    assert {d[0] for d in draws} == {kind}
+    lams = np.sort([d[1] for d in draws])
+    if kind == "mixup":
+        ks = np.abs(beta_cdf(lams, alpha) - np.arange(1, len(lams) + 1) / len(lams)).max()
+        assert ks < 1.63 / np.sqrt(len(lams))  # the 1 % critical value
+    for _, lam, box in draws[:200] if kind == "cutmix" else []:
+        y1, y2, x1, x2 = box
+        assert 0 <= y1 <= y2 <= 32 and 0 <= x1 <= x2 <= 32
+        assert lam == pytest.approx(1 - (y2 - y1) * (x2 - x1) / 1024)
+
+
+def test_mixed_batches_and_targets_are_the_stated_formula():
+    rng = np.random.RandomState(0)
+    images = [rng.rand(3, 16, 16).astype(np.float32) for _ in range(6)]
+    labels = [np.int32(i % 4) for i in range(6)]
+    smooth = ["--label_smooth_factor", "0.3"]
+    for argv in (["--mixup", "0.5"], ["--cutmix", "1.0"]):
+        mix = mixer(argv + smooth)
+        out, targets = mix(images, labels)
+        kind, lam, box = mix.last
+        out, targets = np.stack(out), np.stack(targets)
+        stacked = np.stack(images)
+        rows = np.full((6, 4), 0.1, np.float32)  # 0.3 / (4 - 1) off the class, 0.7 on it
+        rows[np.arange(6), [i % 4 for i in range(6)]] = 0.7
+        assert np.allclose(targets, lam * rows + (1 - lam) * rows[::-1], atol=1e-6)
+        assert np.allclose(targets.sum(axis=1), 1.0, atol=1e-6)
+        if kind == "mixup":
+            assert np.allclose(out, lam * stacked + (1 - lam) * stacked[::-1], atol=1e-6)
+        else:
+            y1, y2, x1, x2 = box
+            inside = np.zeros((16, 16), bool)
+            inside[y1:y2, x1:x2] = True
+            assert np.array_equal(out[:, :, inside], stacked[::-1][:, :, inside])
+            assert np.array_equal(out[:, :, ~inside], stacked[:, :, ~inside])
+    never = mixer(["--mixup", "0.5", "--cutmix_prob", "0"])
+    assert all(never.draw(16, 16) == ("none", 1.0, None) for _ in range(50))
+    both = mixer(["--mixup", "0.5", "--cutmix", "1.0", "--mixup_switch_prob", "0.25"])
+    kinds = [both.draw(16, 16)[0] for _ in range(2000)]
+    assert abs(kinds.count("cutmix") / 2000 - 0.25) < 0.04
+
+
+def test_training_batches_are_mixed_and_eval_batches_are_not(tmp_path):
+    write_cifar_folder(tmp_path, train_count=16, test_count=8)
+    config = get_config(["--dataset_path", str(tmp_path), "--num_classes", "4", "--batch_size",
+                         "8", "--mixup", "0.4", "--cutmix", "1.0"])
+    train = next(create_dataset(config, training=True).create_dict_iterator(output_numpy=True))
+    assert train["label"].shape == (8, 4) and train["label"].dtype == np.float32
+    assert np.allclose(train["label"].sum(axis=1), 1.0, atol=1e-6)
+    test = next(create_dataset(config, training=False).create_dict_iterator(output_numpy=True))
+    assert test["label"].shape == (8,) and test["label"].dtype == np.int32
+    calibration = next(create_dataset(config, training=True, augment=False)
+                       .create_dict_iterator(output_numpy=True))
+    assert calibration["label"].shape == (8,)
+
+
+def test_mixing_needs_two_classes(cli, tmp_path):
+    result = cli("train.py", "--dataset", "synthetic", "--num_classes", "1", "--mixup", "0.2",
+                 "--output_path", tmp_path / "out")
+    assert result.returncode == 2 and result.error_lines() == [
+        "error: mixup and CutMix mix the targets of two classes; the network has 1 (--mixup): "
+        "give --num_classes 2 or more, or --mixup 0 --cutmix 0"]

@@ -13,7 +13,7 @@ import pytest
 
 from src.checkpoint import read_checkpoint
 from src.training.run_state import RunState
-from tests.helpers import LOSS, ROOT, run_entry, write_cifar_folder
+from tests.helpers import LOSS, RESULT, ROOT, run_entry, write_cifar_folder
 
 pytestmark = pytest.mark.slow
 NET = "mobilenet_v1_025"
@@ -163,3 +163,61 @@ def test_a_second_run_on_a_folder_in_use_is_refused(tmp_path, cli):
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert lines[0].startswith(f"error: the output folder is in use by another run (pid "
                                f"{os.getpid()} on ") and "give another --output_path" in lines[0]
+
+
+def test_a_modern_recipe_stopped_and_killed_resumes_into_the_uninterrupted_runs_state(tmp_path,
+                                                                                      cli):
+    """AdamW, gradient accumulation of 2, clipping and EMA, 3 epochs of 4 steps. Run b gets a
+    SIGTERM after step 5 (inside an accumulation cycle: its half-summed gradients are saved with
+    the checkpoint), resumes, is SIGKILLed in epoch 3 (after epoch 2's checkpoint) and resumes
+    again: each resumed part takes a's losses to the digit (exact_resume replays the data and
+    its augmentations), and it ends with a's weights, optimizer state and EMA; eval of its
+    checkpoint scores the EMA weights, and says so."""
+    data = write_cifar_folder(str(tmp_path / "cifar"), train_count=64, test_count=16)
+    common = ARGS + ["--dataset_path", data, "--epoch_size", "3", "--opt", "adamw",
+                     "--lr_max", "0.005", "--gradient_accumulation_steps", "2", "--clip_grad",
+                     "True", "--clip_value", "2.0", "--ema", "True", "--ema_decay", "0.9"]
+    proc = run_entry("train.py", *common, "--output_path", tmp_path / "a")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a_losses = [float(loss) for _, _, loss in LOSS.findall(proc.stdout)]
+
+    b = tmp_path / "b"
+    proc = run_entry("train.py", *common, "--output_path", b,
+                     env={**os.environ, "ZOO_TEST_SIGNAL_AT_STEP": "5"})
+    assert proc.returncode == 143, proc.stderr[-3000:]
+    params, meta = read_checkpoint(str(b / "ckpt_0" / f"{NET}-2_1.ckpt"))
+    assert int(params["micro_step"].asnumpy()[0]) == 5 and meta["global_step"] == 2
+    assert any(params[n].asnumpy().any() for n in params if n.startswith("accumulated."))
+
+    command = [sys.executable, os.path.join(ROOT, "train.py"), *common, "--output_path", str(b),
+               "--resume", "auto"]
+    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                           env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=ROOT)
+    lines = []
+    for line in job.stdout:
+        lines.append(line)
+        if line.startswith("epoch: 3 step: 1,"):
+            break
+    job.send_signal(signal.SIGKILL)
+    job.wait(timeout=60)
+    assert lines[-1].startswith("epoch: 3 step: 1,"), "".join(lines[-20:])
+    assert [float(loss) for _, _, loss in LOSS.findall("".join(lines))] == a_losses[5:9]
+    proc = run_entry("train.py", *common, "--output_path", b, "--resume", "auto")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [float(loss) for _, _, loss in LOSS.findall(proc.stdout)] == a_losses[8:]
+
+    final = f"{NET}-3_4.ckpt"
+    ours, _ = read_checkpoint(str(b / "ckpt_0" / final))
+    theirs, _ = read_checkpoint(str(tmp_path / "a" / "ckpt_0" / final))
+    assert set(ours) == set(theirs) and any(n.startswith("ema.") for n in ours)
+    for name, value in theirs.items():
+        assert abs(ours[name].asnumpy() - value.asnumpy()).max() < 1e-6, name
+
+    scores = {}
+    for use_ema in ("True", "False"):
+        result = cli("eval.py", "--dataset_path", data, "--checkpoint_path",
+                     b / "ckpt_0" / final, "--use_ema_weights", use_ema)
+        assert result.returncode == 0, result.stderr[-3000:]
+        scores[use_ema] = RESULT.search(result.stdout).groups()
+    assert scores["True"][5] == "ema" and scores["False"][5] is None
+    assert scores["True"][0] != scores["False"][0]  # the two sets of weights score differently

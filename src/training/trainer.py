@@ -380,9 +380,12 @@ def make_callbacks(run: Run, model, net, opt, step, state, history) -> tuple:
 
 def run_epochs(run: Run, model, dataset, clock, callbacks, stopper) -> float:
     """Train from the run's step to its last epoch's end, or to a stop by signal; returns the
-    seconds it took."""
+    seconds it took. A resumed run's data pipeline starts at the run's step of the same
+    shuffled order (MindSpore's recovery from a failure: ``set_init_step``), inside an epoch
+    too; with ``exact_resume`` it replays the random augmentations of the steps before, so the
+    run goes on as if it had never stopped."""
     config, steps = run.config, run.steps
-    first_epoch, skip = divmod(run.step, steps)
+    first_epoch = run.step // steps
     sink = sinks(config)
     print(f"train: {config.network}, {steps} steps/epoch, epochs {first_epoch + 1}.."
           f"{config.epoch_size}, rank {run.rank}/{run.group_size}, checkpoints in {run.folder}",
@@ -390,12 +393,11 @@ def run_epochs(run: Run, model, dataset, clock, callbacks, stopper) -> float:
     started = time.time()
     stopper.install()
     try:
-        if skip:  # resumed inside an epoch: its remaining steps first
-            run_steps(model, dataset.take(steps - skip), steps - skip, 0, clock, callbacks, sink)
-            first_epoch += 1
-        if not stopper.signum and first_epoch < config.epoch_size:
-            run_steps(model, dataset, config.epoch_size * steps, first_epoch * steps, clock,
-                      callbacks, sink)
+        if run.step:
+            ms.dataset.config.set_fast_recovery(not config.exact_resume)
+            dataset.set_init_step(run.step)
+        run_steps(model, dataset, config.epoch_size * steps, first_epoch * steps, clock,
+                  callbacks, sink)
     finally:
         stopper.restore()
     return time.time() - started
