@@ -27,6 +27,14 @@ RECIPES = {
         warmup_epochs=5, weight_decay=4e-5, label_smooth_factor=0.1, momentum=0.9),
     "shufflenet_v2_x1_0_pytorch.yaml": dict(
         network="shufflenet_v2_x1_0", epoch_size=240, momentum=0.0, weight_decay=1e-4),
+    "shufflenet_v2_x1_0_mindcv.yaml": dict(
+        network="shufflenet_v2_x1_0", epoch_size=300, batch_size=64, lr_decay_mode="cosine",
+        lr_max=0.4, warmup_epochs=5, weight_decay=4e-5, label_smooth_factor=0.1, re_prob=0.5,
+        loss_scale=1024, opt="momentum", use_nesterov=False),
+    # the stated numbers only (its file marks the rest as ours)
+    "mobilenet_v1_100_timm.yaml": dict(
+        network="mobilenet_v1_100", epoch_size=3600, opt="adamw", beta1=0.6,
+        activation="relu6", input_norm="inception", ema=True),
 }
 
 
