@@ -244,6 +244,14 @@ CASES = {
         lambda w: ("benchmark.py", "--mode", "layer", "--compare", "mindcv"),
         "MindCV is not timed layer by layer"),
     "conv impl unknown": (lambda w: train(w, "--conv_impl", "turbo"), "turbo"),
+    # recipes
+    "ema decay of 1": (lambda w: train(w, "--ema", "True", "--ema_decay", "1"),
+                       "ema_decay = 1.0 is out of range"),
+    "accumulation across epochs": (
+        lambda w: train(w, "--gradient_accumulation_steps", "3"),
+        "an epoch of 2 steps is not a whole number of cycles of 3 accumulated batches"),
+    "erasing area reversed": (lambda w: train(w, "--re_prob", "0.5", "--re_scale", "0.3,0.1"),
+                              "re_scale = 0.3,0.1 is out of range"),
     # weight conversion (more in test_convert.py)
     "convert source missing": (lambda w: ("convert_weights.py", "--source", "megvii", "--network",
                                           NET, "/no/such.pth", "/tmp/out.ckpt"),

@@ -176,7 +176,8 @@ def test_a_modern_recipe_stopped_and_killed_resumes_into_the_uninterrupted_runs_
     data = write_cifar_folder(str(tmp_path / "cifar"), train_count=64, test_count=16)
     common = ARGS + ["--dataset_path", data, "--epoch_size", "3", "--opt", "adamw",
                      "--lr_max", "0.005", "--gradient_accumulation_steps", "2", "--clip_grad",
-                     "True", "--clip_value", "2.0", "--ema", "True", "--ema_decay", "0.9"]
+                     "True", "--clip_value", "2.0", "--ema", "True", "--ema_decay", "0.9",
+                     "--exact_resume", "True"]
     proc = run_entry("train.py", *common, "--output_path", tmp_path / "a")
     assert proc.returncode == 0, proc.stderr[-3000:]
     a_losses = [float(loss) for _, _, loss in LOSS.findall(proc.stdout)]

@@ -191,7 +191,8 @@ class NonFiniteLossGuard(Callback):
             return
         done, value = bad[0] if bad else losses[-1]
         epoch, step = epoch_and_step(max(done, 1), self.clock.steps)
-        lr = float(lr_schedule(self.optimizer)[max(done - 1, 0)])
+        lrs = lr_schedule(self.optimizer)  # the optimizer's steps (fewer with accumulation)
+        lr = float(lrs[min(max(global_step(self.optimizer) - 1, 0), len(lrs) - 1)])
         raise UserError(f"loss or weights not finite (loss {value}) at epoch {epoch} step "
                         f"{step} (global step {done}), lr {lr:g}; stopped without saving this "
                         "step's weights", "training",

@@ -383,7 +383,7 @@ def run_epochs(run: Run, model, dataset, clock, callbacks, stopper) -> float:
     seconds it took. A resumed run's data pipeline starts at the run's step of the same
     shuffled order (MindSpore's recovery from a failure: ``set_init_step``), inside an epoch
     too; with ``exact_resume`` it replays the random augmentations of the steps before, so the
-    run goes on as if it had never stopped."""
+    run goes on to the digit as if it had never stopped."""
     config, steps = run.config, run.steps
     first_epoch = run.step // steps
     sink = sinks(config)
@@ -396,6 +396,10 @@ def run_epochs(run: Run, model, dataset, clock, callbacks, stopper) -> float:
         if run.step:
             ms.dataset.config.set_fast_recovery(not config.exact_resume)
             dataset.set_init_step(run.step)
+            if config.exact_resume:
+                print(f"resume: the data pipeline replays its {run.step} steps before this one "
+                      "(exact_resume; False starts at once, with fresh augmentation draws)",
+                      flush=True)
         run_steps(model, dataset, config.epoch_size * steps, first_epoch * steps, clock,
                   callbacks, sink)
     finally:
