@@ -45,7 +45,8 @@ def check_eval(tmp_path, ckpt, *args):
     assert proc.returncode == 0, proc.stderr[-3000:]
     match = RESULT.search(proc.stdout)
     assert match, proc.stdout
-    loss, top1, top5, network, path = match.groups()
+    loss, top1, top5, network, path, weights = match.groups()
+    assert weights is None  # a run without ema: its raw weights, said by nothing
     assert network == NET
     assert path == ckpt and 0.0 <= float(top1) <= float(top5) <= 1.0
     assert np.isfinite(float(loss))
