@@ -119,37 +119,6 @@ def test_killed_runs_resume_into_the_uninterrupted_runs_state(tmp_path):
     assert ckpts(a) == [f"{NET}-5_4.ckpt", f"{NET}-6_4.ckpt", f"{NET}-best.ckpt"]
 
 
-def test_sigterm_stops_with_a_checkpoint_that_resume_continues(tmp_path):
-    """SIGTERM after step 6 (in epoch 2 of 4-step epochs; ZOO_TEST_SIGNAL_AT_STEP has the run
-    signal itself then): the step finishes, a checkpoint of epoch 2 step 2 is saved, one line
-    says so, exit 143. --resume auto trains steps 7..12 and ends as if never stopped. With
-    dataset_sink_mode True, which on CPU keeps its progress lines, stop and resume."""
-    data = write_cifar_folder(str(tmp_path / "cifar"), train_count=64, test_count=8)
-    common = ARGS + ["--dataset_path", data, "--epoch_size", "3", "--eval_interval", "1",
-                     "--output_path", tmp_path / "run", "--dataset_sink_mode", "True"]
-    folder = str(tmp_path / "run" / "ckpt_0")
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *map(str, common)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600,
-                          env={**os.environ, "ZOO_TEST_SIGNAL_AT_STEP": "6"})
-    assert proc.returncode == 143, proc.stderr[-3000:]
-    saved = os.path.join(folder, f"{NET}-2_2.ckpt")
-    lines = [out for out in proc.stderr.splitlines() if out.strip()]
-    assert lines == [f"stopped: SIGTERM after epoch 2 step 2 (global step 6); saved {saved} in "
-                     f"{lines[-1].split(' in ')[-1]}"]
-    assert lines[0].endswith(" s: --resume auto continues from it")
-    assert read_checkpoint(saved)[1]["global_step"] == 6
-
-    proc = run_entry("train.py", *common, "--resume", "auto")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"resume auto: {saved}" in proc.stdout
-    steps = [(int(e), int(s)) for e, s, _ in LOSS.findall(proc.stdout)]
-    assert steps == [(2, 3), (2, 4)] + [(3, s) for s in range(1, 5)]
-    rows = metric_rows(folder)
-    assert [int(r["global_step"]) for r in rows if r["kind"] == "step"] == list(range(1, 13))
-    assert [int(r["epoch"]) for r in rows if r["kind"] == "eval"] == [1, 2, 3]
-    assert ckpts(folder) == [f"{NET}-{e}_4.ckpt" for e in (1, 2, 3)] + [f"{NET}-best.ckpt"]
-
-
 def test_a_second_run_on_a_folder_in_use_is_refused(tmp_path, cli):
     """The first run's lock (here held by this process, as a training run holds it)."""
     from src.training.run_state import run_lock
@@ -167,17 +136,19 @@ def test_a_second_run_on_a_folder_in_use_is_refused(tmp_path, cli):
 
 def test_a_modern_recipe_stopped_and_killed_resumes_into_the_uninterrupted_runs_state(tmp_path,
                                                                                       cli):
-    """AdamW, gradient accumulation of 2, clipping and EMA, 3 epochs of 4 steps. Run b gets a
-    SIGTERM after step 5 (inside an accumulation cycle: its half-summed gradients are saved with
-    the checkpoint), resumes, is SIGKILLed in epoch 3 (after epoch 2's checkpoint) and resumes
-    again: each resumed part takes a's losses to the digit (exact_resume replays the data and
-    its augmentations), and it ends with a's weights, optimizer state and EMA; eval of its
-    checkpoint scores the EMA weights, and says so."""
+    """AdamW, gradient accumulation of 2, clipping and EMA, 3 epochs of 4 steps,
+    dataset_sink_mode True (which CPU runs step by step). Run b gets a SIGTERM after step
+    5 (ZOO_TEST_SIGNAL_AT_STEP; inside an accumulation cycle): the step finishes, one line says
+    where and what it saved, exit 143, and the checkpoint holds the half-summed gradients. It
+    resumes, is SIGKILLed in epoch 3 (after epoch 2's checkpoint) and resumes again: each resumed
+    part takes a's losses to the digit (exact_resume replays the data and its augmentations),
+    and it ends with a's weights, optimizer state and
+    EMA; eval of its checkpoint scores the EMA weights, and says so."""
     data = write_cifar_folder(str(tmp_path / "cifar"), train_count=64, test_count=16)
     common = ARGS + ["--dataset_path", data, "--epoch_size", "3", "--opt", "adamw",
                      "--lr_max", "0.005", "--gradient_accumulation_steps", "2", "--clip_grad",
                      "True", "--clip_value", "2.0", "--ema", "True", "--ema_decay", "0.9",
-                     "--exact_resume", "True"]
+                     "--exact_resume", "True", "--dataset_sink_mode", "True"]
     proc = run_entry("train.py", *common, "--output_path", tmp_path / "a")
     assert proc.returncode == 0, proc.stderr[-3000:]
     a_losses = [float(loss) for _, _, loss in LOSS.findall(proc.stdout)]
@@ -186,7 +157,12 @@ def test_a_modern_recipe_stopped_and_killed_resumes_into_the_uninterrupted_runs_
     proc = run_entry("train.py", *common, "--output_path", b,
                      env={**os.environ, "ZOO_TEST_SIGNAL_AT_STEP": "5"})
     assert proc.returncode == 143, proc.stderr[-3000:]
-    params, meta = read_checkpoint(str(b / "ckpt_0" / f"{NET}-2_1.ckpt"))
+    saved = str(b / "ckpt_0" / f"{NET}-2_1.ckpt")
+    lines = [out for out in proc.stderr.splitlines() if out.strip()]
+    assert lines == [f"stopped: SIGTERM after epoch 2 step 1 (global step 5); saved {saved} in "
+                     f"{lines[-1].split(' in ')[-1]}"]
+    assert lines[0].endswith(" s: --resume auto continues from it")
+    params, meta = read_checkpoint(saved)
     assert int(params["micro_step"].asnumpy()[0]) == 5 and meta["global_step"] == 2
     assert any(params[n].asnumpy().any() for n in params if n.startswith("accumulated."))
 
@@ -206,11 +182,13 @@ def test_a_modern_recipe_stopped_and_killed_resumes_into_the_uninterrupted_runs_
     proc = run_entry("train.py", *common, "--output_path", b, "--resume", "auto")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [float(loss) for _, _, loss in LOSS.findall(proc.stdout)] == a_losses[8:]
+    assert ckpts(str(b / "ckpt_0")) == [f"{NET}-{e}_4.ckpt" for e in (1, 2, 3)]
 
     final = f"{NET}-3_4.ckpt"
     ours, _ = read_checkpoint(str(b / "ckpt_0" / final))
     theirs, _ = read_checkpoint(str(tmp_path / "a" / "ckpt_0" / final))
     assert set(ours) == set(theirs) and any(n.startswith("ema.") for n in ours)
+    assert "epoch: 3 step: 1," in "".join(lines)  # the killed part got into epoch 3
     for name, value in theirs.items():
         assert abs(ours[name].asnumpy() - value.asnumpy()).max() < 1e-6, name
 

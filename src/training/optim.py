@@ -58,6 +58,15 @@ def state_of(opt, net) -> list:
             if p.name not in own and p.name not in ("global_step", "learning_rate")]
 
 
+# value * factor in the value's dtype, over a tuple with HyperMap: gradients, weight decays.
+scale_by = ops.MultitypeFuncGraph("scale_by")
+
+
+@scale_by.register("Tensor", "Tensor")
+def _scale_by_tensor(factor, value):
+    return value * ops.cast(factor, value.dtype)
+
+
 _adamw_step = ops.MultitypeFuncGraph("adamw_step")
 
 
@@ -112,7 +121,8 @@ class AdamW(nn.Optimizer):
         lr = self.get_lr()
         # MindSpore keeps weight decay multiplied by the loss scale (for the L2 term it adds to
         # scaled gradients): decoupled, it is divided back.
-        decays = self.map_(ops.partial(_times, self.reciprocal_scale), self.get_weight_decay())
+        decays = self.map_(ops.partial(scale_by, self.reciprocal_scale),
+                            self.get_weight_decay())
         self.assignadd(self.global_step, self.global_step_increase_tensor)
         step = ops.cast(self.global_step, ms.float32)
         correction1 = 1.0 - ops.pow(self.beta1, step)
@@ -120,14 +130,6 @@ class AdamW(nn.Optimizer):
         return self.hyper_map(ops.partial(_adamw_step, self.beta1, self.beta2, self.eps, lr,
                                           correction1, correction2),
                               decays, self._parameters, self.moments1, self.moments2, gradients)
-
-
-_times = ops.MultitypeFuncGraph("times")
-
-
-@_times.register("Tensor", "Tensor")
-def _times_tensor(factor, value):
-    return value * factor
 
 
 class RMSProp(nn.Optimizer):

@@ -17,14 +17,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from src.checkpoint import EMA_PREFIX
-
-_scale = ops.MultitypeFuncGraph("scale")
-
-
-@_scale.register("Tensor", "Tensor")
-def _scale_tensor(factor, grad):
-    return grad * ops.cast(factor, grad.dtype)
-
+from src.training.optim import scale_by
 
 _accumulate = ops.MultitypeFuncGraph("accumulate")
 
@@ -79,7 +72,7 @@ class TrainStep(nn.TrainOneStepCell):
         sens = ops.fill(loss.dtype, loss.shape, self.sens)
         grads = self.grad(self.network, self.weights)(*inputs, sens)
         grads = self.grad_reducer(grads)
-        grads = self.hyper_map(ops.partial(_scale, self.unscale), grads)
+        grads = self.hyper_map(ops.partial(scale_by, self.unscale), grads)
         if self.accumulation == 1:
             return ops.depend(loss, self.apply(grads))
         mean = self.hyper_map(ops.partial(_accumulate, self.share), self.accumulated, grads)
