@@ -71,12 +71,22 @@ def test_checkpoint_mindir_onnx_agree(name, size, tmp_path, photos, cli):
     assert 0.0 <= probs[0] <= 1.0
 
 
+# The variants also exported to MINDIR: each ShuffleNetV1 group count, both ends of the widths
+# of every family (the MINDIR form's compile is most of this test's time; its windowed convs
+# are the same kinds of op at every width).
+MINDIR_VARIANTS = {"shufflenet_v1_g1_05", "shufflenet_v1_g2_10", "shufflenet_v1_g3_05",
+                   "shufflenet_v1_g3_20", "shufflenet_v1_g4_15", "shufflenet_v1_g8_20",
+                   "shufflenet_v2_x0_5", "shufflenet_v2_x2_0", "mobilenet_v1_025",
+                   "mobilenet_v1_100"}
+
+
 @pytest.mark.parametrize("name", list_networks())
 def test_every_variant_exports_to_onnx_and_mindir_with_the_fast_layers_logits(tmp_path, name):
     """Each variant as eval.py runs it (our CPU kernels; in eval mode each conv with its
     BatchNorm and activation in one kernel) and as export.py writes it (standard operators, the
     BatchNorms folded into the convs, the same weights): ONNX (onnxruntime, its output batch
-    open) and MINDIR give the same logits, and so does the unfused network."""
+    open) and, for MINDIR_VARIANTS, MINDIR give the same logits, and so does the unfused
+    network (in MINDIR's form, every variant)."""
     import onnxruntime as ort
 
     from src.deploy.exporter import EXPORT_CONV_IMPL, write_model
@@ -96,16 +106,18 @@ def test_every_variant_exports_to_onnx_and_mindir_with_the_fast_layers_logits(tm
     unfused = nets["MINDIR"](ms.Tensor(x)).asnumpy()
     ms.set_context(mode=ms.GRAPH_MODE)
     files = {fmt: write_model(net, fmt, str(tmp_path / name), 32, 32)  # export.py's writer
-             for fmt, net in nets.items()}
-    for net in nets.values():  # each BatchNorm folded into its conv
-        assert not any(isinstance(c, ms.nn.BatchNorm2d) for _, c in net.cells_and_names())
+             for fmt, net in nets.items() if fmt == "ONNX" or name in MINDIR_VARIANTS}
+    for fmt in files:  # each exported network's BatchNorms folded into its convs
+        assert not any(isinstance(c, ms.nn.BatchNorm2d) for _, c in nets[fmt].cells_and_names())
     session = ort.InferenceSession(files["ONNX"])
     assert session.get_outputs()[0].shape == ["batch", 10]
     onnx_logits = session.run(None, {"image": x})[0]
-    mindir_logits = ms.nn.GraphCell(ms.load(files["MINDIR"]))(ms.Tensor(x)).asnumpy()
+    exported = [onnx_logits]
+    if "MINDIR" in files:
+        exported.append(ms.nn.GraphCell(ms.load(files["MINDIR"]))(ms.Tensor(x)).asnumpy())
     scale = np.abs(unfused).max()
     assert scale > 0.1, name  # logits that tell a wrong layer apart
-    for logits in (fused, onnx_logits, mindir_logits):
+    for logits in [fused] + exported:
         gap = np.abs(logits - unfused).max()
         assert gap <= 1e-5 * scale, (name, gap)
 
