@@ -17,6 +17,8 @@ an automatic augmentation policy (``auto_augment``) on the uint8 image and rando
 import math
 import re
 
+import numpy as np
+
 POLICIES = ("randaug-m9-mstd0.5-inc1", "autoaug", "trivialaugwide")
 # The mean ImageNet pixel: what geometric ops fill the uncovered corners with (timm's choice).
 FILL = (124, 116, 104)
@@ -125,6 +127,11 @@ def erasing_ops(config) -> list:
                             value)]
 
 
+def mixes_batches(config) -> bool:
+    """Whether training batches are mixed (mixup or CutMix): their targets are then soft."""
+    return config.mixup > 0 or config.cutmix > 0
+
+
 class BatchMixer:
     """mixup and CutMix of a training batch, as a ``per_batch_map``: each batch is mixed with
     itself reversed (image i with image N-1-i) with the chance ``cutmix_prob``; with both on,
@@ -137,8 +144,6 @@ class BatchMixer:
     generator seeded with ``seed`` (a resumed run draws afresh)."""
 
     def __init__(self, config, seed: int):
-        import numpy as np
-        self.np = np
         self.mixup, self.cutmix = config.mixup, config.cutmix
         self.prob, self.switch = config.cutmix_prob, config.mixup_switch_prob
         self.classes, self.smoothing = config.num_classes, config.label_smooth_factor
@@ -147,7 +152,6 @@ class BatchMixer:
 
     def targets(self, labels):
         """The smoothed one-hot rows of ``labels``."""
-        np = self.np
         off = self.smoothing / (self.classes - 1)
         rows = np.full((len(labels), self.classes), off, np.float32)
         rows[np.arange(len(labels)), labels] = 1.0 - self.smoothing
@@ -161,7 +165,7 @@ class BatchMixer:
         if not cut:
             return "mixup", float(self.rng.beta(self.mixup, self.mixup)), None
         lam = float(self.rng.beta(self.cutmix, self.cutmix))
-        ratio = self.np.sqrt(1.0 - lam)
+        ratio = np.sqrt(1.0 - lam)
         cut_h, cut_w = int(height * ratio), int(width * ratio)
         cy, cx = self.rng.randint(height), self.rng.randint(width)
         y1, y2 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, height)
@@ -169,7 +173,6 @@ class BatchMixer:
         return "cutmix", 1.0 - (y2 - y1) * (x2 - x1) / (height * width), (y1, y2, x1, x2)
 
     def __call__(self, images, labels, batch_info=None):
-        np = self.np
         images = np.stack(images).astype(np.float32)
         labels = np.asarray(labels).reshape(-1).astype(np.int64)
         rows = self.targets(labels)

@@ -17,7 +17,7 @@ import numpy as np
 from mindspore.common import dtype as mstype
 from PIL import Image
 
-from src.augment import BatchMixer, auto_augment_ops, erasing_ops
+from src.augment import BatchMixer, auto_augment_ops, erasing_ops, mixes_batches
 from src.errors import UserError
 
 CIFAR_RECORD = 1 + 32 * 32 * 3
@@ -414,7 +414,7 @@ def create_dataset(config, training: bool, rank_id: int = 0, rank_size: int = 1,
         raise UserError(f"batch size {batch_size} is larger than the {data.get_dataset_size()} "
                         "images this device reads, and drop_remainder drops them all",
                         "--batch_size", "give a smaller --batch_size or --drop_remainder False")
-    if augment and (config.mixup > 0 or config.cutmix > 0):  # soft targets from here on
+    if augment and mixes_batches(config):  # soft targets from here on
         return data.batch(batch_size, drop_remainder=drop, num_parallel_workers=1,
                           per_batch_map=BatchMixer(config, config.seed + rank_id + 1),
                           input_columns=["image", "label"])

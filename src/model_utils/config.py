@@ -23,9 +23,7 @@ DEFAULT_CONFIG = os.path.join(REPO_ROOT, "default_config.yaml")
 # Keys whose values are real numbers even where a yaml writes them as 0 or 1.
 FLOAT_KEYS = {"lr_init", "lr_max", "lr_end", "warmup_epochs", "momentum", "weight_decay",
               "label_smooth_factor", "loss_scale", "scale_factor", "bad_image_limit",
-              "color_jitter", "beta1", "beta2", "eps", "rmsprop_decay", "drop_rate",
-              "re_prob", "mixup", "cutmix", "cutmix_prob", "mixup_switch_prob", "clip_value",
-              "ema_decay"}
+              "color_jitter"}
 
 
 def owned(module: str, name: str, *args):
@@ -231,7 +229,7 @@ def check_value(key, value, where=""):
         if not rule.low < value[0] <= value[1]:
             raise UserError(f"{key} = {value[0]:g},{value[1]:g} is out of range", where,
                             f"give two numbers above {rule.low:g}, the smaller first")
-    if isinstance(rule, Choice):
+    elif isinstance(rule, Choice):
         allowed = rule.allowed()
         if value not in allowed:  # a registry's long list: the near names and where it is
             shown = ", ".join(rule.shown()) if rule.listed else \

@@ -15,6 +15,7 @@ import numpy as np
 from mindspore import nn
 from mindspore.train import DynamicLossScaleManager, FixedLossScaleManager, Model
 
+from src.augment import mixes_batches
 from src.checkpoint import (
     OPTION_KEYS,
     NetworkRecord,
@@ -64,7 +65,7 @@ def check_recipe(config) -> None:
         raise UserError("a dynamic loss scale does not run on CPU (MindSpore 2.10 builds its "
                         "overflow-skipping train step for Ascend and GPU only)",
                         "--loss_scale_type", "give --loss_scale_type fixed on CPU")
-    if (config.mixup > 0 or config.cutmix > 0) and config.num_classes < 2:
+    if mixes_batches(config) and config.num_classes < 2:
         raise UserError(f"mixup and CutMix mix the targets of two classes; the network has "
                         f"{config.num_classes}", "--mixup" if config.mixup > 0 else "--cutmix",
                         "give --num_classes 2 or more, or --mixup 0 --cutmix 0")
@@ -303,7 +304,7 @@ def build_model(run: Run, pretrained) -> tuple:
     opt, lr = build_optimizer(config, net, run.steps // config.gradient_accumulation_steps,
                               run.group_size, 1.0 if own_step else optimizer_scale)
     # Mixed batches carry soft targets with the label smoothing in them; evals score hard ones.
-    soft = mixes(config)
+    soft = mixes_batches(config)
     loss = CrossEntropySmooth(sparse=not soft, reduction="mean",
                               smooth_factor=0.0 if soft else config.label_smooth_factor,
                               num_classes=config.num_classes)
@@ -338,10 +339,6 @@ def needs_own_step(config) -> bool:
     MindSpore's own train step."""
     return config.ema or config.clip_grad or config.gradient_accumulation_steps > 1
 
-
-def mixes(config) -> bool:
-    """Whether training batches are mixed (mixup or CutMix)."""
-    return config.mixup > 0 or config.cutmix > 0
 
 
 def watches(run: Run) -> bool:
