@@ -5,7 +5,6 @@ bytes per record), because ``mindspore.dataset.Cifar10Dataset`` accepts only fil
 10,000 records. Transforms are the official ports'.
 """
 import glob
-import json
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +18,7 @@ from PIL import Image
 
 from src.augment import BatchMixer, auto_augment_ops, erasing_ops, mixes_batches
 from src.errors import UserError
+from src.shards import mindrecord_files, mindrecord_info
 
 CIFAR_RECORD = 1 + 32 * 32 * 3
 CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]
@@ -49,11 +49,14 @@ def worker_count(requested: int = 0) -> int:
     return max(1, min(requested or cores, cores))
 
 
-def check_layout(dataset: str, path: str) -> None:
+def check_layout(dataset: str, path: str, training: bool = True) -> None:
     """Refuse a data folder laid out for the other ``dataset`` value, naming the right one, before
-    anything expensive starts (a process group, a network, a scan of the images)."""
+    anything expensive starts (a process group, a network, a scan of the images); MindRecord
+    shards are checked whole here, those of both splits for training (which evaluates), the
+    val split's for evaluation."""
     if dataset == "mindrecord":
-        mindrecord_info(path)
+        for split_is_train in (True, False) if training else (False,):
+            mindrecord_files(path, split_is_train)
         return
     if dataset not in ("cifar10", "imagenet"):
         return
@@ -149,43 +152,6 @@ def dataset_classes(config, training: bool = True):
     if config.dataset != "imagenet":
         return None
     return class_names(imagenet_folder(config.dataset_path, training))
-
-
-# ---- MindRecord shards of an image folder (python -m src.tools.mindrecord writes them)
-MINDRECORD_INFO = "mindrecord.json"
-
-
-def mindrecord_info(folder: str) -> dict:
-    """mindrecord.json of a converted folder (classes, shards, counts), or one line saying the
-    folder is not one."""
-    if not os.path.isdir(folder):
-        raise UserError("data path not found", folder, "give the folder python -m "
-                        "src.tools.mindrecord wrote")
-    path = os.path.join(folder, MINDRECORD_INFO)
-    if not os.path.isfile(path):
-        raise UserError(f"no {MINDRECORD_INFO} in the data folder: it holds no MindRecord "
-                        "shards", folder, "convert the class folders with python -m "
-                        "src.tools.mindrecord SOURCE OUTPUT, or give --dataset imagenet for them")
-    try:
-        with open(path, encoding="utf-8") as f:
-            info = json.load(f)
-        info["classes"], info["shards"] = list(info["classes"]), int(info["shards"])
-    except (ValueError, KeyError, TypeError) as err:
-        raise UserError(f"{MINDRECORD_INFO} is not the converter's ({type(err).__name__})",
-                        path, "convert the data set again") from None
-    return info
-
-
-def mindrecord_files(folder: str, training: bool) -> list:
-    """The shard files of the train (or val) split of a converted folder, all there."""
-    split, shards = "train" if training else "val", mindrecord_info(folder)["shards"]
-    files = [os.path.join(folder, f"{split}.mindrecord{i if shards > 1 else ''}")
-             for i in range(shards)]
-    missing = [f for f in files if not os.path.isfile(f) or not os.path.isfile(f + ".db")]
-    if missing:
-        raise UserError(f"{len(missing)} of the {shards} {split} shards are missing (or their "
-                        ".db)", missing[0], "copy the whole converted folder, or convert again")
-    return files
 
 
 def class_names(folder: str) -> list:

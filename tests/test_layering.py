@@ -99,7 +99,8 @@ def test_src_has_no_import_circle():
 FLOORS = (
     ("src.models",),  # the networks
     ("src.errors", "src.progress", "src.CrossEntropySmooth", "src.lr_generator", "src.augment",
-     "src.model_utils", "src.dataset", "src.device", "src.checkpoint", "src.cli"),  # shared
+     "src.model_utils", "src.shards", "src.dataset", "src.device", "src.checkpoint",
+     "src.cli"),  # shared
     ("src.weights",),  # other sources' weights
     ("src.deploy",),  # evaluation, prediction, export
     ("src.training",),  # the trainer and its callbacks, run state and ranks

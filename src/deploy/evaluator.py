@@ -37,7 +37,7 @@ def evaluate(config, model: str = "") -> dict:
     use_device(config.device_target, config.conv_impl, config.device_id)
     params, meta = read_checkpoint(path)
     record = resolve(config, meta, path)
-    check_layout(record.dataset, config.dataset_path)
+    check_layout(record.dataset, config.dataset_path, training=False)
     net = record.build(conv_impl=config.conv_impl)
     which = load_weights(net, params, path, use_ema=config.use_ema_weights)
     net.set_train(False)
@@ -65,7 +65,7 @@ def evaluate_file(config, path: str) -> dict:
     predictor = Predictor(path, config, batch_size=batch)
     side = predictor.exported_side(path)
     record = predictor.record
-    check_layout(record.dataset, config.dataset_path)
+    check_layout(record.dataset, config.dataset_path, training=False)
     data_config = with_values(record.data_config(config), image_size=side)
     dataset = create_dataset(data_config, training=False, classes=record.class_names or None,
                              batch_size=predictor.fixed_batch)

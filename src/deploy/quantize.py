@@ -83,7 +83,7 @@ def _has_split(record, path: str) -> bool:
         except UserError:
             return False
     if record.dataset == "mindrecord":
-        from src.dataset import MINDRECORD_INFO
+        from src.shards import MINDRECORD_INFO
         return os.path.isfile(os.path.join(path, MINDRECORD_INFO))
     return record.dataset == "imagenet" and os.path.isdir(os.path.join(path, "train"))
 
