@@ -9,7 +9,8 @@ def main(argv):
     from src.cli import ArgumentParser
     from src.deploy.evaluator import evaluate
     from src.model_utils.config import get_config
-    parser = ArgumentParser(description=__doc__, allow_abbrev=False, add_help=False)
+    parser = ArgumentParser(prog="eval.py", description=__doc__, allow_abbrev=False,
+                            add_help=False)
     parser.add_argument("--model", default="", help="an exported .mindir or .onnx to score "
                         "instead of a checkpoint")
     args, rest = parser.parse_known_args(argv)

@@ -15,7 +15,7 @@ def main(argv):
     from src.model_utils.config import get_config, split_config_args
     from src.weights.pretrained import checkpoint_of
 
-    parser = ArgumentParser(description=__doc__, allow_abbrev=False)
+    parser = ArgumentParser(prog="infer.py", description=__doc__, allow_abbrev=False)
     parser.add_argument("--model", default="", help=".ckpt, .mindir or .onnx file (or give "
                         "--pretrained TAG and --network: a source's published weights)")
     parser.add_argument("--labels", default="", help="text file: one class name per line")

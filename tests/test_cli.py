@@ -1,8 +1,10 @@
 """What every entry point does before any work: --help, and the same one-line errors in-process
 as from a real process."""
+import os
+
 import pytest
 
-from tests.helpers import run_entry
+from tests.helpers import ROOT, run_entry
 
 ENTRY_POINTS = ("train.py", "eval.py", "export.py", "infer.py", "quick_start.py",
                 "convert_weights.py", "benchmark.py")
@@ -14,6 +16,29 @@ def test_help_of_every_entry_point(cli, script):
     assert result.returncode == 0, result.stderr
     assert "usage:" in result.stdout and "--" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def python_m_tools() -> list:
+    """Every src module that runs as ``python -m``: it has a ``__main__`` block."""
+    found = []
+    for folder, _, names in os.walk(os.path.join(ROOT, "src")):
+        for name in sorted(names):
+            path = os.path.join(folder, name)
+            if name.endswith(".py") and 'if __name__ == "__main__":' in open(path).read():
+                found.append(os.path.relpath(path, ROOT)[:-3].replace(os.sep, "."))
+    return sorted(found)
+
+
+@pytest.mark.parametrize("tool", python_m_tools() + list(ENTRY_POINTS))
+def test_a_bad_flag_to_any_tool_is_one_line(cli, tool):
+    """argparse's usage text and exit code were once what a tool's bad flag got."""
+    result = cli(tool, "--no_such_flag", "1")
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.error_lines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "(command line): " in lines[0]
+    assert "usage:" not in result.stdout + result.stderr
+    name = tool if tool.endswith(".py") else f"python -m {tool}"
+    assert " --help" not in lines[0] or lines[0].endswith(f"see {name} --help"), lines[0]
 
 
 def test_train_help_lists_every_key_with_its_help():

@@ -36,8 +36,8 @@ EXPORT_CONV_IMPL = {"MINDIR": "mindspore_taps", "AIR": "mindspore_split",
 
 def export_parser() -> ArgumentParser:
     parser = ArgumentParser(
-        description="Export a checkpoint. Other flags are config keys (see train.py --help).",
-        allow_abbrev=False)
+        prog="export.py", allow_abbrev=False,
+        description="Export a checkpoint. Other flags are config keys (see train.py --help).")
     parser.add_argument("--ckpt_file", dest="ckpt_file", default=None,
                         help="the checkpoint (the zoo's name for --checkpoint_path)")
     parser.add_argument("--file_name", default=None, help="output path without suffix "

@@ -146,7 +146,8 @@ def _write_split(folder: str, path: str, shards: int, source: str) -> tuple:
 
 
 def main(argv):
-    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m src.tools.mindrecord",
+                            description=__doc__.splitlines()[0])
     parser.add_argument("source", help="folder of train/ and val/ class folders")
     parser.add_argument("output", help="new or empty folder for the shards")
     parser.add_argument("--shards", type=int, default=8, help="files per split (default 8)")
