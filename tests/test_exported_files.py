@@ -2,6 +2,7 @@
 (FILE.json) they run at the size, batch and classes the graph declares, and a flag or a sidecar
 that contradicts the graph is one line and exit 2 in infer.py, eval.py and benchmark.py alike.
 eval.py --model scores an exported file with a checkpoint's result line."""
+import json
 import os
 import shutil
 
@@ -39,6 +40,15 @@ def files(tmp_path_factory):
     found["wrong_sidecar"] = str(root / "wrong_sidecar.onnx")
     shutil.copyfile(found["onnx_open"], found["wrong_sidecar"])
     shutil.copyfile(other + ".json", found["wrong_sidecar"] + ".json")
+    # the sidecar of another network of the same input and classes beside each format's file
+    for fmt in ("onnx", "mindir"):
+        path = found[f"{fmt}_open"]
+        with open(path + ".json") as f:
+            sidecar = {**json.load(f), "network": "shufflenet_v2_x0_5"}
+        found[f"other_network_{fmt}"] = str(root / f"other_network{os.path.splitext(path)[1]}")
+        shutil.copyfile(path, found[f"other_network_{fmt}"])
+        with open(found[f"other_network_{fmt}"] + ".json", "w") as f:
+            json.dump(sidecar, f)
     return found
 
 
@@ -63,6 +73,12 @@ CASES = {  # id: (entry point, file, flags, what the line says)
                                             "--num_classes 7 contradicts"),
     "infer sidecar of another file": ("infer.py", "wrong_sidecar", [],
                                       "the metadata says input [None, 3, 32, 32]"),
+    "infer onnx, sidecar of another network": (
+        "infer.py", "other_network_onnx", [],
+        "the metadata beside the file is for network shufflenet_v2_x0_5, the file's own record "
+        "says mobilenet_v1_025"),
+    "eval mindir, sidecar of another network": ("eval.py", "other_network_mindir", [],
+                                                "own record says mobilenet_v1_025"),
     "eval onnx no sidecar --image_size": ("eval.py", "bare_onnx_open", ["--image_size", "32"],
                                           "input of 64x64"),
     "eval mindir no sidecar --eval_batch_size": ("eval.py", "bare_mindir_fixed",
@@ -106,7 +122,7 @@ def test_a_file_without_its_sidecar_runs_at_its_graphs_size(files, cli, name):
 
 def test_eval_scores_an_exported_file_as_its_checkpoint(files, cli):
     """eval.py --model gives the checkpoint's result line (same top-1, loss within 1e-4) for
-    the ONNX and the fixed-batch MINDIR."""
+    the ONNX and the fixed-batch MINDIR, naming the network the file records in itself."""
     figures = {}
     for key, flags in (("ckpt", ["--checkpoint_path", files["ckpt"], "--image_size", str(SIDE)]),
                        ("onnx", ["--model", files["bare_onnx_open"]]),
@@ -116,6 +132,7 @@ def test_eval_scores_an_exported_file_as_its_checkpoint(files, cli):
         match = RESULT.search(result.stdout)
         assert match, result.stdout
         figures[key] = tuple(float(v) for v in match.groups()[:3])
+        assert match.group(4) == NET  # the bare file's own record, not the yaml's network
     assert "model: '" in result.stdout
     for key in ("onnx", "mindir"):
         assert figures[key][1:] == figures["ckpt"][1:], figures

@@ -1,5 +1,6 @@
 """Export a checkpoint to MINDIR, ONNX or AIR (and INT8 ONNX), with a sidecar json of what the
 file needs."""
+import json
 import os
 
 import mindspore as ms
@@ -15,7 +16,7 @@ from src.deploy.quantize import (
     quantization_tools,
     quantize_onnx,
 )
-from src.deploy.sidecar import sidecar_of, write_sidecar
+from src.deploy.sidecar import RECORD_KEY, sidecar_of, write_sidecar
 from src.device import use_device
 from src.errors import UserError, writable_folder
 from src.model_utils.config import MAX_IMAGE_SIZE, get_config, parse_bool
@@ -102,7 +103,8 @@ def export(argv) -> str:
     file_name = args.file_name or record.network
     writable_folder(os.path.dirname(os.path.abspath(file_name)), "--file_name")
     batch = None if dynamic else args.batch_size
-    path = write_model(net, fmt, file_name, height, width, batch, example_batch=args.batch_size)
+    path = write_model(net, fmt, file_name, height, width, batch, example_batch=args.batch_size,
+                       record=record.as_dict())
     sidecar = sidecar_of(record, [batch, 3, height, width], fmt,
                          checkpoint=os.path.abspath(checkpoint), weights=weights)
     print(f"export: {path} ({fmt}, input {sidecar['input_shape']}; None = any batch), "
@@ -117,7 +119,7 @@ def export(argv) -> str:
                          f".{os.path.basename(file_name)}.split.partial")
     try:
         source = write_model(net, "ONNX", split, height, width, batch,
-                             example_batch=args.batch_size)
+                             example_batch=args.batch_size, record=record.as_dict())
         return _write_int8(path, file_name + INT8_SUFFIX, record, config, args, sidecar, source)
     finally:
         if os.path.exists(split + SUFFIX["ONNX"]):
@@ -175,14 +177,16 @@ def _write_int8(float_path: str, path: str, record, config, args, sidecar: dict,
 
 
 def write_model(net, fmt: str, file_name: str, height: int, width: int, batch=None,
-                example_batch: int = 1) -> str:
+                example_batch: int = 1, record: dict = None) -> str:
     """Write ``net`` as export.py does: in eval mode, each BatchNorm's moving statistics folded
     into the conv before it, as ``fmt`` at ``file_name`` + its suffix, for input (``batch``, 3,
     ``height``, ``width``); ``batch`` None leaves the batch open (the ONNX export traces with
-    ``example_batch``). Returns the file's path. The benchmark and the tests write through it."""
+    ``example_batch``); ``record``, the network record, stored in the file (``RECORD_KEY``).
+    Returns the file's path. The benchmark and the tests write through it."""
     net.set_train(False)
     fold_batch_norms(net)
     path = file_name + SUFFIX[fmt]
+    text = json.dumps(record) if record else None
     if fmt == "ONNX":
         import mindspore.onnx as ms_onnx
         example = ms.Tensor(np.zeros((batch or example_batch, 3, height, width), np.float32))
@@ -191,9 +195,14 @@ def write_model(net, fmt: str, file_name: str, height: int, width: int, batch=No
                        output_names=["logits"], dynamic_axes=axes)
         if batch is None:
             open_onnx_output_batch(path)
+        if text:
+            add_onnx_metadata(path, RECORD_KEY, text)
     else:
+        def store_record(model):  # MindSpore's hook on the MINDIR/AIR proto before it is written
+            if text:
+                model.user_info[RECORD_KEY] = text
         example = ms.Tensor(shape=[batch, 3, height, width], dtype=ms.float32)
-        ms.export(net, example, file_name=file_name, file_format=fmt)
+        ms.export(net, example, file_name=file_name, file_format=fmt, custom_func=store_record)
     return path
 
 
@@ -261,6 +270,14 @@ def _open_first_dim(shape: bytes) -> bytes:
             payload, done = _message([(2, 2, b"batch")]), True
         fields.append((number, wire, payload))
     return _message(fields)
+
+
+def add_onnx_metadata(path: str, key: str, value: str) -> None:
+    """Add ``key: value`` to the ONNX file's metadata (ModelProto.metadata_props, field 14: a
+    repeated field, so one more entry is one more field at the end of the message)."""
+    entry = _message([(1, 2, key.encode("utf-8")), (2, 2, value.encode("utf-8"))])
+    with open(path, "ab") as f:
+        f.write(_message([(14, 2, entry)]))
 
 
 def open_onnx_output_batch(path: str) -> None:

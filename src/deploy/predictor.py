@@ -8,7 +8,12 @@ from PIL import Image, UnidentifiedImageError
 
 from src.checkpoint import load_weights, read_checkpoint, resolve
 from src.dataset import eval_image_ops
-from src.deploy.sidecar import read_sidecar, sidecar_path
+from src.deploy.sidecar import (
+    check_sidecar_matches,
+    embedded_record,
+    read_sidecar,
+    sidecar_path,
+)
 from src.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -85,8 +90,9 @@ class Predictor:
     (height, width) its images are preprocessed to.
 
     An exported file is checked against its own graph before it runs: the input shape and
-    classes it declares win over its sidecar (``FILE.json``, which may be missing: then the
-    config gives the pixels) and any flag that contradicts them (``--image_size``,
+    classes it declares, and the network record stored in it, win over its sidecar
+    (``FILE.json``, which may be missing: then the config gives the pixels; one of another
+    network is refused) and any flag that contradicts them (``--image_size``,
     ``--num_classes``, ``batch_size`` when given) is refused in one line."""
 
     def __init__(self, model_path: str, config, batch_size: int = None):
@@ -110,6 +116,9 @@ class Predictor:
             model_path, self.kind, getattr(self, "session", None))
         sidecar = sidecar_path(model_path)
         recorded = read_sidecar(model_path)
+        own = embedded_record(model_path, self.kind, getattr(self, "session", None))
+        check_sidecar_matches(recorded, own, model_path)
+        recorded.update(own)
         shape = recorded.pop("input_shape", None)
         if shape and [d or None for d in shape] != [batch, channels, height, width]:
             raise UserError(f"the metadata says input {shape}, the file's graph "

@@ -2,7 +2,11 @@
 (network, classes, layout options, pixels, class names), the input shape the graph takes (None:
 any batch), the format, and what the file was made from (the checkpoint; for an INT8 file the
 quantization and its float32 source). infer.py, eval.py --model, export.py --model and the
-benchmark read it back through ``read_sidecar``; this module alone writes and reads it."""
+benchmark read it back through ``read_sidecar``; this module alone writes and reads it.
+
+The network record also travels inside the file (``RECORD_KEY``: an ONNX metadata property, a
+MINDIR user_info entry), so that a sidecar of another network is found: ``embedded_record``
+reads it back."""
 import json
 import os
 
@@ -47,3 +51,32 @@ def read_sidecar(model_path: str) -> dict:
         raise UserError("the model's metadata is not a JSON object", path,
                         "export the model again")
     return sidecar
+
+
+# The key under which export.py stores the network record in the file itself.
+RECORD_KEY = "zoo_network_record"
+
+
+def embedded_record(model_path: str, kind: str, session=None) -> dict:
+    """The network record stored in the exported file itself ({} for a file written without
+    one); ``session``: the file's onnxruntime session (ONNX)."""
+    if kind == ".onnx":
+        text = session.get_modelmeta().custom_metadata_map.get(RECORD_KEY)
+    else:
+        import mindspore as ms
+        text = dict(ms.load_mindir(model_path).user_info).get(RECORD_KEY)
+    try:
+        record = json.loads(text) if text else {}
+    except ValueError:
+        record = {}
+    return record if isinstance(record, dict) else {}
+
+
+def check_sidecar_matches(sidecar: dict, own: dict, model_path: str) -> None:
+    """One line when the sidecar beside a file describes another network than the file's own
+    record."""
+    for key in ("network", "num_classes"):
+        if key in sidecar and key in own and sidecar[key] != own[key]:
+            raise UserError(f"the metadata beside the file is for {key} {sidecar[key]}, the "
+                            f"file's own record says {own[key]}", sidecar_path(model_path),
+                            "put the file's own .json beside it, or remove this one")
