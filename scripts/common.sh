@@ -16,6 +16,12 @@ usage_unless() {
     if [ "$3" -lt "$1" ] || [ "$3" -gt "$2" ]; then echo "usage: $4" >&2; exit 2; fi
 }
 
+# valid_port VALUE: whether VALUE is a port number msrun takes (1024 to 65535).
+valid_port() {
+    case "$1" in ''|*[!0-9]*) return 1 ;; esac
+    [ "${#1}" -le 5 ] && [ "$1" -ge 1024 ] && [ "$1" -le 65535 ]
+}
+
 # preflight TRAIN_ARGS...: the checks train.py makes before it starts anything (config values,
 # the data folder's layout), run once before the workers start; its one error line, exit 2.
 preflight() {
@@ -27,6 +33,32 @@ show_failure() {
     local line
     line=$(grep -h -E "^(error|stopped): " "$@" 2>/dev/null | head -n 1)
     if [ -n "$line" ]; then echo "$line" >&2; else tail -n 5 "$@" >&2; fi
+}
+
+# pause SECONDS: sleep, as a background job waited for. A stop signal sent to the script's whole
+# process group (a terminal's Ctrl-C, a scheduler's kill of the job) kills a foreground sleep
+# too: set -e then ended the script before its trap's stop was seen through, and bash printed
+# "Terminated" before the stop line.
+pause() { sleep "$1" & wait $! || true; }
+
+# stop_of_every_log LOG...: TERM or INT when every LOG ends a run that train.py stopped on that
+# signal (its "stopped: SIGTERM ..." line), else nothing.
+stop_of_every_log() {
+    local log found="" signal
+    for log in "$@"; do
+        signal=$(grep -h -m 1 -o "^stopped: SIG[A-Z]*" "$log" 2>/dev/null | cut -c 13-) || true
+        [ -n "$signal" ] || return 0
+        found=$signal
+    done
+    echo "$found"
+}
+
+# msrun_reason LOG: msrun's own error (its argparse or exception line), else its last line.
+msrun_reason() {
+    local line
+    line=$(grep -h -E -i "error|exception" "$1" 2>/dev/null | grep -v "^\[WARNING\]" | tail -n 1)
+    [ -n "$line" ] || line=$(grep -v "^\s*$" "$1" 2>/dev/null | tail -n 1)
+    echo "${line:-no output in $1}"
 }
 
 # show_result LOG: where the checkpoints went and the run's figure (train.py's closing line).

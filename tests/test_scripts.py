@@ -119,9 +119,12 @@ def checksum(log):
 def test_two_nodes_on_one_machine(tmp_path):
     """Two msrun nodes simulated on 127.0.0.1 (NODE_NUM=2, NODE_RANK 0 and 1, one worker each,
     each in a folder of its own): they end with the weights of one node of two workers (same
-    seed and data); --resume auto on both continues at the same step, the node without
-    checkpoints (no shared storage) taking rank 0's; killing one node's launcher stops the other
-    with one line and leaves no process."""
+    seed and data). A SIGTERM to node 0's whole process group (a terminal's Ctrl-C, a
+    scheduler's kill of the job; it once ended the script at once and lost rank 0's save in 1
+    run of 5) stops both nodes as a stop: rank 0 saves, each node says so in its stop line and
+    exits 143 (node 1 once said "the job failed"). --resume auto on both continues at that
+    step, the node without checkpoints (no shared storage) taking rank 0's; killing one node's
+    launcher then stops the other with one line and leaves no process."""
     data = write_cifar_folder(str(tmp_path / "cifar"), train_count=64, test_count=8)
     args = SMALL + ["--seed", "3"]
     os.makedirs(tmp_path / "one")
@@ -132,27 +135,36 @@ def test_two_nodes_on_one_machine(tmp_path):
 
     nodes = [tmp_path / "node0", tmp_path / "node1"]
     logs = [nodes[r] / "train_parallel" / f"worker_{r}.log" for r in range(2)]
-    for extra, epochs in (([], "1..2"), (["--epoch_size", "3", "--resume", "auto"], "3..3")):
-        port = free_port()
-        runs = [launch_node(nodes[r], r, port, data, args + extra) for r in range(2)]
-        outs = [run.communicate(timeout=300) for run in runs]
-        assert [run.returncode for run in runs] == [0, 0], outs
-        assert all(f"epochs {epochs}, rank {r}/2" in logs[r].read_text() for r in range(2))
-        assert checksum(logs[0]) == checksum(logs[1])
-        if not extra:
-            assert checksum(logs[0]) == one[0] == one[1]
-            assert "train: finished mobilenet_v1_025 epochs 1..2" in outs[0][0]
-    assert "took rank 0's weights and train state at global step 8" in logs[1].read_text()
+    port = free_port()
+    runs = [launch_node(nodes[r], r, port, data, args) for r in range(2)]
+    outs = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outs
+    assert all("epochs 1..2, rank " in logs[r].read_text() for r in range(2))
+    assert checksum(logs[0]) == checksum(logs[1]) == one[0] == one[1]
+    assert "train: finished mobilenet_v1_025 epochs 1..2" in outs[0][0]
     assert not (nodes[1] / "train_parallel" / "output").exists()  # only rank 0 writes
 
+    long = [a if a != "2" else "200" for a in args] + ["--resume", "auto"]  # --epoch_size 200
     port = free_port()
-    long = [a if a != "2" else "200" for a in args]  # --epoch_size 200
-    runs = [launch_node(tmp_path / f"k{r}", r, port, data, long) for r in range(2)]
-    log = tmp_path / "k1" / "train_parallel" / "worker_1.log"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (log.exists() and "epoch: 2 " in log.read_text()):
-        assert runs[0].poll() is None and runs[1].poll() is None
-        time.sleep(0.5)
+    runs = [launch_node(nodes[r], r, port, data, long) for r in range(2)]
+    wait_for_line(logs[1], "epoch: 4 ", runs=runs)
+    os.killpg(runs[0].pid, signal.SIGTERM)
+    outs = [run.communicate(timeout=120) for run in runs]
+    assert [run.returncode for run in runs] == [143, 143], outs
+    lines = [[line for line in err.splitlines() if line.strip()] for _, err in outs]
+    assert lines[0][0].startswith("stopped: SIGTERM after epoch "), outs[0]
+    saved = re.search(r"saved (\S+\.ckpt)", lines[0][0]).group(1)
+    assert os.path.exists(saved)
+    step = re.search(r"\(global step (\d+)\)", lines[0][0]).group(1)
+    assert lines[1][0].startswith("stopped: SIGTERM after epoch ") and \
+        f"(global step {step}) (rank 1; rank 0 saves the checkpoint)" in lines[1][0], outs[1]
+    assert_none_left(str(tmp_path), 30, "the stopped nodes")
+
+    port = free_port()
+    runs = [launch_node(nodes[r], r, port, data, long) for r in range(2)]
+    wait_for_line(logs[1], f"took rank 0's weights and train state at global step {step}",
+                  runs=runs)
+    assert f"resume auto: {saved}" in logs[0].read_text()
     os.killpg(runs[1].pid, signal.SIGKILL)
     killed = time.time()
     out, err = runs[0].communicate(timeout=120)
@@ -279,10 +291,12 @@ def long_run(script, tmp_path, *args):
     return job, data
 
 
-def wait_for_line(log, text, seconds=240):
-    """Wait until ``log`` holds ``text`` (the run got that far)."""
+def wait_for_line(log, text, seconds=240, runs=()):
+    """Wait until ``log`` holds ``text`` (the run got that far), while each of ``runs`` (the
+    jobs that write it) still runs."""
     deadline = time.time() + seconds
     while time.time() < deadline and text not in (log.read_text() if log.exists() else ""):
+        assert all(run.poll() is None for run in runs), [run.communicate() for run in runs]
         time.sleep(0.5)
     assert text in log.read_text(), f"{log} never showed {text!r}"
 

@@ -5,6 +5,8 @@ every rank. The only module that calls the communication ops.
 MindSpore's CPU collectives sum floats only: every exchange here is one all-reduce of a float32
 vector, in which each rank fills its own slots (or only rank 0 fills it).
 """
+import os
+
 import mindspore as ms
 import numpy as np
 from mindspore import ops
@@ -21,6 +23,12 @@ def join_group() -> tuple:
     try:
         init()
     except RuntimeError as err:
+        scheduler = os.environ.get("MS_SCHED_HOST"), os.environ.get("MS_SCHED_PORT")
+        if all(scheduler):  # msrun's: the other nodes or the scheduler never answered
+            raise UserError("could not join the communication group of the scheduler at "
+                            f"{scheduler[0]}:{scheduler[1]}", "MASTER_ADDR:MASTER_PORT",
+                            "start every node of the job, each with node 0's address and the "
+                            "same free port") from err
         raise UserError("could not join the communication group", "--is_distributed",
                         "launch with scripts/run_distribute_train*.sh or msrun, or drop "
                         "--is_distributed") from err
