@@ -266,6 +266,55 @@ def test_script_arguments_are_checked(tmp_path):
     assert proc.returncode == 2 and "model not found" in proc.stderr
 
 
+NODE_FAULTS = {  # id: (environment, what the one line says)
+    "no MASTER_ADDR on node 1": ({"NODE_NUM": "2", "NODE_RANK": "1", "MASTER_PORT": "8118"},
+                                 "no MASTER_ADDR for a job of 2 nodes (MASTER_ADDR)"),
+    "no MASTER_ADDR on node 0": ({"NODE_NUM": "2", "NODE_RANK": "0", "MASTER_PORT": "8118"},
+                                 "no MASTER_ADDR for a job of 2 nodes"),
+    "no MASTER_PORT": ({"NODE_NUM": "2", "NODE_RANK": "1", "MASTER_ADDR": "127.0.0.1"},
+                       "no MASTER_PORT for a job of 2 nodes"),
+    "MASTER_PORT 70000": ({"MASTER_PORT": "70000"},
+                          "MASTER_PORT '70000' is not a port number from 1024 to 65535"),
+    "MASTER_PORT abc": ({"NODE_NUM": "2", "NODE_RANK": "1", "MASTER_ADDR": "127.0.0.1",
+                         "MASTER_PORT": "abc"}, "MASTER_PORT 'abc' is not a port number"),
+    "NODE_RANK 2 of 2": ({"NODE_NUM": "2", "NODE_RANK": "2"}, "node rank 2 is not below"),
+    "CLUSTER_TIME_OUT -1": ({"CLUSTER_TIME_OUT": "-1"}, "CLUSTER_TIME_OUT '-1' is not a "
+                            "positive number of seconds"),
+}
+
+
+@pytest.mark.parametrize("case", list(NODE_FAULTS))
+def test_node_launch_faults_are_one_line_before_anything_starts(tmp_path, case):
+    """Before: no MASTER_ADDR on node 1 waited silently on 127.0.0.1, MASTER_PORT 70000 failed
+    6 s later without naming the port, MASTER_PORT abc pointed to worker logs that did not
+    exist."""
+    env, expected = NODE_FAULTS[case]
+    proc = run_script("run_distribute_train_cpu.sh", 1, tmp_path, cwd=tmp_path, env=env)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stdout + proc.stderr
+    assert lines[0].startswith("error: ") and expected in lines[0] and not proc.stdout
+    assert not (tmp_path / "train_parallel").exists()
+
+
+@pytest.mark.xdist_group("msrun")
+def test_a_node_whose_master_never_answers_fails_in_one_line(tmp_path):
+    """Node 1 of 2 started alone (node 0 never comes): after CLUSTER_TIME_OUT seconds, one line
+    naming the scheduler's address and port it could not reach, exit 2, no process left."""
+    data = write_cifar_folder(str(tmp_path / "cifar"), train_count=16, test_count=8)
+    port = free_port()
+    started = time.time()
+    proc = run_script("run_distribute_train_cpu.sh", 1, data, cwd=tmp_path, timeout=120,
+                      env={"EXTRA_ARGS": " ".join(SMALL), "NODE_NUM": "2", "NODE_RANK": "1",
+                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                           "CLUSTER_TIME_OUT": "5"})
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stdout + proc.stderr
+    assert lines[0].startswith("error: could not join the communication group of the "
+                               f"scheduler at 127.0.0.1:{port} (MASTER_ADDR:MASTER_PORT)")
+    assert time.time() - started < 90
+    assert_none_left(str(tmp_path), 10, "the lone node")
+
+
 def test_an_image_folder_to_the_cifar_default_is_refused_before_any_worker(tmp_path):
     """Every script's default config is CIFAR-10's; an ImageNet-style folder is refused in one line
     naming the right dataset value, before msrun starts a worker."""
@@ -280,14 +329,16 @@ def test_an_image_folder_to_the_cifar_default_is_refused_before_any_worker(tmp_p
     assert time.time() - started < 60
 
 
-def long_run(script, tmp_path, *args):
-    """A script training 200 epochs in the background: (the job, its data folder)."""
+def long_run(script, tmp_path, *args, extra=()):
+    """A script training 200 epochs in the background, in a process group of its own (as a
+    terminal's job): (the job, its data folder). ``extra``: more train.py flags."""
     data = write_cifar_folder(str(tmp_path / "cifar"), train_count=64, test_count=8)
-    extra = SMALL[:]
-    extra[extra.index("--epoch_size") + 1] = "200"
+    flags = SMALL[:] + list(extra)
+    flags[flags.index("--epoch_size") + 1] = "200"
     job = subprocess.Popen(["bash", os.path.join(ROOT, "scripts", script), *args, data],
                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           env={**os.environ, "EXTRA_ARGS": " ".join(extra)})
+                           env={**os.environ, "EXTRA_ARGS": " ".join(flags)},
+                           start_new_session=True)
     return job, data
 
 
@@ -323,12 +374,23 @@ def test_killing_one_worker_fails_the_job_quickly(tmp_path):
     assert "the job failed" in stderr
 
 
-def test_sigterm_to_the_standalone_script_reaches_training(tmp_path):
-    """The script passes a SIGTERM sent to it alone (as `timeout` sends one) on to train.py,
-    which finishes its step and saves; the script exits 143 with train.py's one line."""
-    job, _ = long_run("run_standalone_train.sh", tmp_path, "CPU")
-    wait_for_line(tmp_path / "train_standalone" / "log.txt", "epoch: 2 step")
-    job.send_signal(signal.SIGTERM)
+@pytest.mark.parametrize("script", ["run_standalone_train.sh", "run_distribute_train.sh"])
+def test_sigterm_to_the_scripts_process_group_reaches_training(tmp_path, script):
+    """A SIGTERM to the script's whole process group (what a terminal's Ctrl-C or a batch
+    scheduler's kill sends) ends as one to the script alone: train.py finishes its step and
+    saves, the script exits 143 with train.py's one line and no "Terminated". The rank-table
+    script runs a one-device table on CPU here (--device_target CPU --is_distributed False: the
+    script's own launch and signal handling, without Ascend)."""
+    if script == "run_standalone_train.sh":
+        job, _ = long_run(script, tmp_path, "CPU")
+        log = tmp_path / "train_standalone" / "log.txt"
+    else:
+        table = rank_table(tmp_path / "rank_table_1p.json", [0])
+        job, _ = long_run(script, tmp_path, table, extra=["--device_target", "CPU",
+                                                          "--is_distributed", "False"])
+        log = tmp_path / "train_parallel0" / "log.txt"
+    wait_for_line(log, "epoch: 2 step", runs=[job])
+    os.killpg(job.pid, signal.SIGTERM)
     _, stderr = job.communicate(timeout=120)
     assert job.returncode == 143, stderr
     assert stderr.startswith("stopped: SIGTERM after epoch ") and "--resume auto" in stderr
