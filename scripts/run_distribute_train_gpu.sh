@@ -118,9 +118,9 @@ if [ -n "$STOP_SIGNAL" ]; then  # stopped as asked: say where the run can contin
     show_failure "worker_$FIRST.log"
     exit "$(stop_status)"
 fi
-if [ "$status" != 0 ] && ! ls $(node_logs) > /dev/null 2>&1; then  # msrun's own failure
-    echo "error: msrun failed before any worker of this node started (exit $status): $(msrun_reason msrun.log)" >&2
-    exit "$status"
+if [ "$status" != 0 ] && ! ls $(node_logs) > /dev/null 2>&1; then  # msrun refused to start
+    echo "error: msrun failed before any worker of this node started (exit $status; msrun.log): $(msrun_reason msrun.log)" >&2
+    exit 2
 fi
 if [ "$status" != 0 ]; then
     # A worker refused its input (train.py's one error line, its exit code 2, which msrun does

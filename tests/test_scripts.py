@@ -315,6 +315,20 @@ def test_a_node_whose_master_never_answers_fails_in_one_line(tmp_path):
     assert_none_left(str(tmp_path), 10, "the lone node")
 
 
+def test_msrun_failing_before_any_worker_gives_its_own_reason(tmp_path):
+    """msrun's own failure (here: node 0's address does not resolve) is its reason in one line,
+    not "see worker_*.log" where no worker log exists."""
+    data = write_cifar_folder(str(tmp_path / "cifar"), train_count=16, test_count=8)
+    proc = run_script("run_distribute_train_cpu.sh", 1, data, cwd=tmp_path,
+                      env={"EXTRA_ARGS": " ".join(SMALL), "NODE_NUM": "2", "NODE_RANK": "0",
+                           "MASTER_ADDR": "no-such-host.invalid", "MASTER_PORT": "18555"})
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stdout + proc.stderr
+    assert lines[0].startswith("error: msrun failed before any worker of this node started")
+    assert "DNS resolution has failed" in lines[0]
+    assert not list((tmp_path / "train_parallel").glob("worker_*.log"))
+
+
 def test_an_image_folder_to_the_cifar_default_is_refused_before_any_worker(tmp_path):
     """Every script's default config is CIFAR-10's; an ImageNet-style folder is refused in one line
     naming the right dataset value, before msrun starts a worker."""
