@@ -11,7 +11,8 @@ hashed from the sources, the flags and the CPU's features, so a changed source o
 anew. When it cannot be built, ``library()`` returns None, says why in one line, and the layers use
 MindSpore's operators.
 Each kernel uses ``$ZOO_KERNEL_THREADS`` threads, by default every core the process may use
-(not OMP_NUM_THREADS, which importing MindSpore sets to 1).
+(not OMP_NUM_THREADS, which importing MindSpore sets to 1), from an OpenMP runtime of their own
+(``_private_openmp``) that waits passively between kernels whatever was imported first.
 """
 import hashlib
 import os
@@ -63,18 +64,22 @@ def _build():
     compiler = shutil.which(os.environ.get("CXX", "g++"))
     if compiler is None:
         return None, f"no C++ compiler {os.environ.get('CXX', 'g++')!r} on PATH; set CXX to one"
+    folder = os.environ.get("ZOO_KERNEL_DIR") or os.path.join(
+        os.path.expanduser("~"), ".cache", "mobile_cnn_zoo")
     dnnl = _dnnl_dir()
     command = [compiler, *FLAGS]
     if dnnl:
         command += ["-DZOO_WITH_DNNL", f"-L{dnnl}", "-l:libdnnl.so.3", f"-Wl,-rpath,{dnnl}"]
+    openmp = _private_openmp(compiler, folder)
+    if openmp:  # before the driver's own -lgomp, which --as-needed then leaves out
+        command += ["-Wl,--as-needed", f"-L{openmp}", f"-l:{PRIVATE_OPENMP}",
+                    f"-Wl,-rpath,{openmp}"]
     names = sorted(os.listdir(KERNEL_DIR))  # the sources and kernels.h
     sources = [os.path.join(KERNEL_DIR, name) for name in names if name.endswith(".cc")]
     key = hashlib.sha256(" ".join(command).encode() + _cpu_features().encode())
     for name in names:
         with open(os.path.join(KERNEL_DIR, name), "rb") as src:
             key.update(name.encode() + b"\0" + src.read())
-    folder = os.environ.get("ZOO_KERNEL_DIR") or os.path.join(
-        os.path.expanduser("~"), ".cache", "mobile_cnn_zoo")
     path = os.path.join(folder, f"cpu_kernels-{key.hexdigest()[:16]}.so")
     if os.path.isfile(path):
         return path, None
@@ -98,6 +103,42 @@ def _build():
     os.replace(partial, path)  # concurrent builds (msrun ranks) each replace atomically
     print(f"built fast CPU conv kernels: {path}", flush=True)  # progress: stdout, as the rest
     return path, None
+
+
+# Our kernels' own OpenMP runtime: the compiler's libgomp under a name of its own (the same
+# length: only its SONAME changes). The dynamic linker shares one libgomp per process by that
+# name, so with the real one the kernels ran on the runtime MindSpore loaded, whose wait policy
+# was read when MindSpore was imported: a script that imported mindspore before src got
+# threads that spin between kernels against MindSpore's own. The copy is loaded with the
+# kernels, after src has set OMP_WAIT_POLICY=PASSIVE, and reads it then.
+OPENMP = b"libgomp.so.1"
+PRIVATE_OPENMP = "libzomp.so.1"
+
+
+def _private_openmp(compiler: str, folder: str):
+    """The folder holding the private copy of the compiler's OpenMP runtime (made once), or
+    None where it cannot be made: then the kernels link the shared one, as before."""
+    try:
+        found = subprocess.run([compiler, "-print-file-name=libgomp.so"], capture_output=True,
+                               text=True, timeout=60).stdout.strip()
+        with open(os.path.realpath(found), "rb") as f:
+            runtime = f.read()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if runtime.count(OPENMP + b"\0") != 1:
+        return None
+    where = os.path.join(folder, f"openmp-{hashlib.sha256(runtime).hexdigest()[:12]}")
+    target = os.path.join(where, PRIVATE_OPENMP)
+    if not os.path.isfile(target):
+        try:
+            os.makedirs(where, exist_ok=True)
+            fd, partial = tempfile.mkstemp(prefix=".partial-", dir=where)
+            with os.fdopen(fd, "wb") as f:
+                f.write(runtime.replace(OPENMP + b"\0", PRIVATE_OPENMP.encode() + b"\0"))
+            os.replace(partial, target)
+        except OSError:
+            return None
+    return where
 
 
 def _op(name, out_shape, bprop=None):
