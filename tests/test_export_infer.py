@@ -142,6 +142,60 @@ def test_class_names_reach_the_export_and_infer(tmp_path, photos, cli):
             assert sorted(top) == sorted(names), line
 
 
+def test_infer_writes_top_k_as_json_and_csv(tmp_path, photos, cli, monkeypatch):
+    """--topk 3 --output FILE.json: every image's 3 best classes (file, rank, class index and
+    name, probability), the printed ones, read back by json.load; the same as CSV, the images
+    listed in a text file and on standard input."""
+    import csv
+    import io
+    names = ["cat", "dog", "bird", "fish"]
+    ckpt = saved_checkpoint(tmp_path / "mobilenet_v1_025-1_2.ckpt", "mobilenet_v1_025",
+                            num_classes=4, dataset="imagenet", class_names=json.dumps(names))
+    result = cli("infer.py", "--model", ckpt, "--topk", "3", "--output", tmp_path / "r.json",
+                 *photos)
+    assert result.returncode == 0, result.stderr
+    results = json.load(open(tmp_path / "r.json"))
+    assert [r["file"] for r in results] == photos
+    for r in results:
+        assert [t["rank"] for t in r["topk"]] == [1, 2, 3]
+        assert all(names[t["class_index"]] == t["class_name"] for t in r["topk"])
+        probs = [t["probability"] for t in r["topk"]]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+        printed = next(line for line in result.stdout.splitlines()
+                       if line.startswith(r["file"] + ": "))
+        assert printed.split(": ", 1)[1] == ", ".join(
+            f"{t['class_name']} {t['probability']:.4f}" for t in r["topk"])
+    listing = tmp_path / "list.txt"
+    listing.write_text("# the photos\n" + "\n".join(photos) + "\n\n")
+    for source in ("file", "stdin"):
+        flags = ["--files_from", listing] if source == "file" else ["--files_from", "-"]
+        monkeypatch.setattr("sys.stdin", io.StringIO("\n".join(photos)))
+        out = tmp_path / f"r_{source}.csv"
+        result = cli("infer.py", "--model", ckpt, "--topk", "3", "--output", out, *flags)
+        assert result.returncode == 0, result.stderr
+        rows = list(csv.DictReader(open(out)))
+        assert [(r["file"], int(r["rank"]), r["class_name"]) for r in rows] == [
+            (r["file"], t["rank"], t["class_name"]) for r in results for t in r["topk"]]
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--topk", "0"], "--topk 0 is not a positive whole number"),
+    (["--topk", "x"], "--topk x is not a positive whole number"),
+    (["--topk", "5"], "--topk 5 is more than the model's 4 classes"),
+    (["--output", "{tmp}/nope/r.json"], "the output's folder does not exist or is not writable"),
+    (["--output", "{tmp}", "--output_format", "json"], "the output is a folder"),
+    (["--output", "{tmp}/r.txt"], "output format 'txt' is not json or csv"),
+    (["--files_from", "{tmp}/missing.txt"], "list of images not found"),
+])
+def test_bad_infer_output_flags_are_one_line(tmp_path, photos, cli, flags, expected):
+    ckpt = saved_checkpoint(tmp_path / "m-1_2.ckpt", "mobilenet_v1_025", num_classes=4)
+    flags = [f.format(tmp=tmp_path) for f in flags]
+    result = cli("infer.py", "--model", ckpt, *flags, *photos)
+    lines = result.error_lines()
+    assert result.returncode == 2 and len(lines) == 1 and expected in lines[0], lines
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(("r.", ".r."))]
+
+
 def test_fixed_batch_and_non_square_exports_infer_any_number_of_images(tmp_path, photos, cli):
     """A fixed-batch ONNX export (batch 3) gives 8 images in chunks of 3, the last padded, with
     the open-batch export's logits; a 64x32 export is fed 64 wide and 32 high."""

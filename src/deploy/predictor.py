@@ -1,5 +1,6 @@
 """Inference from a checkpoint, a MINDIR or an ONNX file on image files: top-5 per image."""
 import os
+import sys
 import warnings
 
 import mindspore as ms
@@ -195,6 +196,40 @@ class Predictor:
         if self.kind == ".onnx":
             return self.session.run(None, {self.input_name: batch})[0]
         return self.net(ms.Tensor(batch)).asnumpy()
+
+
+def predict_files(predictor, files: list, batch_size: int):
+    """(file, class probabilities) of each of ``files``, ``batch_size`` images a forward pass,
+    preprocessed as the predictor's record says."""
+    record = predictor.record
+    for start in range(0, len(files), batch_size):
+        chunk = files[start:start + batch_size]
+        probs = softmax(predictor.logits(preprocess(chunk, record.dataset, predictor.size,
+                                                    record.input_norm, record.eval_resize)))
+        yield from zip(chunk, probs, strict=True)
+
+
+def listed_files(path: str, stdin=None) -> list:
+    """The image paths a text file lists, one a line (blank lines and ``#`` comments skipped);
+    ``-``: standard input. Relative paths are the file's folder's (standard input: the working
+    folder's)."""
+    if path == "-":
+        lines, folder = (stdin or sys.stdin).read().splitlines(), ""
+    else:
+        if not os.path.isfile(path):
+            raise UserError("list of images not found", path, "give a text file of one image "
+                            "path a line, or - for standard input")
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except UnicodeDecodeError:
+            raise UserError("list of images is not UTF-8 text", path,
+                            "give one image path a line") from None
+        folder = os.path.dirname(os.path.abspath(path))
+    names = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+    if not names:
+        raise UserError("the list names no image", path, "give one image path a line")
+    return [os.path.join(folder, name) for name in names]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
