@@ -105,3 +105,15 @@ def randomize_weights(net, seed=0):
             value = rng.randn(*shape) * (1 / np.prod(shape[1:])) ** 0.5
         param.set_data(ms.Tensor(value.astype(np.float32)))
     return net
+
+
+def hooked(net, modules, x) -> dict:
+    """{module: its output} of ``net`` on ``x`` at each of ``modules`` (forward hooks;
+    PyNative)."""
+    cells, seen = dict(net.cells_and_names()), {}
+    handles = [cells[m].register_forward_hook(
+        lambda cell, inputs, out, m=m: seen.__setitem__(m, out.asnumpy())) for m in modules]
+    net(x)
+    for handle in handles:
+        handle.remove()
+    return seen

@@ -10,7 +10,13 @@ import pytest
 from src.deploy.predictor import Predictor, image_files, preprocess
 from src.model_utils.config import get_config
 from src.models import create_network, list_networks
-from tests.helpers import ROOT, randomize_weights, saved_checkpoint, write_image_folder
+from tests.helpers import (
+    ROOT,
+    hooked,
+    randomize_weights,
+    saved_checkpoint,
+    write_image_folder,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -86,7 +92,9 @@ def test_every_variant_exports_to_onnx_and_mindir_with_the_fast_layers_logits(tm
     BatchNorm and activation in one kernel) and as export.py writes it (standard operators, the
     BatchNorms folded into the convs, the same weights): ONNX (onnxruntime, its output batch
     open) and, for MINDIR_VARIANTS, MINDIR give the same logits, and so does the unfused
-    network (in MINDIR's form, every variant)."""
+    network (in MINDIR's form, every variant). The exports also hold the feature maps at
+    strides 2 to 32 (forward_intermediates, graph mode): the hooked activations of the
+    network eval.py runs."""
     import onnxruntime as ort
 
     from src.deploy.exporter import EXPORT_CONV_IMPL, write_model
@@ -98,6 +106,8 @@ def test_every_variant_exports_to_onnx_and_mindir_with_the_fast_layers_logits(tm
     assert any(isinstance(c, FusedSequence) and c.fusing for _, c in trained.cells_and_names())
     trained.set_train(False)
     fused = trained(ms.Tensor(x)).asnumpy()
+    modules = trained.feature_info.module_name()
+    activations = hooked(trained, modules, ms.Tensor(x))
     nets = {}
     for fmt in ("MINDIR", "ONNX"):  # export.py's network for each format, the weights loaded
         nets[fmt] = create_network(name, num_classes=10, conv_impl=EXPORT_CONV_IMPL[fmt])
@@ -105,21 +115,40 @@ def test_every_variant_exports_to_onnx_and_mindir_with_the_fast_layers_logits(tm
         nets[fmt].set_train(False)
     unfused = nets["MINDIR"](ms.Tensor(x)).asnumpy()
     ms.set_context(mode=ms.GRAPH_MODE)
-    files = {fmt: write_model(net, fmt, str(tmp_path / name), 32, 32)  # export.py's writer
+    files = {fmt: write_model(LogitsAndMaps(net), fmt, str(tmp_path / name), 32, 32)
              for fmt, net in nets.items() if fmt == "ONNX" or name in MINDIR_VARIANTS}
     for fmt in files:  # each exported network's BatchNorms folded into its convs
         assert not any(isinstance(c, ms.nn.BatchNorm2d) for _, c in nets[fmt].cells_and_names())
     session = ort.InferenceSession(files["ONNX"])
     assert session.get_outputs()[0].shape == ["batch", 10]
-    onnx_logits = session.run(None, {"image": x})[0]
-    exported = [onnx_logits]
+    exported = [session.run(None, {"image": x})]
     if "MINDIR" in files:
-        exported.append(ms.nn.GraphCell(ms.load(files["MINDIR"]))(ms.Tensor(x)).asnumpy())
+        exported.append([out.asnumpy() for out in
+                         ms.nn.GraphCell(ms.load(files["MINDIR"]))(ms.Tensor(x))])
     scale = np.abs(unfused).max()
     assert scale > 0.1, name  # logits that tell a wrong layer apart
-    for logits in [fused] + exported:
+    for logits in [fused] + [outputs[0] for outputs in exported]:
         gap = np.abs(logits - unfused).max()
         assert gap <= 1e-5 * scale, (name, gap)
+    for outputs in exported:
+        assert len(outputs) == 6, name
+        for module, level, array in zip(modules, trained.feature_info, outputs[1:], strict=True):
+            assert array.shape[1:] == (level["num_chs"], 32 // level["reduction"],
+                                       32 // level["reduction"]), (name, module)
+            reference = activations[module]
+            assert np.abs(array - reference).max() <= 1e-5 * max(1, np.abs(reference).max())
+
+
+class LogitsAndMaps(ms.nn.Cell):
+    """A network's logits and its feature maps at strides 2 to 32, from one pass."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def construct(self, x):
+        last, maps = self.net.forward_intermediates(x)
+        return (self.net.forward_head(last),) + maps
 
 
 def test_class_names_reach_the_export_and_infer(tmp_path, photos, cli):

@@ -191,8 +191,13 @@ def write_model(net, fmt: str, file_name: str, height: int, width: int, batch=No
         import mindspore.onnx as ms_onnx
         example = ms.Tensor(np.zeros((batch or example_batch, 3, height, width), np.float32))
         axes = {"image": {0: "batch"}, "logits": {0: "batch"}} if batch is None else None
+        # A features-only network's maps keep MindSpore's own names: named, an output that a
+        # later layer also reads loses that reader's input (MindSpore 2.10's ONNX export).
+        maps = getattr(net, "features_only", False)
+        if axes and maps:
+            axes = {"image": {0: "batch"}}
         ms_onnx.export(net, example, file_name=path, input_names=["image"],
-                       output_names=["logits"], dynamic_axes=axes)
+                       output_names=None if maps else ["logits"], dynamic_axes=axes)
         if batch is None:
             open_onnx_output_batch(path)
         if text:

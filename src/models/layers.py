@@ -263,20 +263,29 @@ class FusedSequence(nn.SequentialCell):
             i += size
         self.groups = tuple(groups)
         self.fusing = any(size > 1 for _, size in groups)
-        # Training: the children but the activations whose BatchNorm's kernel applies them
-        # (fuse_activation).
-        self.training_cells = tuple(i for i in range(len(cells)) if i not in skips)
+        # Each group's children; in training, without the activations whose BatchNorm's kernel
+        # applies them (fuse_activation).
+        self.group_cells = tuple(tuple(range(start, start + size)) for start, size in groups)
+        self.training_cells = tuple(tuple(i for i in cells if i not in skips)
+                                    for cells in self.group_cells)
 
     def construct(self, x):
+        return self.run(x, 0, len(self.groups))
+
+    def run(self, x, first: int, stop: int):
+        """The groups ``first`` to ``stop`` - 1 on ``x`` (a network's level that ends inside
+        the sequence; ``group_of``)."""
         if self.training and x.dtype == ms.float32:
-            for i in self.training_cells:
-                x = self.cell_list[i](x)
+            for cells in self.training_cells[first:stop]:
+                for i in cells:
+                    x = self.cell_list[i](x)
             return x
         if not self.fused_eval(x):
-            for cell in self.cell_list:
-                x = cell(x)
+            for cells in self.group_cells[first:stop]:
+                for i in cells:
+                    x = self.cell_list[i](x)
             return x
-        for start, size in self.groups:
+        for start, size in self.groups[first:stop]:
             cell = self.cell_list[start]
             if size == 1:
                 x = cell(x)
@@ -285,6 +294,10 @@ class FusedSequence(nn.SequentialCell):
                 x = cell.bn_act(x, cell.weight, bn.gamma, bn.beta, bn.moving_mean,
                                 bn.moving_variance, bn.eps_tensor)
         return x
+
+    def group_of(self, cell: int) -> int:
+        """The index of the group that starts at child ``cell``."""
+        return [start for start, _ in self.groups].index(cell)
 
     def fused_eval(self, x) -> bool:
         """Whether ``x`` runs through the fused eval kernels: eval mode, float32, and a conv

@@ -5,6 +5,7 @@ from mindspore import nn
 from mindspore.common import initializer as init
 
 from . import cpu_kernels
+from .backbone import Backbone, level
 from .family import Family, SourceLayout
 from .layers import (
     Classifier,
@@ -72,39 +73,68 @@ class SeparableBlock(FusedSequence):
         return super().construct(x)
 
 
-class MobileNetV1(nn.Cell):
+class MobileNetV1(Backbone):
     """MobileNetV1 at width ``alpha``; channels are ``int(c * alpha)``; dense with bias.
 
     ``activation`` "relu" (paper, MindCV; default) or "relu6" (timm's and the zoo's weights).
     ``conv_impl`` how the 1x1 and depthwise convs are computed (layers.resolve_conv_impl);
-    ``drop_rate`` the dropout before the classifier in training.
+    ``drop_rate`` the dropout before the classifier in training. ``features_only``,
+    ``out_indices``: the feature maps after separable blocks 1, 3, 5, 11 and 13 (strides 2 to
+    32, the last block at each; backbone.Backbone).
     """
 
     def __init__(self, alpha=1.0, num_classes=1000, in_channels=3, activation="relu",
-                 conv_impl="auto", drop_rate=0.0):
+                 conv_impl="auto", drop_rate=0.0, features_only=False, out_indices=None):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation {activation!r} is not one of {tuple(ACTIVATIONS)}")
         act = ACTIVATIONS[activation]
         c = int(32 * alpha)
         layers = [conv3x3(in_channels, c, 2, conv_impl), batch_norm(c, conv_impl), act()]
-        for out, stride in BLOCKS:
-            layers.append(SeparableBlock(c, int(out * alpha), stride, act, conv_impl))
-            c = int(out * alpha)
+        levels, ends, stride = [], [], 2
+        for i, (out, block_stride) in enumerate(BLOCKS):
+            layers.append(SeparableBlock(c, int(out * alpha), block_stride, act, conv_impl))
+            c, stride = int(out * alpha), stride * block_stride
+            if i + 1 == len(BLOCKS) or BLOCKS[i + 1][1] == 2:  # the last block at this stride
+                levels.append(level(c, stride, f"features.{len(layers) - 1}"))
+                ends.append(len(layers))
         self.features = FusedSequence(layers)
-        self.pool = GlobalAvgPool(conv_impl)
-        self.classifier = Classifier(c, num_classes, True, conv_impl, drop_rate)
-        for _, cell in self.cells_and_names():
-            if isinstance(cell, nn.Conv2d):
-                cell.weight.set_data(init.initializer(init.XavierUniform(), cell.weight.shape,
-                                                      cell.weight.dtype))
-            elif isinstance(cell, nn.Dense):
-                cell.weight.set_data(init.initializer(init.TruncatedNormal(0.01), cell.weight.shape,
-                                                      cell.weight.dtype))
-                cell.bias.set_data(init.initializer("zeros", cell.bias.shape, cell.bias.dtype))
+        # each level's groups of the sequence (the stem conv, BN and act are one group when fused)
+        bounds = [self.features.group_of(0)] + [
+            self.features.group_of(end) if end < len(layers) else len(self.features.groups)
+            for end in ends]
+        self.level_groups = tuple(zip(bounds[:-1], bounds[1:], strict=True))
+        self.set_levels(levels, features_only, out_indices)
+        self.settings = (c, conv_impl, drop_rate)
+        if self.has_head:
+            self.pool = GlobalAvgPool(conv_impl)
+            self.classifier = self.make_classifier(num_classes)
+        init_mobilenet_weights(self)
 
-    def construct(self, x):
-        return self.classifier(self.pool(self.features(x)))
+    def forward_level(self, x, index):
+        first, stop = self.level_groups[index]
+        return self.features.run(x, first, stop)
+
+    def make_classifier(self, num_classes: int):
+        if not num_classes:
+            return nn.Identity()
+        features, conv_impl, drop_rate = self.settings
+        return Classifier(features, num_classes, True, conv_impl, drop_rate)
+
+    def initialize(self, cell) -> None:
+        init_mobilenet_weights(cell)
+
+
+def init_mobilenet_weights(net: nn.Cell) -> None:
+    """MindCV's init: Xavier-uniform convs, truncated N(0, 0.01) dense weights, zero biases."""
+    for _, cell in net.cells_and_names():
+        if isinstance(cell, nn.Conv2d):
+            cell.weight.set_data(init.initializer(init.XavierUniform(), cell.weight.shape,
+                                                  cell.weight.dtype))
+        elif isinstance(cell, nn.Dense):
+            cell.weight.set_data(init.initializer(init.TruncatedNormal(0.01), cell.weight.shape,
+                                                  cell.weight.dtype))
+            cell.bias.set_data(init.initializer("zeros", cell.bias.shape, cell.bias.dtype))
 
 
 def build(num_classes=1000, **kwargs) -> MobileNetV1:

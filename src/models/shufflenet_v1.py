@@ -8,6 +8,7 @@ from mindspore import nn, ops
 from mindspore.common import initializer as init
 
 from . import cpu_kernels
+from .backbone import Backbone, level
 from .family import Family, SourceLayout
 from .layers import (
     ChannelShuffle,
@@ -130,38 +131,62 @@ class ShuffleV1Block(nn.Cell):
         return self.relu(ops.concat((self.branch_proj(x), y), axis=1))
 
 
-class ShuffleNetV1(nn.Cell):
+class ShuffleNetV1(Backbone):
     """ShuffleNetV1 with ``group`` groups at ``width`` (0.5, 1.0, 1.5, 2.0).
 
     Options: ``pool_pad`` "pad" (symmetric, default) or "same" (MindCV's pools);
     ``shuffle_order`` "paper" (default) or "megvii" (megvii's and MindCV's permutation);
     ``conv_impl`` how the 1x1 and depthwise convs are computed (layers.resolve_conv_impl);
-    ``drop_rate`` the dropout before the classifier in training.
+    ``drop_rate`` the dropout before the classifier in training. ``features_only``,
+    ``out_indices``: the feature maps of the stem conv, the max pool and stages 2-4 (strides 2
+    to 32; backbone.Backbone).
     """
 
     def __init__(self, group=3, width=1.0, num_classes=1000, in_channels=3,
-                 pool_pad="pad", shuffle_order="paper", conv_impl="auto", drop_rate=0.0):
+                 pool_pad="pad", shuffle_order="paper", conv_impl="auto", drop_rate=0.0,
+                 features_only=False, out_indices=None):
         super().__init__()
         c1, *stages = stage_channels(group, width)
         self.first_conv = FusedSequence([conv3x3(in_channels, c1, 2, conv_impl),
                                              batch_norm(c1, conv_impl), nn.ReLU()])
         self.max_pool = max_pool_3x3_s2(pool_pad, conv_impl)
-        blocks, c_in = [], c1
+        blocks, c_in, levels, stage_blocks = [], c1, [], []
         for stage, (repeats, c_out) in enumerate(zip(STAGE_REPEATS, stages, strict=True)):
+            stage_blocks.append(tuple(range(len(blocks), len(blocks) + repeats)))
             for i in range(repeats):
                 blocks.append(ShuffleV1Block(
                     c_in, c_out, stride=2 if i == 0 else 1, group=group,
                     first_group=stage == 0 and i == 0, pool_pad=pool_pad,
                     shuffle_order=shuffle_order, conv_impl=conv_impl))
                 c_in = c_out
+            levels.append(level(c_out, 2 ** (stage + 3), f"features.{len(blocks) - 1}"))
         self.features = nn.SequentialCell(blocks)
-        self.global_pool = GlobalAvgPool(conv_impl)
-        self.classifier = Classifier(c_in, num_classes, False, conv_impl, drop_rate)
+        self.level_blocks = ((), ()) + tuple(stage_blocks)
+        self.set_levels([level(c1, 2, "first_conv"), level(c1, 4, "max_pool")] + levels,
+                        features_only, out_indices)
+        self.settings = (c_in, conv_impl, drop_rate)
+        if self.has_head:
+            self.pool = GlobalAvgPool(conv_impl)
+            self.classifier = self.make_classifier(num_classes)
         init_shufflenet_weights(self)
 
-    def construct(self, x):
-        x = self.features(self.max_pool(self.first_conv(x)))
-        return self.classifier(self.global_pool(x))
+    def forward_level(self, x, index):
+        if index == 0:
+            return self.first_conv(x)
+        if index == 1:
+            return self.max_pool(x)
+        for i in self.level_blocks[index]:
+            x = self.features.cell_list[i](x)
+        return x
+
+    def make_classifier(self, num_classes: int):
+        if not num_classes:
+            return nn.Identity()
+        features, conv_impl, drop_rate = self.settings
+        return Classifier(features, num_classes, False, conv_impl, drop_rate)
+
+    def initialize(self, cell) -> None:
+        init_shufflenet_weights(cell)
 
 
 def init_shufflenet_weights(net: nn.Cell) -> None:

@@ -5,6 +5,7 @@ import re
 from mindspore import nn, ops
 
 from . import cpu_kernels
+from .backbone import Backbone, level
 from .family import Family, SourceLayout
 from .layers import (
     ChannelShuffle,
@@ -127,40 +128,68 @@ class ShuffleV2Block(nn.Cell):
         return self.shuffle(out) if self.torchvision else out
 
 
-class ShuffleNetV2(nn.Cell):
+class ShuffleNetV2(Backbone):
     """ShuffleNetV2 at ``width`` "0_5", "1_0", "1_5" or "2_0".
 
     ``pool_pad`` "pad" (symmetric, default) or "same" (MindCV's stem max pool); ``layout``
     "megvii" (default: megvii, MindCV, the zoo; classifier without bias) or "torchvision"
     (ShuffleV2Block; classifier with bias). Parameter names are ours in both layouts.
     ``conv_impl`` how the 1x1 and depthwise convs are computed (layers.resolve_conv_impl);
-    ``drop_rate`` the dropout before the classifier in training.
+    ``drop_rate`` the dropout before the classifier in training. ``features_only``,
+    ``out_indices``: the feature maps of the stem conv, the max pool and stages 2-4 (strides 2
+    to 32; backbone.Backbone); conv_last, which follows stage 4, belongs to the head then.
     """
 
+    HEAD_MODULES = ("conv_last", "classifier")
+
     def __init__(self, width="1_0", num_classes=1000, in_channels=3, pool_pad="pad",
-                 layout="megvii", conv_impl="auto", drop_rate=0.0):
+                 layout="megvii", conv_impl="auto", drop_rate=0.0, features_only=False,
+                 out_indices=None):
         super().__init__()
         c1, *stages, c5 = CHANNELS[width]
         self.first_conv = FusedSequence([conv3x3(in_channels, c1, 2, conv_impl),
                                              batch_norm(c1, conv_impl), nn.ReLU()])
         self.max_pool = max_pool_3x3_s2(pool_pad, conv_impl)
-        blocks, c_in = [], c1
+        blocks, c_in, levels, stage_blocks = [], c1, [], []
         for repeats, c_out in zip(STAGE_REPEATS, stages, strict=True):
+            stage_blocks.append(tuple(range(len(blocks), len(blocks) + repeats)))
             for i in range(repeats):
                 blocks.append(ShuffleV2Block(c_in, c_out, stride=2 if i == 0 else 1,
                                              layout=layout, conv_impl=conv_impl))
                 c_in = c_out
+            levels.append(level(c_out, 2 ** (len(levels) + 3), f"features.{len(blocks) - 1}"))
         self.features = nn.SequentialCell(blocks)
-        self.conv_last = FusedSequence([conv1x1(c_in, c5, impl=conv_impl),
-                                            batch_norm(c5, conv_impl), nn.ReLU()])
-        self.pool = GlobalAvgPool(conv_impl)
-        self.classifier = Classifier(c5, num_classes, layout == "torchvision", conv_impl,
-                                     drop_rate)
+        self.level_blocks = ((), ()) + tuple(stage_blocks)
+        self.set_levels([level(c1, 2, "first_conv"), level(c1, 4, "max_pool")] + levels,
+                        features_only, out_indices)
+        self.settings = (c5, layout == "torchvision", conv_impl, drop_rate)
+        if self.has_head:
+            self.conv_last = FusedSequence([conv1x1(c_in, c5, impl=conv_impl),
+                                                batch_norm(c5, conv_impl), nn.ReLU()])
+            self.pool = GlobalAvgPool(conv_impl)
+            self.classifier = self.make_classifier(num_classes)
         init_shufflenet_weights(self)
 
-    def construct(self, x):
-        x = self.features(self.max_pool(self.first_conv(x)))
-        return self.classifier(self.pool(self.conv_last(x)))
+    def forward_level(self, x, index):
+        if index == 0:
+            return self.first_conv(x)
+        if index == 1:
+            return self.max_pool(x)
+        for i in self.level_blocks[index]:
+            x = self.features.cell_list[i](x)
+        return x
+
+    def forward_neck(self, x):
+        return self.conv_last(x)
+
+    def make_classifier(self, num_classes: int):
+        if not num_classes:
+            return nn.Identity()
+        features, bias, conv_impl, drop_rate = self.settings
+        return Classifier(features, num_classes, bias, conv_impl, drop_rate)
+
+    def initialize(self, cell) -> None:
+        init_shufflenet_weights(cell)
 
 
 def build(num_classes=1000, **kwargs) -> ShuffleNetV2:

@@ -217,6 +217,12 @@ def _with_published_weights(name: str, pretrained: str, num_classes=None, **kwar
     net = NetworkRecord.from_values({**meta, "network": name, "num_classes": wanted}).build(
         **kwargs)
     load_weights(net, params, path, skip=() if wanted == classes else ("classifier",))
+    if kwargs.get("features_only"):
+        mine = {p.name for p in net.get_parameters()}
+        left = sorted({n.split(".")[0] for n in params if n not in mine and
+                       n.startswith(net.HEAD_MODULES)})
+        print(f"pretrained: the features-only {name} leaves the checkpoint's {', '.join(left)} "
+              "out", flush=True)
     return net
 
 
