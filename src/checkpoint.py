@@ -34,6 +34,8 @@ CLASS_NAMES = "class_names"
 # Where a checkpoint stands in its run: the epoch and step of its name, and the optimizer's own
 # step counter (``global_step``, saved with the train network), which a resume continues from.
 TRAIN_STATE_KEYS = ("epoch_num", "step_num", "global_step")
+# The validation files a run held out of one folder (dataset.split_record), as text.
+SPLIT_KEYS = ("val_fraction", "val_split")
 # The moving average of the weights a run with ``ema`` keeps beside them: "ema.<parameter>".
 EMA_PREFIX = "ema."
 
@@ -156,7 +158,7 @@ def read_checkpoint(path: str) -> tuple:
                         "give a complete .ckpt file (an earlier one of the run, if this one "
                         "was cut off)") from err
     meta = {}
-    for key in WEIGHT_KEYS + OPTION_KEYS + PIXEL_KEYS + TRAIN_STATE_KEYS:
+    for key in WEIGHT_KEYS + OPTION_KEYS + PIXEL_KEYS + TRAIN_STATE_KEYS + SPLIT_KEYS:
         if key in params:
             value = params.pop(key)
             meta[key] = value if isinstance(value, str) else int(value.asnumpy().reshape(-1)[0])

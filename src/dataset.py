@@ -5,6 +5,7 @@ bytes per record), because ``mindspore.dataset.Cifar10Dataset`` accepts only fil
 10,000 records. Transforms are the official ports'.
 """
 import glob
+import hashlib
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -126,10 +127,22 @@ def write_cifar10(name: str, images: np.ndarray, labels) -> None:
     records.tofile(name)
 
 
-def imagenet_folder(path: str, training: bool) -> str:
-    """``path``/train, or ``path``/val or validation_preprocess, checked to hold class folders."""
+def imagenet_folder(path: str, training: bool, val_fraction: float = 0.0) -> str:
+    """``path``/train, or ``path``/val or validation_preprocess, checked to hold class folders;
+    with ``val_fraction``, ``path`` itself (both splits are drawn from its class folders:
+    ``held_out``)."""
     if not os.path.isdir(path):
         _path_not_found("imagenet", path)
+    if val_fraction:
+        if os.path.isdir(os.path.join(path, "train")):
+            raise UserError("the data folder holds train/, and val_fraction draws the "
+                            "validation files from one folder of class folders", path,
+                            "give --val_fraction 0 to use its train/ and val/, or give the "
+                            "folder of class folders itself")
+        if not class_names(path):
+            raise UserError("no class folders", path,
+                            "put each class's images in a folder of its own")
+        return path
     names = ("train",) if training else EVAL_FOLDERS
     for name in names:
         folder = os.path.join(path, name)
@@ -151,7 +164,7 @@ def dataset_classes(config, training: bool = True):
         return mindrecord_info(config.dataset_path)["classes"]
     if config.dataset != "imagenet":
         return None
-    return class_names(imagenet_folder(config.dataset_path, training))
+    return class_names(imagenet_folder(config.dataset_path, training, config.val_fraction))
 
 
 def class_names(folder: str) -> list:
@@ -231,7 +244,7 @@ def image_folder_dataset(folder: str, config, training: bool, workers: int, shar
     A clean folder is read by ImageFolderDataset (C++); one with bad files from the checked list.
     """
     bad = []
-    if config.check_images:
+    if config.check_images or config.val_fraction:
         files, labels, bad = scan_image_folder(folder)
         total = len(files) + len(bad)
         if total == 0:
@@ -245,13 +258,45 @@ def image_folder_dataset(folder: str, config, training: bool, workers: int, shar
         if bad:
             print(f"warning: skipping {len(bad)} of {total} files that are not whole images "
                   f"MindSpore decodes in {folder} ({first})", flush=True)
-    if not bad:
+    if config.val_fraction:  # this split's part of the class folders
+        val = held_out(folder, config.val_fraction)
+        keep = [i for i, f in enumerate(files) if (f in val) != training]
+        files, labels = [files[i] for i in keep], [labels[i] for i in keep]
+    elif not bad:
         return ds.ImageFolderDataset(folder, shuffle=training, num_parallel_workers=workers,
                                      decode=False, **shard)
     data = numpy_dataset({"image": np.array(files), "label": np.array(labels, np.int32)},
                          shuffle=training, **shard)
     return data.map(operations=lambda path: np.fromfile(str(path), np.uint8),
                     input_columns="image", num_parallel_workers=workers)
+
+
+# ---- a validation split held out of one folder of class folders (val_fraction)
+
+def held_out(folder: str, fraction: float) -> set:
+    """The paths held out for validation: of each class folder's files, ``fraction`` (rounded;
+    at least one and at most all but one where a class has two or more), those first in the
+    order of a hash of their class and name. A function of the names alone: the same files on
+    every rank, rerun and resume, whatever order the file system lists them in; a file added
+    to a class moves few others."""
+    chosen = set()
+    for name in class_names(folder):
+        entries = sorted(os.listdir(os.path.join(folder, name)),
+                         key=lambda e, n=name: hashlib.sha256(f"{n}/{e}".encode()).hexdigest())
+        count = min(max(round(fraction * len(entries)), 1), len(entries) - 1)
+        chosen |= {os.path.join(folder, name, e) for e in entries[:count]}
+    return chosen
+
+
+def split_record(folder: str, fraction: float) -> dict:
+    """What a checkpoint records of its held-out files: the fraction, and their count and a
+    digest of their names (``val_split``), so that eval.py scores the same files or says
+    they are not."""
+    if not fraction:
+        return {}
+    names = sorted(os.path.relpath(p, folder) for p in held_out(folder, fraction))
+    digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+    return {"val_fraction": f"{fraction:g}", "val_split": f"{len(names)}:{digest}"}
 
 
 def numpy_dataset(columns: dict, **kwargs):
@@ -345,7 +390,7 @@ def create_dataset(config, training: bool, rank_id: int = 0, rank_size: int = 1,
                 auto_augment_ops(config.auto_augment, "cifar10") + ops + erasing_ops(config)
     elif config.dataset in ("imagenet", "mindrecord"):
         if config.dataset == "imagenet":
-            folder = imagenet_folder(config.dataset_path, training)
+            folder = imagenet_folder(config.dataset_path, training, config.val_fraction)
             check_classes(folder, config.num_classes, classes)
             data = image_folder_dataset(folder, config, training, workers, shard)
         else:

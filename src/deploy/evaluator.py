@@ -8,7 +8,7 @@ from mindspore.train import Model
 
 from src.checkpoint import load_weights, read_checkpoint, resolve, write_error
 from src.CrossEntropySmooth import CrossEntropySmooth
-from src.dataset import check_layout, create_dataset
+from src.dataset import check_layout, create_dataset, split_record
 from src.device import use_device
 from src.errors import UserError
 from src.model_utils.config import with_values
@@ -41,8 +41,8 @@ def evaluate(config, model: str = "") -> dict:
     net = record.build(conv_impl=config.conv_impl)
     which = load_weights(net, params, path, use_ema=config.use_ema_weights)
     net.set_train(False)
-    dataset = create_dataset(record.data_config(config), training=False,
-                             classes=record.class_names or None)
+    data_config = held_out_config(config, record, meta, path)
+    dataset = create_dataset(data_config, training=False, classes=record.class_names or None)
     loss = CrossEntropySmooth(sparse=True, reduction="mean", smooth_factor=0.0,
                               num_classes=record.num_classes)
     model = Model(net, loss_fn=loss, metrics=eval_metrics(record.num_classes))
@@ -50,6 +50,27 @@ def evaluate(config, model: str = "") -> dict:
     result = model.eval(dataset, dataset_sink_mode=False)
     weights = ", weights: ema" if which == "ema" else ""  # the moving average a run saved
     return _report(result, f"network: {record.network}, ckpt: '{path}'{weights}", started)
+
+
+def held_out_config(config, record, meta: dict, path: str):
+    """The data config of an eval: the record's pixels and classes; and where the run held its
+    validation files out of one folder (val_fraction), those files, unless --val_fraction is
+    given, checked to be the ones the run held out (their count and digest)."""
+    data_config = record.data_config(config)
+    if "val_fraction" in config.explicit or not float(meta.get("val_fraction", 0) or 0):
+        return data_config
+    fraction = float(meta["val_fraction"])
+    data_config = with_values(data_config, val_fraction=fraction)
+    if record.dataset == "imagenet":
+        mine = split_record(config.dataset_path, fraction)["val_split"]
+        if mine != str(meta.get("val_split", "")):
+            raise UserError(f"the data folder's held-out files ({mine}) are not the ones the run "
+                            f"held out ({meta.get('val_split')}; count:digest)",
+                            config.dataset_path, "give the folder the run trained on, unchanged, "
+                            "or --val_fraction 0 with a val/ folder")
+        print(f"eval: the {mine.split(':')[0]} files the run held out ({fraction:g} of each "
+              f"class folder) of {config.dataset_path}", flush=True)
+    return data_config
 
 
 def evaluate_file(config, path: str) -> dict:

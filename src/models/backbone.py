@@ -21,6 +21,22 @@ mode unrolls it.
 """
 from mindspore import nn
 
+FREEZE_TEXT = "none, backbone, or stages:N (the layers up to the N-th feature map, N = 0 to 5)"
+
+
+def parse_freeze(spec: str):
+    """"none" -> 0 levels, "stages:N" -> N, "backbone" -> "backbone"; ValueError(what, todo)
+    for anything else."""
+    spec = str(spec).strip()
+    if spec in ("none", ""):
+        return 0
+    if spec == "backbone":
+        return spec
+    count = spec[len("stages:"):] if spec.startswith("stages:") else ""
+    if not count.isdigit() or int(count) > 5:
+        raise ValueError(f"not {FREEZE_TEXT}", "give e.g. backbone or stages:2")
+    return int(count)
+
 
 class FeatureInfo(list):
     """[{"num_chs", "reduction", "module"}] of the returned maps, with timm's accessors."""
@@ -44,11 +60,17 @@ class Backbone(nn.Cell):
     ``set_levels`` once their layers exist, and build ``pool`` and ``classifier`` (with
     ``make_classifier``) only when ``has_head``."""
 
-    # The modules after the last level that a features-only network leaves out.
+    # What follows the last level before pooling (ShuffleNetV2's conv_last), and the modules a
+    # features-only network leaves out: that and the classifier.
+    NECK_MODULES = ()
     HEAD_MODULES = ("classifier",)
 
-    def set_levels(self, levels: list, features_only: bool = False, out_indices=None) -> None:
+    def set_levels(self, levels: list, modules: list, features_only: bool = False,
+                   out_indices=None) -> None:
+        """``levels``: each level's map (``level``); ``modules``: the names of the modules that
+        compute each level from the one before (what ``freeze`` freezes)."""
         self.level_count = len(levels)
+        self.level_modules = tuple(tuple(names) for names in modules)
         self.features_only = bool(features_only)
         indices = tuple(range(len(levels))) if out_indices is None else tuple(out_indices)
         if not indices or len(set(indices)) != len(indices) or \
@@ -104,6 +126,31 @@ class Backbone(nn.Cell):
         if pre_logits:
             return x
         return self.classifier(x)
+
+    def freeze(self, spec: str) -> list:
+        """Freeze the part of the network ``spec`` names (``parse_freeze``): "backbone", every
+        layer but the classifier; "stages:N", the layers up to the N-th feature map
+        (feature_info's first N levels); "none". Frozen parameters take no gradient
+        (requires_grad False: the optimizer leaves them out, so no update and no weight decay)
+        and frozen BatchNorms keep their moving statistics in training. Returns the frozen
+        parameters' names."""
+        count = parse_freeze(spec)
+        if count == "backbone":
+            names = [m for level in self.level_modules for m in level] + list(self.NECK_MODULES)
+        else:
+            names = [m for level in self.level_modules[:count] for m in level]
+        cells, frozen = dict(self.cells_and_names()), []
+        for name in names:
+            for param in cells[name].get_parameters():
+                param.requires_grad = False
+                frozen.append(param.name)
+            for _, cell in cells[name].cells_and_names():
+                if isinstance(cell, nn.BatchNorm2d):
+                    cell.use_batch_statistics = False
+        for _, cell in self.cells_and_names():
+            if hasattr(cell, "set_training_cells"):
+                cell.set_training_cells()
+        return frozen
 
     def reset_classifier(self, num_classes: int) -> None:
         """A new classifier of ``num_classes`` outputs (0: none: the head gives the pooled

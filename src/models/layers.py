@@ -201,7 +201,8 @@ class BatchNorm(nn.BatchNorm2d):
         self.fast_op = cpu_kernels.batch_norm_op(activation)
 
     def construct(self, x):
-        if self.fast and self.training and x.dtype == ms.float32:
+        if self.fast and self.training and self.use_batch_statistics is None and \
+                x.dtype == ms.float32:
             y, mean, _, variance = self.fast_op(x, self.gamma, self.beta, self.eps_tensor)
             count = x.shape[0] * x.shape[2] * x.shape[3]
             unbiased = ops.stop_gradient(variance) * (count / max(count - 1, 1))
@@ -244,7 +245,7 @@ class FusedSequence(nn.SequentialCell):
 
     def __init__(self, cells):
         super().__init__(cells)
-        groups, i, cells, skips = [], 0, list(self.cell_list), []
+        groups, i, cells = [], 0, list(self.cell_list)
         while i < len(cells):
             conv, bn = cells[i], cells[i + 1] if i + 1 < len(cells) else None
             if isinstance(conv, (Conv1x1, ConvKxK)) and isinstance(bn, nn.BatchNorm2d) and \
@@ -256,18 +257,25 @@ class FusedSequence(nn.SequentialCell):
                 size = 2 if activation is None else 3
                 if activation is not None and isinstance(bn, BatchNorm) and bn.fast:
                     bn.fuse_activation(activation)
-                    skips.append(i + 2)
             else:
                 size = 1
             groups.append((i, size))
             i += size
         self.groups = tuple(groups)
         self.fusing = any(size > 1 for _, size in groups)
-        # Each group's children; in training, without the activations whose BatchNorm's kernel
-        # applies them (fuse_activation).
         self.group_cells = tuple(tuple(range(start, start + size)) for start, size in groups)
-        self.training_cells = tuple(tuple(i for i in cells if i not in skips)
-                                    for cells in self.group_cells)
+        self.set_training_cells()
+
+    def set_training_cells(self) -> None:
+        """Each group's children in training: without the activation that its BatchNorm's
+        kernel applies (fuse_activation), unless that BatchNorm is frozen (its moving
+        statistics kept, ``use_batch_statistics`` False: then MindSpore's own runs)."""
+        cells = list(self.cell_list)
+        self.training_cells = tuple(tuple(
+            i for i in group if not (size == 3 and i == start + 2 and
+                                     getattr(cells[start + 1], "fast", False) and
+                                     cells[start + 1].use_batch_statistics is None))
+            for (start, size), group in zip(self.groups, self.group_cells, strict=True))
 
     def construct(self, x):
         return self.run(x, 0, len(self.groups))

@@ -104,7 +104,9 @@ class MobileNetV1(Backbone):
             self.features.group_of(end) if end < len(layers) else len(self.features.groups)
             for end in ends]
         self.level_groups = tuple(zip(bounds[:-1], bounds[1:], strict=True))
-        self.set_levels(levels, features_only, out_indices)
+        self.set_levels(levels, [[f"features.{i}" for i in range(start, end)]
+                                 for start, end in zip([0] + ends[:-1], ends, strict=True)],
+                        features_only, out_indices)
         self.settings = (c, conv_impl, drop_rate)
         if self.has_head:
             self.pool = GlobalAvgPool(conv_impl)

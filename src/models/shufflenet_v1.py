@@ -163,6 +163,8 @@ class ShuffleNetV1(Backbone):
         self.features = nn.SequentialCell(blocks)
         self.level_blocks = ((), ()) + tuple(stage_blocks)
         self.set_levels([level(c1, 2, "first_conv"), level(c1, 4, "max_pool")] + levels,
+                        [["first_conv"], ["max_pool"]] + [[f"features.{i}" for i in blocks]
+                                                          for blocks in stage_blocks],
                         features_only, out_indices)
         self.settings = (c_in, conv_impl, drop_rate)
         if self.has_head:

@@ -140,6 +140,7 @@ class ShuffleNetV2(Backbone):
     to 32; backbone.Backbone); conv_last, which follows stage 4, belongs to the head then.
     """
 
+    NECK_MODULES = ("conv_last",)
     HEAD_MODULES = ("conv_last", "classifier")
 
     def __init__(self, width="1_0", num_classes=1000, in_channels=3, pool_pad="pad",
@@ -161,6 +162,8 @@ class ShuffleNetV2(Backbone):
         self.features = nn.SequentialCell(blocks)
         self.level_blocks = ((), ()) + tuple(stage_blocks)
         self.set_levels([level(c1, 2, "first_conv"), level(c1, 4, "max_pool")] + levels,
+                        [["first_conv"], ["max_pool"]] + [[f"features.{i}" for i in blocks]
+                                                          for blocks in stage_blocks],
                         features_only, out_indices)
         self.settings = (c5, layout == "torchvision", conv_impl, drop_rate)
         if self.has_head:

@@ -24,8 +24,13 @@ def global_step(optimizer) -> int:
 
 
 def lr_schedule(optimizer) -> np.ndarray:
-    """The optimizer's per-step lr array (the step lr is entry global_step - 1)."""
-    return optimizer.learning_rate.learning_rate.asnumpy()
+    """The optimizer's per-step lr array (the step lr is entry global_step - 1); with a learning
+    rate a group (head_lr_scale), the first group's: the network's, or with a frozen backbone
+    the head's."""
+    schedule = optimizer.learning_rate
+    if optimizer.is_group_lr:
+        schedule = schedule[0]
+    return schedule.learning_rate.asnumpy()
 
 
 def epoch_and_step(done: int, steps_per_epoch: int) -> tuple:

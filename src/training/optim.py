@@ -24,20 +24,36 @@ OPTIMIZERS = ("momentum", "sgd", "adamw", "rmsprop")
 NO_DECAY = (".gamma", ".beta", ".bias")
 
 
-def decay_groups(net, weight_decay: float) -> list:
-    """Parameter groups: weight decay on weights only, not BatchNorm gamma/beta or biases."""
+HEAD = "classifier."
+
+
+def param_groups(net, weight_decay: float, lr=None, head_lr_scale: float = 1.0) -> list:
+    """Parameter groups of the trainable parameters (frozen ones are not: no update, no weight
+    decay): weight decay on weights only, not BatchNorm gamma/beta or biases; with
+    ``head_lr_scale`` other than 1, the classifier's in groups of their own at ``lr`` (the
+    per-step array) times it."""
     params = net.trainable_params()
-    no_decay = [p for p in params if p.name.endswith(NO_DECAY)]
-    decay = [p for p in params if not p.name.endswith(NO_DECAY)]
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-            {"order_params": params}]
+    scaled = head_lr_scale != 1.0
+    groups = []
+    for part in ([p for p in params if not p.name.startswith(HEAD)],
+                 [p for p in params if p.name.startswith(HEAD)]) if scaled else (params,):
+        head = scaled and part and part[0].name.startswith(HEAD)
+        for decay in (True, False):
+            chosen = [p for p in part if p.name.endswith(NO_DECAY) != decay]
+            if not chosen:
+                continue
+            group = {"params": chosen, "weight_decay": weight_decay if decay else 0.0}
+            if head:
+                group["lr"] = ms.Tensor(lr * head_lr_scale)
+            groups.append(group)
+    return groups + [{"order_params": params}]
 
 
 def create_optimizer(config, net, lr, loss_scale: float = 1.0):
     """The optimizer ``config.opt`` names over ``net``'s parameter groups, with the per-step
-    learning rates ``lr`` (a numpy array) and the loss scale it divides the gradients by."""
-    groups = decay_groups(net, config.weight_decay)
+    learning rates ``lr`` (a numpy array; the classifier's times ``head_lr_scale``) and the loss
+    scale it divides the gradients by."""
+    groups = param_groups(net, config.weight_decay, lr, config.head_lr_scale)
     lr = ms.Tensor(lr)
     if config.opt == "momentum" and not config.use_nesterov:
         return nn.Momentum(groups, lr, config.momentum, loss_scale=loss_scale)
@@ -72,7 +88,7 @@ _adamw_step = ops.MultitypeFuncGraph("adamw_step")
 
 @_adamw_step.register("Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
                       "Tensor", "Tensor", "Tensor", "Tensor")
-def _adamw_update(beta1, beta2, eps, lr, correction1, correction2, decay, param, m, v, gradient):
+def _adamw_update(beta1, beta2, eps, correction1, correction2, lr, decay, param, m, v, gradient):
     """One AdamW step of one parameter (float32 state); ``decay``: lr-free weight decay."""
     gradient = ops.cast(gradient, ms.float32)
     next_m = beta1 * m + (1.0 - beta1) * gradient
@@ -127,9 +143,13 @@ class AdamW(nn.Optimizer):
         step = ops.cast(self.global_step, ms.float32)
         correction1 = 1.0 - ops.pow(self.beta1, step)
         correction2 = 1.0 - ops.pow(self.beta2, step)
-        return self.hyper_map(ops.partial(_adamw_step, self.beta1, self.beta2, self.eps, lr,
-                                          correction1, correction2),
-                              decays, self._parameters, self.moments1, self.moments2, gradients)
+        step = ops.partial(_adamw_step, self.beta1, self.beta2, self.eps, correction1,
+                           correction2)
+        if self.is_group_lr:  # a learning rate a parameter (head_lr_scale)
+            return self.hyper_map(step, lr, decays, self._parameters, self.moments1,
+                                  self.moments2, gradients)
+        return self.hyper_map(ops.partial(step, lr), decays, self._parameters, self.moments1,
+                              self.moments2, gradients)
 
 
 class RMSProp(nn.Optimizer):
@@ -150,5 +170,9 @@ class RMSProp(nn.Optimizer):
         gradients = self.scale_grad(gradients)
         lr = self.get_lr()
         self.assignadd(self.global_step, self.global_step_increase_tensor)
-        return self.hyper_map(ops.partial(_rmsprop_step, self.decay, self.momentum, self.eps, lr),
-                              self._parameters, self.mean_square, self.moment, gradients)
+        step = ops.partial(_rmsprop_step, self.decay, self.momentum, self.eps)
+        if self.is_group_lr:  # a learning rate a parameter (head_lr_scale)
+            return self.hyper_map(step, lr, self._parameters, self.mean_square, self.moment,
+                                  gradients)
+        return self.hyper_map(ops.partial(step, lr), self._parameters, self.mean_square,
+                              self.moment, gradients)

@@ -25,7 +25,7 @@ from src.checkpoint import (
     resolve,
 )
 from src.CrossEntropySmooth import CrossEntropySmooth
-from src.dataset import check_layout, create_dataset, dataset_classes
+from src.dataset import check_layout, create_dataset, dataset_classes, split_record
 from src.deploy.evaluator import eval_metrics
 from src.device import use_device
 from src.errors import Stopped, UserError, writable_folder
@@ -72,6 +72,11 @@ def check_recipe(config) -> None:
     if needs_own_step(config) and config.loss_scale_type == "dynamic":
         raise UserError("gradient accumulation, clipping and EMA take a fixed loss scale here",
                         "--loss_scale_type", "give --loss_scale_type fixed")
+    if config.val_fraction and config.dataset != "imagenet":
+        raise UserError(f"val_fraction holds files out of class folders; --dataset "
+                        f"{config.dataset} has none", "--val_fraction",
+                        "give --dataset imagenet with a folder of class folders, or "
+                        "--val_fraction 0")
     if config.use_nesterov and (config.opt not in ("momentum", "sgd") or not config.momentum):
         raise UserError(f"Nesterov's momentum needs opt momentum or sgd with a momentum above 0 "
                         f"(opt {config.opt}, momentum {config.momentum:g})", "--use_nesterov",
@@ -128,6 +133,13 @@ def find_start(config, folder: str) -> Start:
     else:
         return Start()
     require_network(config, start.meta, start.path, "resume")
+    held_out = str(start.meta.get("val_split", ""))
+    mine = split_record(config.dataset_path, config.val_fraction).get("val_split", "") \
+        if config.dataset == "imagenet" else ""
+    if held_out != mine:
+        raise UserError(f"the run held out other validation files ({held_out or 'none'}) than "
+                        f"this command would ({mine or 'none'}; count:digest)", start.path,
+                        "resume with the run's --val_fraction and data folder")
     return start
 
 
@@ -299,6 +311,11 @@ def build_model(run: Run, pretrained) -> tuple:
                              use_ema=config.use_ema_weights)
         print(f"pretrained: loaded all but the classifier ({config.pretrained}, {which} "
               "weights)", flush=True)
+    if config.freeze != "none":
+        frozen = net.freeze(config.freeze)
+        print(f"freeze {config.freeze}: {len(frozen)} of {len(list(net.get_parameters()))} "
+              "parameters frozen (no update, no weight decay; their BatchNorms keep their "
+              "statistics)", flush=True)
     scale_manager, optimizer_scale = loss_scaling(config)
     own_step = needs_own_step(config)
     opt, lr = build_optimizer(config, net, run.steps // config.gradient_accumulation_steps,
@@ -362,7 +379,9 @@ def make_callbacks(run: Run, model, net, opt, step, state, history) -> tuple:
         eval_data = create_dataset(run.record.data_config(config), training=False,
                                    classes=run.record.class_names or None) \
             if watches(run) else None
-        recorder = RunRecorder(run.folder, state, run.record.as_checkpoint_meta(), progress,
+        meta = {**run.record.as_checkpoint_meta(),
+                **split_record(config.dataset_path, config.val_fraction)}
+        recorder = RunRecorder(run.folder, state, meta, progress,
                                config.epoch_size, save=config.save_checkpoint,
                                save_every=config.save_checkpoint_epochs,
                                keep=config.keep_checkpoint_max, model=model, eval_data=eval_data,
