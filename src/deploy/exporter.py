@@ -8,6 +8,7 @@ import numpy as np
 
 from src.checkpoint import load_weights, read_checkpoint, resolve
 from src.cli import ArgumentParser
+from src.deploy.onnx_proto import add_onnx_metadata, open_onnx_output_batch
 from src.deploy.quantize import (
     DEFAULT_CALIBRATION_IMAGES,
     INT8_SUFFIX,
@@ -209,88 +210,3 @@ def write_model(net, fmt: str, file_name: str, height: int, width: int, batch=No
         example = ms.Tensor(shape=[batch, 3, height, width], dtype=ms.float32)
         ms.export(net, example, file_name=file_name, file_format=fmt, custom_func=store_record)
     return path
-
-
-# ---- the ONNX file's declared output shape
-# MindSpore 2.10's ONNX export leaves the input's batch open (dynamic_axes) but declares the
-# output with the example's batch, so onnxruntime warns "Expected shape from model of {1,10}
-# does not match actual shape of {8,10}" on every other batch. The fix rewrites that one field
-# of the protobuf (ModelProto.graph.output[*].type.tensor_type.shape.dim[0]) to the name
-# "batch", in the wire format, so that no onnx package is needed.
-
-def _varint(data: bytes, i: int) -> tuple:
-    value, shift = 0, 0
-    while True:
-        byte = data[i]
-        value, shift, i = value | (byte & 0x7F) << shift, shift + 7, i + 1
-        if byte < 0x80:
-            return value, i
-
-
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _fields(data: bytes) -> list:
-    """(field number, wire type, payload) of a protobuf message; a length-delimited payload is
-    its bytes, any other the raw bytes of its value."""
-    fields, i = [], 0
-    while i < len(data):
-        tag, i = _varint(data, i)
-        number, wire = tag >> 3, tag & 7
-        if wire == 2:
-            length, i = _varint(data, i)
-            end = i + length
-        else:
-            end = _varint(data, i)[1] if wire == 0 else i + (8 if wire == 1 else 4)
-        fields.append((number, wire, data[i:end]))
-        i = end
-    return fields
-
-
-def _message(fields: list) -> bytes:
-    return b"".join(_encode_varint(number << 3 | wire) +
-                    (_encode_varint(len(payload)) if wire == 2 else b"") + payload
-                    for number, wire, payload in fields)
-
-
-def _edit(data: bytes, path: tuple, change) -> bytes:
-    """``data`` with change(payload) applied to every message at field path ``path``."""
-    if not path:
-        return change(data)
-    return _message([(n, w, _edit(p, path[1:], change) if n == path[0] and w == 2 else p)
-                     for n, w, p in _fields(data)])
-
-
-def _open_first_dim(shape: bytes) -> bytes:
-    """A TensorShapeProto whose first dim is the name "batch" (Dimension.dim_param)."""
-    fields, done = [], False
-    for number, wire, payload in _fields(shape):
-        if number == 1 and not done:  # the first dim
-            payload, done = _message([(2, 2, b"batch")]), True
-        fields.append((number, wire, payload))
-    return _message(fields)
-
-
-def add_onnx_metadata(path: str, key: str, value: str) -> None:
-    """Add ``key: value`` to the ONNX file's metadata (ModelProto.metadata_props, field 14: a
-    repeated field, so one more entry is one more field at the end of the message)."""
-    entry = _message([(1, 2, key.encode("utf-8")), (2, 2, value.encode("utf-8"))])
-    with open(path, "ab") as f:
-        f.write(_message([(14, 2, entry)]))
-
-
-def open_onnx_output_batch(path: str) -> None:
-    """Declare the ONNX file's outputs with an open batch dimension, as its input has."""
-    with open(path, "rb") as f:
-        model = f.read()
-    # ModelProto.graph (7) -> GraphProto.output (12) -> ValueInfoProto.type (2)
-    # -> TypeProto.tensor_type (1) -> shape (2)
-    model = _edit(model, (7, 12, 2, 1, 2), _open_first_dim)
-    with open(path, "wb") as f:
-        f.write(model)

@@ -117,7 +117,7 @@ class Predictor:
             model_path, self.kind, getattr(self, "session", None))
         sidecar = sidecar_path(model_path)
         recorded = read_sidecar(model_path)
-        own = embedded_record(model_path, self.kind, getattr(self, "session", None))
+        own = embedded_record(model_path, self.kind)
         check_sidecar_matches(recorded, own, model_path)
         recorded.update(own)
         shape = recorded.pop("input_shape", None)

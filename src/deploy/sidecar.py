@@ -57,11 +57,12 @@ def read_sidecar(model_path: str) -> dict:
 RECORD_KEY = "zoo_network_record"
 
 
-def embedded_record(model_path: str, kind: str, session=None) -> dict:
+def embedded_record(model_path: str, kind: str) -> dict:
     """The network record stored in the exported file itself ({} for a file written without
-    one); ``session``: the file's onnxruntime session (ONNX)."""
+    one)."""
     if kind == ".onnx":
-        text = session.get_modelmeta().custom_metadata_map.get(RECORD_KEY)
+        from src.deploy.onnx_proto import read_onnx_metadata
+        text = read_onnx_metadata(model_path).get(RECORD_KEY)
     else:
         import mindspore as ms
         text = dict(ms.load_mindir(model_path).user_info).get(RECORD_KEY)
