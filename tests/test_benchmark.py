@@ -51,7 +51,8 @@ def test_infer_times_every_way_to_infer_at_batch_1_and_the_batch(tmp_path):
                      "--warmup", "0", "--json", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert set(result["results"]) == {"ours", "standard", "mindir", "onnx", "mindcv", "torch"}
+    assert set(result["results"]) == {"ours", "standard", "mindir", "onnx", "openvino", "mindcv",
+                                      "torch"}
     for figures in result["results"].values():
         assert FIGURES | {"b1_ms_median", "b1_ms_p90"} <= set(figures)
         assert 0 < figures["b1_ms_median"] <= figures["b1_ms_p90"]

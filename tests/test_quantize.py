@@ -92,6 +92,75 @@ def test_int8_logits_follow_the_float32_logits(made):
     assert np.abs(int8 - fp32).max() < 0.25 * np.abs(fp32).max()
 
 
+@pytest.mark.parametrize("key", ["onnx", "int8"])
+def test_openvino_runs_our_files_as_onnxruntime_does(made, cli, key):
+    """The float32 and the INT8 file on each runtime: eval.py's top-1 the same and the logits
+    within 1e-4 (OpenVINO in float32: its bfloat16 default on this CPU would not be), and
+    infer.py names the same class for every photo."""
+    from src.deploy.predictor import Predictor
+    from src.model_utils.config import get_config
+    batch = np.random.RandomState(2).randn(8, 3, 32, 32).astype(np.float32)
+    logits, figures, classes = {}, {}, {}
+    for runtime in ("onnxruntime", "openvino"):
+        predictor = Predictor(made[key], get_config(["--runtime", runtime]))
+        assert predictor.session.name == runtime
+        logits[runtime] = predictor.logits(batch)
+        result = cli("eval.py", "--model", made[key], "--dataset_path", made["data"],
+                     "--runtime", runtime)
+        assert result.returncode == 0, result.stderr
+        figures[runtime] = RESULT.search(result.stdout).groups()[:3]
+        result = cli("infer.py", "--model", made[key], made["photos"], "--runtime", runtime)
+        assert result.returncode == 0, result.stderr
+        classes[runtime] = [line.split(": ")[1].split()[0] for line in result.stdout.splitlines()
+                            if line.startswith(made["photos"])]
+    assert np.abs(logits["openvino"] - logits["onnxruntime"]).max() <= 1e-4
+    assert np.abs(logits["onnxruntime"]).max() > 1e-2
+    assert figures["openvino"][1:] == figures["onnxruntime"][1:]  # top-1, top-5
+    assert abs(float(figures["openvino"][0]) - float(figures["onnxruntime"][0])) <= 1e-4
+    assert classes["openvino"] == classes["onnxruntime"] and len(classes["openvino"]) == 20
+
+
+def test_auto_takes_openvino_for_float32_and_onnxruntime_for_int8(made, cli):
+    for key, runtime in (("onnx", "openvino"), ("int8", "onnxruntime")):
+        result = cli("infer.py", "--model", made[key], made["photos"])
+        assert result.returncode == 0, result.stderr
+        assert f"runtime: {runtime} (" in result.stdout
+
+
+def runtime_faults(made, tmp_path):
+    """id: (flags, what the line says)."""
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x08\x07" + os.urandom(400))
+    return {
+        "openvino missing": (["--model", made["onnx"], "--runtime", "openvino"],
+                             "openvino is not installed"),
+        "a file OpenVINO cannot read": (["--model", garbage, "--runtime", "openvino"],
+                                        "OpenVINO cannot read the file"),
+        "--runtime with a checkpoint": (["--model", made["ckpt"], "--runtime", "openvino"],
+                                        "--runtime openvino chooses how an exported .onnx runs"),
+        "an unknown runtime": (["--model", made["onnx"], "--runtime", "tensorrt"],
+                               "runtime 'tensorrt'"),
+    }
+
+
+@pytest.mark.parametrize("case", ["openvino missing", "a file OpenVINO cannot read",
+                                  "--runtime with a checkpoint", "an unknown runtime"])
+def test_runtime_faults_are_one_line(made, cli, monkeypatch, tmp_path, case):
+    flags, expected = runtime_faults(made, tmp_path)[case]
+    if case == "openvino missing":
+        monkeypatch.setattr("src.deploy.runtimes.installed", lambda name: name != "openvino")
+    for entry in ("infer.py", "eval.py"):
+        args = flags + ([made["photos"]] if entry == "infer.py" else
+                        ["--dataset_path", made["data"]])
+        if entry == "eval.py" and case == "--runtime with a checkpoint":
+            args = ["--checkpoint_path", made["ckpt"], "--runtime", "openvino",
+                    "--dataset_path", made["data"]]
+        result = cli(entry, *args)
+        lines = result.error_lines()
+        assert result.returncode == 2 and len(lines) == 1 and expected in lines[0], (entry,
+                                                                                     lines)
+
+
 def test_a_float32_onnx_and_a_photo_folder_quantize_too(made, tmp_path):
     """--model FILE.onnx quantizes an existing export; a folder of photos (no labels, any size)
     calibrates through infer.py's preprocessing, spread over its files."""

@@ -9,6 +9,7 @@ from mindspore.train import Model
 from src.checkpoint import load_weights, read_checkpoint, resolve, write_error
 from src.CrossEntropySmooth import CrossEntropySmooth
 from src.dataset import check_layout, create_dataset, split_record
+from src.deploy.runtimes import check_runtime_applies
 from src.device import use_device
 from src.errors import UserError
 from src.model_utils.config import with_values
@@ -34,6 +35,7 @@ def evaluate(config, model: str = "") -> dict:
         raise UserError("no checkpoint given", "--checkpoint_path",
                         "give --checkpoint_path CKPT, --model FILE (.mindir, .onnx) or "
                         "--pretrained TAG (evaluating random weights is never useful)")
+    check_runtime_applies(config, path)
     use_device(config.device_target, config.conv_impl, config.device_id)
     params, meta = read_checkpoint(path)
     record = resolve(config, meta, path)

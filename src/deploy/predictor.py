@@ -9,6 +9,7 @@ from PIL import Image, UnidentifiedImageError
 
 from src.checkpoint import load_weights, read_checkpoint, resolve
 from src.dataset import eval_image_ops
+from src.deploy.runtimes import check_runtime_applies, open_onnx
 from src.deploy.sidecar import (
     check_sidecar_matches,
     embedded_record,
@@ -66,11 +67,11 @@ EXPORTED = (".mindir", ".onnx")
 
 def graph_signature(path: str, kind: str, session=None) -> tuple:
     """((batch, channels, height, width), classes) that the exported file's own graph declares;
-    a dimension it leaves open is None. ``session``: the file's onnxruntime session (ONNX)."""
+    a dimension it leaves open is None. ``session``: the file's runtime session (ONNX)."""
     def known(dim):
         return dim if isinstance(dim, int) and dim > 0 else None
     if kind == ".onnx":
-        shape, out = session.get_inputs()[0].shape, session.get_outputs()[0].shape
+        shape, out = session.input_shape, session.output_shape
     else:
         try:
             graph = ms.load_mindir(path).graph
@@ -101,6 +102,7 @@ class Predictor:
             raise UserError("model file not found", model_path, "give a .ckpt, .mindir or .onnx")
         self.kind = os.path.splitext(model_path)[1].lower()
         self.fixed_batch = None
+        check_runtime_applies(config, model_path)
         if self.kind == ".ckpt":
             params, meta = read_checkpoint(model_path)
             self.record = resolve(config, meta, model_path)
@@ -112,11 +114,11 @@ class Predictor:
         if self.kind not in EXPORTED:
             raise UserError(f"unknown model file type {self.kind!r}", model_path,
                             "give a .ckpt, .mindir or .onnx file")
-        self._load(model_path)
-        (batch, channels, height, width), classes = graph_signature(
-            model_path, self.kind, getattr(self, "session", None))
         sidecar = sidecar_path(model_path)
         recorded = read_sidecar(model_path)
+        self._load(model_path, config.runtime, "quantization" in recorded)
+        (batch, channels, height, width), classes = graph_signature(
+            model_path, self.kind, getattr(self, "session", None))
         own = embedded_record(model_path, self.kind)
         check_sidecar_matches(recorded, own, model_path)
         recorded.update(own)
@@ -160,7 +162,7 @@ class Predictor:
                             model_path, "export at a square size (--width only)")
         return height
 
-    def _load(self, model_path: str) -> None:
+    def _load(self, model_path: str, runtime: str, quantized: bool) -> None:
         if self.kind == ".mindir":
             try:
                 self.net = ms.nn.GraphCell(ms.load(model_path))
@@ -168,17 +170,10 @@ class Predictor:
                 raise UserError("not a loadable MINDIR file", model_path,
                                 "export it again with export.py") from err
             return
-        try:
-            import onnxruntime
-        except ImportError as err:
-            raise UserError("onnxruntime is not installed", model_path,
-                            'pip install onnxruntime "numpy<2"') from err
-        try:
-            self.session = onnxruntime.InferenceSession(model_path)
-        except Exception as err:  # onnxruntime raises its own error types
-            raise UserError("not a loadable ONNX file", model_path,
-                            "export it again with export.py") from err
-        self.input_name = self.session.get_inputs()[0].name
+        if not quantized:
+            with open(model_path, "rb") as f:
+                quantized = b"QuantizeLinear" in f.read()
+        self.session = open_onnx(model_path, runtime, quantized)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """The model's logits of ``batch``: a fixed-batch export gets it in chunks of its batch,
@@ -194,7 +189,7 @@ class Predictor:
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         if self.kind == ".onnx":
-            return self.session.run(None, {self.input_name: batch})[0]
+            return self.session.run(batch)
         return self.net(ms.Tensor(batch)).asnumpy()
 
 

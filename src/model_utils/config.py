@@ -99,6 +99,7 @@ RULES = {
     "conv_impl": Choice(owned("src.models.layers", "CONV_IMPLS"),
                         hidden=owned("src.models.layers", "ALIASES")),
     "input_norm": Choice(owned("src.dataset", "INPUT_NORMS")),
+    "runtime": Choice(owned("src.deploy.runtimes", "RUNTIMES")),
     "lr_decay_mode": Choice(owned("src.lr_generator", "DECAY_MODES")),
     "amp_level": Choice(("O0", "O1", "O2", "O3")),
     "lr_scaling": Choice(("none", "linear")),

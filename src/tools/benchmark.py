@@ -49,13 +49,13 @@ from src.cli import ArgumentParser
 from src.errors import UserError
 
 # "standard": ours built from standard operators only (our CPU kernels off). Infer mode adds
-# the exported files: "mindir" (GraphCell) and "onnx" (onnxruntime).
-IMPLEMENTATIONS = ("ours", "standard", "mindir", "onnx", "mindcv", "torch")
+# the exported files: "mindir" (GraphCell), "onnx" (onnxruntime) and "openvino" (the ONNX file).
+IMPLEMENTATIONS = ("ours", "standard", "mindir", "onnx", "openvino", "mindcv", "torch")
 # ours again, as in a script that imports mindspore before src (asked for by name only)
 MINDSPORE_FIRST = "mindspore_first"
 # filled in after parsing: a given one is seen; --batch_size is a list (train mode sweeps it)
 DEFAULTS = {"batch_size": [32], "image_size": 224}
-INFER_ONLY = ("mindir", "onnx")
+INFER_ONLY = ("mindir", "onnx", "openvino")
 JPEG_CLASSES = 4  # the class folders of write_jpeg_folder's generated images
 # --layer: (in channels, out channels, kernel, stride, group, side); batch_norm: channels, side.
 LAYERS = {"depthwise": (232, 232, 3, 1, 232, 28), "depthwise_s2": (232, 232, 3, 2, 232, 28),
@@ -80,7 +80,8 @@ def parser() -> ArgumentParser:
     p.add_argument("--warmup", type=int, default=1, help="untimed steps after the compile")
     p.add_argument("--device_target", default="CPU", help="as train.py's")
     p.add_argument("--compare", default=None, help="comma list of standard (ours with our "
-                   "CPU kernels off), mindir, onnx (infer mode: the exported files), mindcv, "
+                   "CPU kernels off), mindir, onnx, openvino (infer mode: the exported files; "
+                   "openvino runs the ONNX one), mindcv, "
                    "torch, mindspore_first (ours in a process that imports mindspore before "
                    "src): timed in the same run (one that is not importable is skipped with a "
                    "line); default: none, and every one but mindspore_first in infer mode")
@@ -141,7 +142,7 @@ def check_compared(args) -> None:
         raise UserError(f"unknown reference {unknown[0]!r}", "--compare",
                         f"give {', '.join(IMPLEMENTATIONS[1:] + (MINDSPORE_FIRST,))}")
     if args.mode != "infer" and set(compared(args)) & set(INFER_ONLY):
-        raise UserError("mindir and onnx are timed in infer mode only", "--compare",
+        raise UserError("mindir, onnx and openvino are timed in infer mode only", "--compare",
                         "give --mode infer, or standard, mindcv, torch")
     if args.mode.startswith("layer") and args.device_target != "CPU":
         raise UserError(f"the layer modes time our CPU kernels, which do not run on "
@@ -212,7 +213,7 @@ def _mindspore_setup(args, impl) -> dict:
         from src.deploy.exporter import EXPORT_CONV_IMPL
         from src.models import create_network
         conv_impl = {"ours": args.conv_impl, "standard": "mindspore"}.get(impl) or \
-            EXPORT_CONV_IMPL[impl.upper()]  # mindir, onnx: the network export.py writes
+            EXPORT_CONV_IMPL["MINDIR" if impl == "mindir" else "ONNX"]  # export.py's network
         net = create_network(args.network, num_classes=1000, conv_impl=conv_impl)
     if args.mode == "train":
         loss = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
@@ -232,24 +233,25 @@ def _mindspore_setup(args, impl) -> dict:
     calls = {}
     for batch in shapes(args):
         x = np.random.rand(batch, 3, args.image_size, args.image_size).astype(np.float32)
-        calls[batch] = functools.partial(net, x) if impl == "onnx" else \
+        calls[batch] = functools.partial(net, x) if impl in ("onnx", "openvino") else \
             functools.partial(lambda data: net(data).asnumpy(), ms.Tensor(x))
     return calls
 
 
 def _exported(args, net, impl):
     """``net`` as export.py writes it (BatchNorm folded, the batch open) and as a deployment
-    runs the file: a GraphCell on the MINDIR, or an onnxruntime session on the ONNX file."""
+    runs the file: a GraphCell on the MINDIR, or an onnxruntime or OpenVINO session on the ONNX
+    file (infer.py's)."""
     import mindspore as ms
 
     from src.deploy.exporter import write_model
+    from src.deploy.runtimes import open_onnx
     side = args.image_size
-    path = write_model(net, impl.upper(), os.path.join(tempfile.mkdtemp(), "net"), side, side)
+    fmt = "MINDIR" if impl == "mindir" else "ONNX"
+    path = write_model(net, fmt, os.path.join(tempfile.mkdtemp(), "net"), side, side)
     if impl == "mindir":
         return ms.nn.GraphCell(ms.load(path))
-    import onnxruntime
-    session = onnxruntime.InferenceSession(path)
-    return lambda x: session.run(None, {"image": x})[0]
+    return open_onnx(path, "onnxruntime" if impl == "onnx" else "openvino").run
 
 
 def _mindspore_first_setup(args) -> dict:
@@ -380,7 +382,7 @@ def runs_on(args, impl: str) -> str:
     if impl == "torch":
         import torch
         return "GPU" if torch_device(args, torch) == "cuda" else "CPU"
-    if impl == "onnx" or (impl == "file" and args.model.endswith(".onnx")):
+    if impl in ("onnx", "openvino") or (impl == "file" and args.model.endswith(".onnx")):
         return "CPU"  # onnxruntime's CPU execution provider
     return args.device_target
 
@@ -483,7 +485,7 @@ def _worker(args, impl, pipe):
 def available(impl: str) -> str:
     """'' if ``impl`` can run here, else why not. Looks the package up without importing it:
     only its worker process loads it."""
-    package = {"mindir": "mindspore", "onnx": "onnxruntime"}.get(impl, impl)
+    package = {"mindir": "mindspore", "onnx": "onnxruntime"}.get(impl, impl)  # openvino: its own
     if impl in ("ours", "standard", "file", MINDSPORE_FIRST) or \
             importlib.util.find_spec(package) is not None:
         return ""
