@@ -58,14 +58,14 @@ def main(argv):
     if not model:
         raise UserError("no model given", "--model",
                         "give --model FILE (.ckpt, .mindir, .onnx) or --pretrained TAG")
-    files = image_files(args.images) if args.images else []
-    if args.files_from:
-        files += image_files(listed_files(args.files_from))
     use_device(config.device_target, config.conv_impl, config.device_id)
     # --batch_size (the config key): images per forward pass; default 8, or a fixed-batch
     # export's batch, which a given one must equal
     given = config.batch_size if "batch_size" in config.explicit else None
     predictor = Predictor(model, config, batch_size=given)
+    files = image_files(args.images) if args.images else []
+    if args.files_from:
+        files += image_files(listed_files(args.files_from))
     classes = predictor.record.num_classes
     topk = int(args.topk) if args.topk else min(5, classes)
     if topk > classes:

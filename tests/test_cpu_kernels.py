@@ -220,7 +220,7 @@ def test_fused_training_equals_conv_batchnorm_activation(kind, stride, activatio
     ms.set_context(mode=mode)
     fused = FusedSequence(conv_bn_act(kind, stride, activation, "ours"))
     reference = nn.SequentialCell(conv_bn_act(kind, stride, activation, "mindspore"))
-    assert fused.training_cells == (0, 1)  # the activation runs inside the BatchNorm's kernel
+    assert fused.training_cells == ((0, 1),)  # the activation runs in the BatchNorm's kernel
     randomize_weights(fused)
     assert not ms.load_param_into_net(reference, fused.parameters_dict())[0]
     rng = np.random.RandomState(stride)

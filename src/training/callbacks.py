@@ -28,7 +28,7 @@ def lr_schedule(optimizer) -> np.ndarray:
     rate a group (head_lr_scale), the first group's: the network's, or with a frozen backbone
     the head's."""
     schedule = optimizer.learning_rate
-    if optimizer.is_group_lr:
+    if getattr(optimizer, "is_group_lr", False):
         schedule = schedule[0]
     return schedule.learning_rate.asnumpy()
 

@@ -143,13 +143,14 @@ class AdamW(nn.Optimizer):
         step = ops.cast(self.global_step, ms.float32)
         correction1 = 1.0 - ops.pow(self.beta1, step)
         correction2 = 1.0 - ops.pow(self.beta2, step)
-        step = ops.partial(_adamw_step, self.beta1, self.beta2, self.eps, correction1,
-                           correction2)
         if self.is_group_lr:  # a learning rate a parameter (head_lr_scale)
-            return self.hyper_map(step, lr, decays, self._parameters, self.moments1,
-                                  self.moments2, gradients)
-        return self.hyper_map(ops.partial(step, lr), decays, self._parameters, self.moments1,
-                              self.moments2, gradients)
+            return self.hyper_map(ops.partial(_adamw_step, self.beta1, self.beta2, self.eps,
+                                              correction1, correction2),
+                                  lr, decays, self._parameters, self.moments1, self.moments2,
+                                  gradients)
+        return self.hyper_map(ops.partial(_adamw_step, self.beta1, self.beta2, self.eps,
+                                          correction1, correction2, lr),
+                              decays, self._parameters, self.moments1, self.moments2, gradients)
 
 
 class RMSProp(nn.Optimizer):
@@ -170,9 +171,9 @@ class RMSProp(nn.Optimizer):
         gradients = self.scale_grad(gradients)
         lr = self.get_lr()
         self.assignadd(self.global_step, self.global_step_increase_tensor)
-        step = ops.partial(_rmsprop_step, self.decay, self.momentum, self.eps)
         if self.is_group_lr:  # a learning rate a parameter (head_lr_scale)
-            return self.hyper_map(step, lr, self._parameters, self.mean_square, self.moment,
-                                  gradients)
-        return self.hyper_map(ops.partial(step, lr), self._parameters, self.mean_square,
-                              self.moment, gradients)
+            return self.hyper_map(ops.partial(_rmsprop_step, self.decay, self.momentum,
+                                              self.eps),
+                                  lr, self._parameters, self.mean_square, self.moment, gradients)
+        return self.hyper_map(ops.partial(_rmsprop_step, self.decay, self.momentum, self.eps, lr),
+                              self._parameters, self.mean_square, self.moment, gradients)
