@@ -75,6 +75,8 @@ def parser() -> ArgumentParser:
     p.add_argument("--image_size", type=int, default=None, help="default 224")
     p.add_argument("--model", default="", help="infer mode: an exported .mindir or .onnx file "
                    "(export.py's) timed beside the others as 'file'")
+    p.add_argument("--runtime", default="auto", choices=("auto", "onnxruntime", "openvino"),
+                   help="--model FILE.onnx: the runtime it runs on, as infer.py's --runtime")
     p.add_argument("--steps", type=int, default=3, help="timed steps per round")
     p.add_argument("--rounds", type=int, default=2, help="A B A B rounds of --steps each")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps after the compile")
@@ -161,12 +163,17 @@ def check_model_file(args) -> None:
                         "give --mode infer")
     from src.deploy.predictor import Predictor
     from src.model_utils.config import get_config
-    config = get_config([f"--image_size={args.image_size}"] if "image_size" in args.explicit
-                        else [])
+    config = get_config(([f"--image_size={args.image_size}"] if "image_size" in args.explicit
+                         else []) + runtime_flag(args))
     batch = args.batch_size if "batch_size" in args.explicit else None
     predictor = Predictor(args.model, config, batch_size=batch)
     args.image_size = predictor.exported_side(args.model)
     args.batch_size = predictor.fixed_batch or args.batch_size
+
+
+def runtime_flag(args) -> list:
+    """--runtime as the config takes it, when one is chosen (auto: none)."""
+    return [] if args.runtime == "auto" else [f"--runtime={args.runtime}"]
 
 
 def compared(args) -> list:
@@ -180,7 +187,7 @@ def _file_setup(args) -> dict:
     gets batch 1 padded to its batch)."""
     from src.deploy.predictor import Predictor
     from src.model_utils.config import get_config
-    predictor = Predictor(args.model, get_config([]))
+    predictor = Predictor(args.model, get_config(runtime_flag(args)))
     return {batch: functools.partial(predictor.logits, np.random.rand(
         batch, 3, args.image_size, args.image_size).astype(np.float32)) for batch in shapes(args)}
 
