@@ -120,11 +120,15 @@ def test_openvino_runs_our_files_as_onnxruntime_does(made, cli, key):
     assert classes["openvino"] == classes["onnxruntime"] and len(classes["openvino"]) == 20
 
 
-def test_auto_takes_openvino_for_float32_and_onnxruntime_for_int8(made, cli):
-    for key, runtime in (("onnx", "openvino"), ("int8", "onnxruntime")):
+def test_auto_takes_the_faster_runtime_for_the_files_family_and_kind(made, cli):
+    """MobileNetV1: onnxruntime for the float32 file, OpenVINO for the INT8 one (the family
+    from the record the file holds)."""
+    for key, runtime in (("onnx", "onnxruntime"), ("int8", "openvino")):
         result = cli("infer.py", "--model", made[key], made["photos"])
         assert result.returncode == 0, result.stderr
-        assert f"runtime: {runtime} (" in result.stdout
+        kind = "INT8" if key == "int8" else "float32"
+        assert f"runtime: {runtime}, the faster at batch 32 for a mobilenet_v1 {kind} ONNX " \
+            "here" in result.stdout
 
 
 def runtime_faults(made, tmp_path):

@@ -17,6 +17,7 @@ from src.deploy.sidecar import (
     sidecar_path,
 )
 from src.errors import UserError
+from src.models import family_of, list_networks
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -116,12 +117,13 @@ class Predictor:
                             "give a .ckpt, .mindir or .onnx file")
         sidecar = sidecar_path(model_path)
         recorded = read_sidecar(model_path)
-        self._load(model_path, config.runtime, "quantization" in recorded)
-        (batch, channels, height, width), classes = graph_signature(
-            model_path, self.kind, getattr(self, "session", None))
         own = embedded_record(model_path, self.kind)
         check_sidecar_matches(recorded, own, model_path)
         recorded.update(own)
+        self._load(model_path, config.runtime, "quantization" in recorded,
+                   recorded.get("network", ""))
+        (batch, channels, height, width), classes = graph_signature(
+            model_path, self.kind, getattr(self, "session", None))
         shape = recorded.pop("input_shape", None)
         if shape and [d or None for d in shape] != [batch, channels, height, width]:
             raise UserError(f"the metadata says input {shape}, the file's graph "
@@ -162,7 +164,7 @@ class Predictor:
                             model_path, "export at a square size (--width only)")
         return height
 
-    def _load(self, model_path: str, runtime: str, quantized: bool) -> None:
+    def _load(self, model_path: str, runtime: str, quantized: bool, network: str) -> None:
         if self.kind == ".mindir":
             try:
                 self.net = ms.nn.GraphCell(ms.load(model_path))
@@ -173,7 +175,8 @@ class Predictor:
         if not quantized:
             with open(model_path, "rb") as f:
                 quantized = b"QuantizeLinear" in f.read()
-        self.session = open_onnx(model_path, runtime, quantized)
+        family = family_of(network) if network in list_networks() else ""
+        self.session = open_onnx(model_path, runtime, quantized, family)
 
     def logits(self, batch: np.ndarray) -> np.ndarray:
         """The model's logits of ``batch``: a fixed-batch export gets it in chunks of its batch,

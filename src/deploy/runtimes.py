@@ -2,10 +2,11 @@
 onnxruntime, openvino), each as a session with the graph's declared input and output shapes
 and ``run(batch) -> logits``.
 
-``auto`` takes OpenVINO for a float32 file and onnxruntime for an INT8 one, the faster of the
-two installed here for each (docs/DEPLOY.md has the figures), and says which in one line.
-OpenVINO computes in float32 (INFERENCE_PRECISION_HINT f32): on a CPU with bfloat16 its default
-would round every layer to bfloat16, and the logits would no longer be the file's.
+``auto`` takes, of the installed ones, the runtime that ran the file's family and kind (float32
+or INT8) fastest at batch 32 here (``FASTEST``; docs/DEPLOY.md has the figures), and says which
+in one line. OpenVINO computes in float32 (INFERENCE_PRECISION_HINT f32): on a CPU with
+bfloat16 its default would round every layer to bfloat16, and the logits would no longer be
+the file's.
 """
 import numpy as np
 
@@ -30,24 +31,34 @@ def installed(runtime: str) -> bool:
     return importlib.util.find_spec(runtime) is not None
 
 
-def chosen_runtime(runtime: str, quantized: bool) -> str:
-    """The runtime ``runtime`` names, or for auto the faster installed one for the file."""
+# (family, INT8) -> the runtime that ran our 1.0x network's file fastest at batch 32 on this
+# 2-core AVX-512 machine (docs/DEPLOY.md); the other one leads in the file's "auto" line.
+FASTEST = {("shufflenet_v1", False): "openvino", ("shufflenet_v1", True): "onnxruntime",
+           ("shufflenet_v2", False): "openvino", ("shufflenet_v2", True): "openvino",
+           ("mobilenet_v1", False): "onnxruntime", ("mobilenet_v1", True): "openvino"}
+
+
+def chosen_runtime(runtime: str, quantized: bool, family: str = "") -> str:
+    """The runtime ``runtime`` names, or for auto the fastest installed one for the file's
+    ``family`` and kind (a file of no known family: onnxruntime)."""
     if runtime != "auto":
         return runtime
-    preferred = ("onnxruntime", "openvino") if quantized else ("openvino", "onnxruntime")
-    return next((r for r in preferred if installed(r)), preferred[0])
+    best = FASTEST.get((family, quantized), "onnxruntime")
+    preferred = (best,) + tuple(r for r in RUNTIMES[1:] if r != best)
+    return next((r for r in preferred if installed(r)), best)
 
 
-def open_onnx(path: str, runtime: str, quantized: bool = False):
+def open_onnx(path: str, runtime: str, quantized: bool = False, family: str = ""):
     """A session of the ONNX file at ``path`` on ``runtime`` (RUNTIMES); one line when that
     runtime is not installed or cannot read the file."""
-    name = chosen_runtime(runtime, quantized)
+    name = chosen_runtime(runtime, quantized, family)
     if not installed(name):
         raise UserError(f"{name} is not installed", path, INSTALL[name] +
                         ("" if runtime == "auto" else ", or choose another --runtime"))
     session = (OpenVinoSession if name == "openvino" else OnnxRuntimeSession)(path)
     if runtime == "auto":
-        print(f"runtime: {name} ({'INT8' if quantized else 'float32'} ONNX; --runtime "
+        kind = f"{family + ' ' if family else ''}{'INT8' if quantized else 'float32'} ONNX"
+        print(f"runtime: {name}, the faster at batch 32 for a {kind} here (--runtime "
               f"{'onnxruntime' if name == 'openvino' else 'openvino'} for the other)",
               flush=True)
     return session

@@ -60,12 +60,15 @@ RECORD_KEY = "zoo_network_record"
 def embedded_record(model_path: str, kind: str) -> dict:
     """The network record stored in the exported file itself ({} for a file written without
     one)."""
-    if kind == ".onnx":
-        from src.deploy.onnx_proto import read_onnx_metadata
-        text = read_onnx_metadata(model_path).get(RECORD_KEY)
-    else:
-        import mindspore as ms
-        text = dict(ms.load_mindir(model_path).user_info).get(RECORD_KEY)
+    try:  # a file that does not parse has no record; its loader says what is wrong with it
+        if kind == ".onnx":
+            from src.deploy.onnx_proto import read_onnx_metadata
+            text = read_onnx_metadata(model_path).get(RECORD_KEY)
+        else:
+            import mindspore as ms
+            text = dict(ms.load_mindir(model_path).user_info).get(RECORD_KEY)
+    except (RuntimeError, ValueError, IndexError, TypeError):
+        return {}
     try:
         record = json.loads(text) if text else {}
     except ValueError:
