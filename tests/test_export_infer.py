@@ -92,9 +92,9 @@ def test_every_variant_exports_to_onnx_and_mindir_with_the_fast_layers_logits(tm
     BatchNorm and activation in one kernel) and as export.py writes it (standard operators, the
     BatchNorms folded into the convs, the same weights): ONNX (onnxruntime, its output batch
     open) and, for MINDIR_VARIANTS, MINDIR give the same logits, and so does the unfused
-    network (in MINDIR's form, every variant). The exports also hold the feature maps at
-    strides 2 to 32 (forward_intermediates, graph mode): the hooked activations of the
-    network eval.py runs."""
+    network (in MINDIR's form, every variant). The features-only network's maps at strides 2
+    to 32 are the hooked activations of the network eval.py runs (PyNative), and so are the
+    maps the exports hold (forward_intermediates, graph mode)."""
     import onnxruntime as ort
 
     from src.deploy.exporter import EXPORT_CONV_IMPL, write_model
@@ -108,6 +108,12 @@ def test_every_variant_exports_to_onnx_and_mindir_with_the_fast_layers_logits(tm
     fused = trained(ms.Tensor(x)).asnumpy()
     modules = trained.feature_info.module_name()
     activations = hooked(trained, modules, ms.Tensor(x))
+    features = create_network(name, features_only=True)  # its maps are those activations
+    assert not ms.load_param_into_net(features, trained.parameters_dict())[0]
+    features.set_train(False)
+    for module, array in zip(modules, features(ms.Tensor(x)), strict=True):
+        reference = activations[module]
+        assert np.abs(array.asnumpy() - reference).max() <= 1e-6 * max(1, np.abs(reference).max())
     nets = {}
     for fmt in ("MINDIR", "ONNX"):  # export.py's network for each format, the weights loaded
         nets[fmt] = create_network(name, num_classes=10, conv_impl=EXPORT_CONV_IMPL[fmt])

@@ -15,11 +15,13 @@ detector's or segmenter's backbone or get a new head:
 A family's network subclasses ``Backbone``: it lists every level in ``set_levels`` (the map at
 strides 2, 4, 8, 16, 32: the output of the last layer at that stride), computes one level from
 the previous one in ``forward_level(x, index)`` and what follows the last level before pooling
-in ``forward_neck`` (ShuffleNetV2's conv_last), makes its classifier in ``make_classifier`` and
-initialises new layers as its own in ``initialize``. Every loop below runs over constants, so graph
-mode unrolls it.
+in ``forward_neck`` (ShuffleNetV2's conv_last), says how its classifier is made in
+``set_classifier`` and initialises new layers as its own in ``initialize``. Every loop below
+runs over constants, so graph mode unrolls it.
 """
 from mindspore import nn
+
+from .layers import Classifier
 
 FREEZE_TEXT = "none, backbone, or stages:N (the layers up to the N-th feature map, N = 0 to 5)"
 
@@ -57,8 +59,8 @@ def level(num_chs: int, reduction: int, module: str) -> dict:
 
 class Backbone(nn.Cell):
     """The model API over a family's trunk (see the module's docstring). Subclasses call
-    ``set_levels`` once their layers exist, and build ``pool`` and ``classifier`` (with
-    ``make_classifier``) only when ``has_head``."""
+    ``set_levels`` once their layers exist, build ``pool`` (and any neck) only when
+    ``has_head``, and call ``set_classifier``."""
 
     # What follows the last level before pooling (ShuffleNetV2's conv_last), and the modules a
     # features-only network leaves out: that and the classifier.
@@ -151,6 +153,21 @@ class Backbone(nn.Cell):
             if hasattr(cell, "set_training_cells"):
                 cell.set_training_cells()
         return frozen
+
+    def set_classifier(self, in_channels: int, has_bias: bool, conv_impl: str,
+                       drop_rate: float, num_classes: int) -> None:
+        """Remember how the family makes its classifier (``make_classifier``), and make it
+        unless the network is features-only."""
+        self.classifier_args = (in_channels, has_bias, conv_impl, drop_rate)
+        if self.has_head:
+            self.classifier = self.make_classifier(num_classes)
+
+    def make_classifier(self, num_classes: int):
+        """The family's classifier of ``num_classes`` outputs (0: none)."""
+        if not num_classes:
+            return nn.Identity()
+        in_channels, has_bias, conv_impl, drop_rate = self.classifier_args
+        return Classifier(in_channels, num_classes, has_bias, conv_impl, drop_rate)
 
     def reset_classifier(self, num_classes: int) -> None:
         """A new classifier of ``num_classes`` outputs (0: none: the head gives the pooled

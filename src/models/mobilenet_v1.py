@@ -8,7 +8,6 @@ from . import cpu_kernels
 from .backbone import Backbone, level
 from .family import Family, SourceLayout
 from .layers import (
-    Classifier,
     FusedSequence,
     GlobalAvgPool,
     batch_norm,
@@ -107,21 +106,14 @@ class MobileNetV1(Backbone):
         self.set_levels(levels, [[f"features.{i}" for i in range(start, end)]
                                  for start, end in zip([0] + ends[:-1], ends, strict=True)],
                         features_only, out_indices)
-        self.settings = (c, conv_impl, drop_rate)
         if self.has_head:
             self.pool = GlobalAvgPool(conv_impl)
-            self.classifier = self.make_classifier(num_classes)
+        self.set_classifier(c, True, conv_impl, drop_rate, num_classes)
         init_mobilenet_weights(self)
 
     def forward_level(self, x, index):
         first, stop = self.level_groups[index]
         return self.features.run(x, first, stop)
-
-    def make_classifier(self, num_classes: int):
-        if not num_classes:
-            return nn.Identity()
-        features, conv_impl, drop_rate = self.settings
-        return Classifier(features, num_classes, True, conv_impl, drop_rate)
 
     def initialize(self, cell) -> None:
         init_mobilenet_weights(cell)

@@ -12,7 +12,6 @@ from .backbone import Backbone, level
 from .family import Family, SourceLayout
 from .layers import (
     ChannelShuffle,
-    Classifier,
     FusedSequence,
     GlobalAvgPool,
     avg_pool_3x3_s2,
@@ -131,7 +130,24 @@ class ShuffleV1Block(nn.Cell):
         return self.relu(ops.concat((self.branch_proj(x), y), axis=1))
 
 
-class ShuffleNetV1(Backbone):
+class ShuffleNetTrunk(Backbone):
+    """The ShuffleNets' levels: the stem conv, the max pool, then each stage's blocks of
+    ``features`` (``level_blocks``); megvii's initialisation."""
+
+    def forward_level(self, x, index):
+        if index == 0:
+            return self.first_conv(x)
+        if index == 1:
+            return self.max_pool(x)
+        for i in self.level_blocks[index]:
+            x = self.features.cell_list[i](x)
+        return x
+
+    def initialize(self, cell) -> None:
+        init_shufflenet_weights(cell)
+
+
+class ShuffleNetV1(ShuffleNetTrunk):
     """ShuffleNetV1 with ``group`` groups at ``width`` (0.5, 1.0, 1.5, 2.0).
 
     Options: ``pool_pad`` "pad" (symmetric, default) or "same" (MindCV's pools);
@@ -166,30 +182,10 @@ class ShuffleNetV1(Backbone):
                         [["first_conv"], ["max_pool"]] + [[f"features.{i}" for i in blocks]
                                                           for blocks in stage_blocks],
                         features_only, out_indices)
-        self.settings = (c_in, conv_impl, drop_rate)
         if self.has_head:
             self.pool = GlobalAvgPool(conv_impl)
-            self.classifier = self.make_classifier(num_classes)
+        self.set_classifier(c_in, False, conv_impl, drop_rate, num_classes)
         init_shufflenet_weights(self)
-
-    def forward_level(self, x, index):
-        if index == 0:
-            return self.first_conv(x)
-        if index == 1:
-            return self.max_pool(x)
-        for i in self.level_blocks[index]:
-            x = self.features.cell_list[i](x)
-        return x
-
-    def make_classifier(self, num_classes: int):
-        if not num_classes:
-            return nn.Identity()
-        features, conv_impl, drop_rate = self.settings
-        return Classifier(features, num_classes, False, conv_impl, drop_rate)
-
-    def initialize(self, cell) -> None:
-        init_shufflenet_weights(cell)
-
 
 def init_shufflenet_weights(net: nn.Cell) -> None:
     """megvii/MindCV init: N(0, 0.01) for the stem conv and the dense layer, N(0, 1/w.shape[1])

@@ -5,11 +5,10 @@ import re
 from mindspore import nn, ops
 
 from . import cpu_kernels
-from .backbone import Backbone, level
+from .backbone import level
 from .family import Family, SourceLayout
 from .layers import (
     ChannelShuffle,
-    Classifier,
     FusedSequence,
     GlobalAvgPool,
     batch_norm,
@@ -18,7 +17,7 @@ from .layers import (
     depthwise_conv,
     max_pool_3x3_s2,
 )
-from .shufflenet_v1 import init_shufflenet_weights
+from .shufflenet_v1 import ShuffleNetTrunk, init_shufflenet_weights
 from .weights import megvii, mindcv, torchvision
 
 STAGE_REPEATS = (4, 8, 4)
@@ -128,7 +127,7 @@ class ShuffleV2Block(nn.Cell):
         return self.shuffle(out) if self.torchvision else out
 
 
-class ShuffleNetV2(Backbone):
+class ShuffleNetV2(ShuffleNetTrunk):
     """ShuffleNetV2 at ``width`` "0_5", "1_0", "1_5" or "2_0".
 
     ``pool_pad`` "pad" (symmetric, default) or "same" (MindCV's stem max pool); ``layout``
@@ -165,34 +164,15 @@ class ShuffleNetV2(Backbone):
                         [["first_conv"], ["max_pool"]] + [[f"features.{i}" for i in blocks]
                                                           for blocks in stage_blocks],
                         features_only, out_indices)
-        self.settings = (c5, layout == "torchvision", conv_impl, drop_rate)
         if self.has_head:
             self.conv_last = FusedSequence([conv1x1(c_in, c5, impl=conv_impl),
                                                 batch_norm(c5, conv_impl), nn.ReLU()])
             self.pool = GlobalAvgPool(conv_impl)
-            self.classifier = self.make_classifier(num_classes)
+        self.set_classifier(c5, layout == "torchvision", conv_impl, drop_rate, num_classes)
         init_shufflenet_weights(self)
-
-    def forward_level(self, x, index):
-        if index == 0:
-            return self.first_conv(x)
-        if index == 1:
-            return self.max_pool(x)
-        for i in self.level_blocks[index]:
-            x = self.features.cell_list[i](x)
-        return x
 
     def forward_neck(self, x):
         return self.conv_last(x)
-
-    def make_classifier(self, num_classes: int):
-        if not num_classes:
-            return nn.Identity()
-        features, bias, conv_impl, drop_rate = self.settings
-        return Classifier(features, num_classes, bias, conv_impl, drop_rate)
-
-    def initialize(self, cell) -> None:
-        init_shufflenet_weights(cell)
 
 
 def build(num_classes=1000, **kwargs) -> ShuffleNetV2:
