@@ -134,6 +134,20 @@ class ShuffleNetTrunk(Backbone):
     """The ShuffleNets' levels: the stem conv, the max pool, then each stage's blocks of
     ``features`` (``level_blocks``); megvii's initialisation."""
 
+    def set_stages(self, blocks: list, stage_blocks: list, channels: list, features_only: bool,
+                   out_indices) -> None:
+        """``features`` of ``blocks`` (each stage's indices in ``stage_blocks``) and the levels:
+        the stem conv and the max pool (``channels[0]``, strides 2 and 4), then each stage's
+        last block (``channels[1:]``, strides 8, 16, 32)."""
+        self.features = nn.SequentialCell(blocks)
+        self.level_blocks = ((), ()) + tuple(stage_blocks)
+        levels = [level(channels[0], 2, "first_conv"), level(channels[0], 4, "max_pool")] + [
+            level(c, 2 ** (i + 3), f"features.{stage[-1]}")
+            for i, (c, stage) in enumerate(zip(channels[1:], stage_blocks, strict=True))]
+        self.set_levels(levels, [["first_conv"], ["max_pool"]] + [
+            [f"features.{i}" for i in stage] for stage in stage_blocks], features_only,
+            out_indices)
+
     def forward_level(self, x, index):
         if index == 0:
             return self.first_conv(x)
@@ -166,7 +180,7 @@ class ShuffleNetV1(ShuffleNetTrunk):
         self.first_conv = FusedSequence([conv3x3(in_channels, c1, 2, conv_impl),
                                              batch_norm(c1, conv_impl), nn.ReLU()])
         self.max_pool = max_pool_3x3_s2(pool_pad, conv_impl)
-        blocks, c_in, levels, stage_blocks = [], c1, [], []
+        blocks, c_in, stage_blocks = [], c1, []
         for stage, (repeats, c_out) in enumerate(zip(STAGE_REPEATS, stages, strict=True)):
             stage_blocks.append(tuple(range(len(blocks), len(blocks) + repeats)))
             for i in range(repeats):
@@ -175,13 +189,7 @@ class ShuffleNetV1(ShuffleNetTrunk):
                     first_group=stage == 0 and i == 0, pool_pad=pool_pad,
                     shuffle_order=shuffle_order, conv_impl=conv_impl))
                 c_in = c_out
-            levels.append(level(c_out, 2 ** (stage + 3), f"features.{len(blocks) - 1}"))
-        self.features = nn.SequentialCell(blocks)
-        self.level_blocks = ((), ()) + tuple(stage_blocks)
-        self.set_levels([level(c1, 2, "first_conv"), level(c1, 4, "max_pool")] + levels,
-                        [["first_conv"], ["max_pool"]] + [[f"features.{i}" for i in blocks]
-                                                          for blocks in stage_blocks],
-                        features_only, out_indices)
+        self.set_stages(blocks, stage_blocks, [c1] + stages, features_only, out_indices)
         if self.has_head:
             self.pool = GlobalAvgPool(conv_impl)
         self.set_classifier(c_in, False, conv_impl, drop_rate, num_classes)

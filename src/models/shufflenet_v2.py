@@ -5,7 +5,6 @@ import re
 from mindspore import nn, ops
 
 from . import cpu_kernels
-from .backbone import level
 from .family import Family, SourceLayout
 from .layers import (
     ChannelShuffle,
@@ -150,20 +149,14 @@ class ShuffleNetV2(ShuffleNetTrunk):
         self.first_conv = FusedSequence([conv3x3(in_channels, c1, 2, conv_impl),
                                              batch_norm(c1, conv_impl), nn.ReLU()])
         self.max_pool = max_pool_3x3_s2(pool_pad, conv_impl)
-        blocks, c_in, levels, stage_blocks = [], c1, [], []
+        blocks, c_in, stage_blocks = [], c1, []
         for repeats, c_out in zip(STAGE_REPEATS, stages, strict=True):
             stage_blocks.append(tuple(range(len(blocks), len(blocks) + repeats)))
             for i in range(repeats):
                 blocks.append(ShuffleV2Block(c_in, c_out, stride=2 if i == 0 else 1,
                                              layout=layout, conv_impl=conv_impl))
                 c_in = c_out
-            levels.append(level(c_out, 2 ** (len(levels) + 3), f"features.{len(blocks) - 1}"))
-        self.features = nn.SequentialCell(blocks)
-        self.level_blocks = ((), ()) + tuple(stage_blocks)
-        self.set_levels([level(c1, 2, "first_conv"), level(c1, 4, "max_pool")] + levels,
-                        [["first_conv"], ["max_pool"]] + [[f"features.{i}" for i in blocks]
-                                                          for blocks in stage_blocks],
-                        features_only, out_indices)
+        self.set_stages(blocks, stage_blocks, [c1] + stages, features_only, out_indices)
         if self.has_head:
             self.conv_last = FusedSequence([conv1x1(c_in, c5, impl=conv_impl),
                                                 batch_norm(c5, conv_impl), nn.ReLU()])
