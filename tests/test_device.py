@@ -178,5 +178,4 @@ def test_export_writes_the_same_forms_on_every_device(monkeypatch):
         forms[target] = {fmt: layers.resolve_conv_impl(impl)
                          for fmt, impl in EXPORT_CONV_IMPL.items()}
     assert forms["CPU"] == forms["GPU"] == forms["Ascend"] == {
-        "MINDIR": "mindspore_taps", "AIR": "mindspore_split", "ONNX": "mindspore_grouped",
-        "INT8": "mindspore_split"}
+        "MINDIR": "mindspore_taps", "AIR": "mindspore_split", "ONNX": "mindspore_grouped"}

@@ -28,12 +28,13 @@ FORMATS = ("MINDIR", "ONNX", "AIR")
 SUFFIX = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
 # Standard operators only, in the form each format's runtime runs fast, and the same whatever
 # device exports (a file is written once and runs wherever). MindSpore's CPU grouped conv is
-# far slower than one conv per group, so MINDIR, AIR and the float graph INT8 quantizes split a
-# grouped 1x1 conv ("mindspore_split"); MINDIR also builds the 3x3 stems and depthwise convs
-# from shifted windows ("mindspore_taps"; MindSpore's CPU Conv2D is slower there). onnxruntime
-# runs a grouped Conv faster than the split, and the file exports sooner (docs/PERFORMANCE.md).
+# far slower than one conv per group, so MINDIR and AIR split a grouped 1x1 conv
+# ("mindspore_split"); MINDIR also builds the 3x3 stems and depthwise convs from shifted
+# windows ("mindspore_taps"; MindSpore's CPU Conv2D is slower there). onnxruntime and OpenVINO
+# run a grouped Conv faster than the split, float32 and INT8, and the file exports sooner
+# (docs/PERFORMANCE.md, docs/DEPLOY.md).
 EXPORT_CONV_IMPL = {"MINDIR": "mindspore_taps", "AIR": "mindspore_split",
-                    "ONNX": "mindspore_grouped", "INT8": "mindspore_split"}
+                    "ONNX": "mindspore_grouped"}
 
 
 def export_parser() -> ArgumentParser:
@@ -112,19 +113,9 @@ def export(argv) -> str:
           f"metadata in {write_sidecar(path, sidecar)}", flush=True)
     if not quantize:
         return path
-    # The INT8 file is quantized from a float32 graph with each grouped 1x1 conv split into one
-    # conv a group: onnxruntime's integer grouped conv is slower than the split (docs/DEPLOY.md).
-    net = record.build(conv_impl=EXPORT_CONV_IMPL["INT8"])
-    load_weights(net, params, checkpoint, use_ema=config.use_ema_weights)
-    split = os.path.join(os.path.dirname(os.path.abspath(path)),
-                         f".{os.path.basename(file_name)}.split.partial")
-    try:
-        source = write_model(net, "ONNX", split, height, width, batch,
-                             example_batch=args.batch_size, record=record.as_dict())
-        return _write_int8(path, file_name + INT8_SUFFIX, record, config, args, sidecar, source)
-    finally:
-        if os.path.exists(split + SUFFIX["ONNX"]):
-            os.remove(split + SUFFIX["ONNX"])
+    # The INT8 file is quantized from this float32 file, grouped 1x1 convs kept grouped: both
+    # runtimes ran ShuffleNetV1's INT8 faster so than split into a conv a group (docs/DEPLOY.md).
+    return _write_int8(path, file_name + INT8_SUFFIX, record, config, args, sidecar)
 
 
 def _check_quantize(args, fmt: str) -> bool:
@@ -161,12 +152,11 @@ def _quantize_file(args, config) -> str:
     return _write_int8(args.model, stem + INT8_SUFFIX, predictor.record, config, args, sidecar)
 
 
-def _write_int8(float_path: str, path: str, record, config, args, sidecar: dict,
-                source: str = None) -> str:
-    """Quantize ``source`` (default ``float_path``, the user's float32 file) into ``path``."""
+def _write_int8(float_path: str, path: str, record, config, args, sidecar: dict) -> str:
+    """Quantize the float32 file ``float_path`` into ``path``."""
     writable_folder(os.path.dirname(os.path.abspath(path)), "--file_name")
     height, width = sidecar["input_shape"][2:]
-    quantization = quantize_onnx(source or float_path, path, record, config,
+    quantization = quantize_onnx(float_path, path, record, config,
                                  args.calibration_data, args.calibration_images, (height, width))
     sidecar = {**sidecar, "quantization": {**quantization,
                                            "float_model": os.path.abspath(float_path)}}
