@@ -13,7 +13,6 @@ from src.deploy.quantize import (
     DEFAULT_CALIBRATION_IMAGES,
     INT8_SUFFIX,
     check_calibration_args,
-    is_quantized,
     quantization_tools,
     quantize_onnx,
 )
@@ -144,7 +143,7 @@ def _quantize_file(args, config) -> str:
     if predictor.kind != ".onnx":
         raise UserError(f"a {predictor.kind} file cannot be quantized here", args.model,
                         "give a float32 .onnx (export.py --file_format ONNX)")
-    if is_quantized(args.model):
+    if predictor.quantized:
         raise UserError("the model is already quantized (INT8); quantizing needs the float32 "
                         "file", args.model, "give the float32 .onnx it was made from")
     stem = args.file_name or args.model[:-len(".onnx")]

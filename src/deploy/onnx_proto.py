@@ -1,5 +1,6 @@
 """An ONNX file's protobuf read and edited in its wire format, so that no onnx package is
-needed: the output's batch dimension opened, metadata added and read back.
+needed: the output's batch dimension opened, metadata added and read back, the graph's op
+types read.
 
 MindSpore 2.10's ONNX export leaves the input's batch open (dynamic_axes) but declares the
 output with the example's batch, so onnxruntime warns "Expected shape from model of {1,10}
@@ -7,6 +8,10 @@ does not match actual shape of {8,10}" on every other batch: ``open_onnx_output_
 rewrites that one field (ModelProto.graph.output[*].type.tensor_type.shape.dim[0]) to the name
 "batch".
 """
+
+# The ops a quantized ONNX graph holds and a float32 one never does.
+QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul",
+                 "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear", "QLinearAdd"}
 
 
 def _varint(data: bytes, i: int) -> tuple:
@@ -96,4 +101,22 @@ def read_onnx_metadata(path: str) -> dict:
         if number == 14 and wire == 2:
             entry = {n: p.decode("utf-8", "replace") for n, w, p in _fields(payload) if w == 2}
             found[entry.get(1, "")] = entry.get(2, "")
+    return found
+
+
+def op_types(path: str) -> set:
+    """The op types of the ONNX file's graph (ModelProto.graph.node[*].op_type); ValueError when
+    the file does not parse as a protobuf."""
+    with open(path, "rb") as f:
+        model = f.read()
+    found = set()
+    try:
+        for number, wire, graph in _fields(model):
+            if number == 7 and wire == 2:  # ModelProto.graph -> GraphProto.node (1)
+                for node_number, node_wire, node in _fields(graph):
+                    if node_number == 1 and node_wire == 2:  # NodeProto.op_type (4)
+                        found |= {p.decode("utf-8", "replace") for n, w, p in _fields(node)
+                                  if n == 4 and w == 2}
+    except IndexError as err:
+        raise ValueError(f"{path} does not parse as ONNX") from err
     return found

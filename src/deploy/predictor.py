@@ -9,6 +9,7 @@ from PIL import Image, UnidentifiedImageError
 
 from src.checkpoint import load_weights, read_checkpoint, resolve
 from src.dataset import eval_image_ops
+from src.deploy.onnx_proto import QUANTIZED_OPS, op_types
 from src.deploy.runtimes import check_runtime_applies, open_onnx
 from src.deploy.sidecar import (
     check_sidecar_matches,
@@ -102,7 +103,7 @@ class Predictor:
         if not os.path.isfile(model_path):
             raise UserError("model file not found", model_path, "give a .ckpt, .mindir or .onnx")
         self.kind = os.path.splitext(model_path)[1].lower()
-        self.fixed_batch = None
+        self.fixed_batch, self.quantized = None, False
         check_runtime_applies(config, model_path)
         if self.kind == ".ckpt":
             params, meta = read_checkpoint(model_path)
@@ -172,9 +173,12 @@ class Predictor:
                 raise UserError("not a loadable MINDIR file", model_path,
                                 "export it again with export.py") from err
             return
-        if not quantized:
-            with open(model_path, "rb") as f:
-                quantized = b"QuantizeLinear" in f.read()
+        if not quantized:  # a file without its sidecar: its own graph says
+            try:
+                quantized = bool(op_types(model_path) & QUANTIZED_OPS)
+            except ValueError:
+                quantized = False  # the runtime's loader says what is wrong with the file
+        self.quantized = quantized
         family = family_of(network) if network in list_networks() else ""
         self.session = open_onnx(model_path, runtime, quantized, family)
 

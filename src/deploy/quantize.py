@@ -31,9 +31,6 @@ INT8_SUFFIX = ".int8.onnx"
 MIN_CALIBRATION_IMAGES = 16
 DEFAULT_CALIBRATION_IMAGES = 256
 CALIBRATION_BATCH = 16
-# The ops a quantized ONNX graph holds and a float32 one never does.
-QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul",
-                 "ConvInteger", "MatMulInteger", "DynamicQuantizeLinear", "QLinearAdd"}
 ONNX_OPSET = 13  # the first with per-axis QuantizeLinear/DequantizeLinear
 INSTALL = 'pip install onnxruntime onnx "numpy<2"'
 
@@ -47,17 +44,6 @@ def quantization_tools():
         raise UserError(f"onnxruntime's quantization tools are not installed ({err.name} is "
                         "missing)", "--quantize", INSTALL) from None
     return quantization
-
-
-def is_quantized(path: str) -> bool:
-    """Whether the ONNX file at ``path`` is already quantized (holds QDQ or integer ops)."""
-    import onnx
-    try:
-        model = onnx.load(path, load_external_data=False)
-    except Exception as err:  # onnx raises DecodeError and friends
-        raise UserError("not a loadable ONNX file", path, "export it again with export.py") \
-            from err
-    return any(node.op_type in QUANTIZED_OPS for node in model.graph.node)
 
 
 def check_calibration_args(path: str, count: int) -> None:

@@ -3,7 +3,7 @@ onnxruntime, openvino), each as a session with the graph's declared input and ou
 and ``run(batch) -> logits``.
 
 ``auto`` takes, of the installed ones, the runtime that ran the file's family and kind (float32
-or INT8) fastest at batch 32 here (``FASTEST``; docs/DEPLOY.md has the figures), and says which
+or INT8) fastest at batch 32 in docs/DEPLOY.md's measurements (``FASTEST``), and says which
 in one line. OpenVINO computes in float32 (INFERENCE_PRECISION_HINT f32): on a CPU with
 bfloat16 its default would round every layer to bfloat16, and the logits would no longer be
 the file's.
@@ -31,8 +31,8 @@ def installed(runtime: str) -> bool:
     return importlib.util.find_spec(runtime) is not None
 
 
-# (family, INT8) -> the runtime that ran our 1.0x network's file fastest at batch 32 on this
-# 2-core AVX-512 machine (docs/DEPLOY.md); the other one leads in the file's "auto" line.
+# (family, INT8) -> the runtime that ran our 1.0x network's file fastest at batch 32 in
+# docs/DEPLOY.md's measurements (a 2-core AVX-512 CPU).
 FASTEST = {("shufflenet_v1", False): "openvino", ("shufflenet_v1", True): "openvino",
            ("shufflenet_v2", False): "openvino", ("shufflenet_v2", True): "openvino",
            ("mobilenet_v1", False): "onnxruntime", ("mobilenet_v1", True): "openvino"}
@@ -58,9 +58,9 @@ def open_onnx(path: str, runtime: str, quantized: bool = False, family: str = ""
     session = (OpenVinoSession if name == "openvino" else OnnxRuntimeSession)(path)
     if runtime == "auto":
         kind = f"{family + ' ' if family else ''}{'INT8' if quantized else 'float32'} ONNX"
-        print(f"runtime: {name}, the faster at batch 32 for a {kind} here (--runtime "
-              f"{'onnxruntime' if name == 'openvino' else 'openvino'} for the other)",
-              flush=True)
+        other = "onnxruntime" if name == "openvino" else "openvino"
+        print(f"runtime: {name}, the faster at batch 32 for a {kind} as docs/DEPLOY.md "
+              f"measured it (--runtime {other} for the other)", flush=True)
     return session
 
 

@@ -21,7 +21,7 @@ runs over constants, so graph mode unrolls it.
 """
 from mindspore import nn
 
-from .layers import Classifier
+from .layers import Classifier, FusedSequence
 
 FREEZE_TEXT = "none, backbone, or stages:N (the layers up to the N-th feature map, N = 0 to 5)"
 
@@ -106,9 +106,7 @@ class Backbone(nn.Cell):
 
     def forward_features(self, x):
         """The last feature map, before pooling (full networks)."""
-        for index in range(self.level_count):
-            x = self.forward_level(x, index)
-        return self.forward_neck(x)
+        return self.forward_intermediates(x)[0]
 
     def _trunk(self, x, last: int):
         maps = ()
@@ -150,7 +148,7 @@ class Backbone(nn.Cell):
                 if isinstance(cell, nn.BatchNorm2d):
                     cell.use_batch_statistics = False
         for _, cell in self.cells_and_names():
-            if hasattr(cell, "set_training_cells"):
+            if isinstance(cell, FusedSequence):
                 cell.set_training_cells()
         return frozen
 

@@ -267,19 +267,24 @@ def _mindspore_first_setup(args) -> dict:
     away first), then src's import sets it, as it does after mindspore."""
     if "mindspore" in sys.modules:
         raise RuntimeError("mindspore was loaded before this worker could import it first")
-    if os.environ.pop("ZOO_OMP_WAIT_POLICY_SET", None):
-        os.environ.pop("OMP_WAIT_POLICY", None)
+    _default_wait_policy()
     import mindspore  # noqa: F401  (first, as the script does)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # what importing src does next
     return _mindspore_setup(args, "ours")
+
+
+def _default_wait_policy() -> None:
+    """OpenMP's own default wait policy for what this worker loads next: the one src set in the
+    benchmark's environment (ZOO_OMP_WAIT_POLICY_SET marks it) is taken away; a user's is kept."""
+    if os.environ.pop("ZOO_OMP_WAIT_POLICY_SET", None):
+        os.environ.pop("OMP_WAIT_POLICY", None)
 
 
 def _torch_defaults():
     """PyTorch with its own threading defaults: every core (a process spawned by one that has
     imported MindSpore starts with 1 thread) and OpenMP's default wait policy, not the one
     src/__init__.py sets for our kernels."""
-    if os.environ.pop("ZOO_OMP_WAIT_POLICY_SET", None):
-        os.environ.pop("OMP_WAIT_POLICY", None)
+    _default_wait_policy()
     import torch
 
     from src.dataset import cpu_count

@@ -101,7 +101,7 @@ def convert(source: str, output: str, shards: int) -> dict:
         with _stop_on_signals():
             for split, folder in folders.items():
                 info[split], info[f"{split}_left_out"] = _write_split(
-                    folder, os.path.join(output, split + ".mindrecord"), shards, source)
+                    folder, output, split, shards, source)
                 check_shards([os.path.join(output, n) for n in shard_names(split, shards)],
                              info[split])
     except (_Interrupted, KeyboardInterrupt) as stop:
@@ -118,10 +118,9 @@ def convert(source: str, output: str, shards: int) -> dict:
     return info
 
 
-def _write_split(folder: str, path: str, shards: int, source: str) -> tuple:
-    """(images written, files left out) of one split's class folders as shards at ``path``."""
+def _write_split(folder: str, output: str, split: str, shards: int, source: str) -> tuple:
+    """(images written, files left out) of one split's class folders as shards in ``output``."""
     from mindspore.mindrecord import FileWriter
-    split = os.path.basename(path).split(".")[0]
     files, labels, bad = scan_image_folder(folder)
     if not files:
         raise UserError("no images MindSpore decodes in the class folders", folder,
@@ -130,7 +129,8 @@ def _write_split(folder: str, path: str, shards: int, source: str) -> tuple:
         print(f"warning: leaving out {len(bad)} of {len(files) + len(bad)} files that are "
               f"not whole images MindSpore decodes in {folder} (first: {bad[0][0]}: "
               f"{bad[0][1]})", flush=True)
-    writer = FileWriter(path, shard_num=shards, overwrite=False)
+    writer = FileWriter(os.path.join(output, f"{split}.mindrecord"), shard_num=shards,
+                        overwrite=False)
     writer.add_schema(SCHEMA, f"{split} images of {os.path.basename(source)}")
     progress = Progress(f"convert {split}", len(files), unit="images")
     for start in range(0, len(files), ROWS_PER_WRITE):

@@ -33,11 +33,12 @@ def param_groups(net, weight_decay: float, lr=None, head_lr_scale: float = 1.0) 
     ``head_lr_scale`` other than 1, the classifier's in groups of their own at ``lr`` (the
     per-step array) times it."""
     params = net.trainable_params()
-    scaled = head_lr_scale != 1.0
+    parts = [(params, False)]  # (parameters, at the head's lr)
+    if head_lr_scale != 1.0:
+        parts = [([p for p in params if not p.name.startswith(HEAD)], False),
+                 ([p for p in params if p.name.startswith(HEAD)], True)]
     groups = []
-    for part in ([p for p in params if not p.name.startswith(HEAD)],
-                 [p for p in params if p.name.startswith(HEAD)]) if scaled else (params,):
-        head = scaled and part and part[0].name.startswith(HEAD)
+    for part, head in parts:
         for decay in (True, False):
             chosen = [p for p in part if p.name.endswith(NO_DECAY) != decay]
             if not chosen:

@@ -112,9 +112,10 @@ def checkpoint_dir(config) -> str:
 # ---- where the run starts (the folder's own life is in run_state.py)
 
 
-def find_start(config, folder: str) -> Start:
+def find_start(config, folder: str, held_out: dict) -> Start:
     """The checkpoint ``--resume`` names (``auto``: the newest of the run that loads; a file
-    cut off by a crash is skipped with a warning), checked to be of this network."""
+    cut off by a crash is skipped with a warning), checked to be of this network and to have
+    held out the validation files ``held_out`` records (``split_record``)."""
     if config.resume == "auto":
         for path in resume_candidates(folder, config.network):
             try:
@@ -133,11 +134,9 @@ def find_start(config, folder: str) -> Start:
     else:
         return Start()
     require_network(config, start.meta, start.path, "resume")
-    held_out = str(start.meta.get("val_split", ""))
-    mine = split_record(config.dataset_path, config.val_fraction).get("val_split", "") \
-        if config.dataset == "imagenet" else ""
-    if held_out != mine:
-        raise UserError(f"the run held out other validation files ({held_out or 'none'}) than "
+    recorded, mine = str(start.meta.get("val_split", "")), held_out.get("val_split", "")
+    if recorded != mine:
+        raise UserError(f"the run held out other validation files ({recorded or 'none'}) than "
                         f"this command would ({mine or 'none'}; count:digest)", start.path,
                         "resume with the run's --val_fraction and data folder")
     return start
@@ -242,6 +241,7 @@ class Run:
     start: Start
     record: NetworkRecord
     steps: int  # steps of an epoch on this rank
+    held_out: dict  # the validation files held out of one folder (split_record), or {}
     step: int = 0  # the global step the run continues after
     take_rank0: bool = False  # this rank takes rank 0's weights and train state
 
@@ -260,11 +260,13 @@ def train(config) -> str:
 
 
 def _train(config, rank: int, group_size: int, folder: str) -> str:
-    start = find_start(config, folder)
+    held_out = split_record(config.dataset_path, config.val_fraction)  # {} without val_fraction
+    start = find_start(config, folder, held_out)
     record, pretrained = network_record(config, start)
     dataset = create_dataset(record.data_config(config), training=True, rank_id=rank,
                              rank_size=group_size)
-    run = Run(config, rank, group_size, folder, start, record, dataset.get_dataset_size())
+    run = Run(config, rank, group_size, folder, start, record, dataset.get_dataset_size(),
+              held_out)
     if run.steps % config.gradient_accumulation_steps:
         raise UserError(f"an epoch of {run.steps} steps is not a whole number of cycles of "
                         f"{config.gradient_accumulation_steps} accumulated batches",
@@ -379,9 +381,8 @@ def make_callbacks(run: Run, model, net, opt, step, state, history) -> tuple:
         eval_data = create_dataset(run.record.data_config(config), training=False,
                                    classes=run.record.class_names or None) \
             if watches(run) else None
-        meta = {**run.record.as_checkpoint_meta(),
-                **split_record(config.dataset_path, config.val_fraction)}
-        recorder = RunRecorder(run.folder, state, meta, progress,
+        recorder = RunRecorder(run.folder, state, {**run.record.as_checkpoint_meta(),
+                                                   **run.held_out}, progress,
                                config.epoch_size, save=config.save_checkpoint,
                                save_every=config.save_checkpoint_epochs,
                                keep=config.keep_checkpoint_max, model=model, eval_data=eval_data,
